@@ -1,0 +1,181 @@
+"""Decoding one image file into an upright 8-bit RGB ``PIL.Image``, and listing image folders.
+
+Every failure (missing file, not an image, truncated, too large) becomes an
+:class:`~faceattr.errors.ImageReadError` that names the file and the reason, so a bad file in
+a folder of thousands is easy to find.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceattr.errors import DataError, ImageReadError
+
+# Lower-case suffixes that `list_images` treats as images.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# Transparent pixels are composited onto mid-grey: close to the mean colour models are
+# normalised with, so a cut-out face is not framed by a black or white border.
+BACKGROUND_RGB: tuple[int, int, int] = (128, 128, 128)
+
+# Pillow keeps its decompression-bomb limit in a module global; raising it for one call must
+# not race with another thread doing the same.
+_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Let ``Image.open`` accept up to ``max_pixels`` when that is above Pillow's own limit."""
+    current = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or current is None or max_pixels <= current:
+        yield  # our own check after opening enforces a lower limit
+        return
+    with _LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = current
+
+
+def _too_large(
+    path: Path, size: tuple[int, int] | None, pixels: int | None, limit: int, user_limit: bool
+) -> ImageReadError:
+    source = "max_pixels" if user_limit else "Pillow's decompression-bomb limit"
+    if size is not None:
+        what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels"
+    else:
+        what = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return ImageReadError(
+        f"Cannot read image {path}: it is too large ({what}, more than the limit of "
+        f"{limit:,} set by {source}).",
+        "If the file is trustworthy, raise the limit with load_image(path, max_pixels=N) "
+        "(N at least the pixel count above).",
+    )
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit integer or float greyscale image to 8 bits (scaled, never clipped)."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        scaled = arr.astype(np.float32) / 257.0  # 65535 -> 255
+    elif img.mode == "I":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo >= 0 and hi <= 65535:  # how Pillow stores 16-bit PNG/TIFF greyscale
+            scaled = arr.astype(np.float32) / 257.0
+        else:  # a genuine 32-bit range: stretch what is there
+            scaled = (arr.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1))
+    else:  # "F"
+        arr = np.nan_to_num(arr.astype(np.float32))
+        hi = float(arr.max()) if arr.size else 0.0
+        scaled = arr * 255.0 if hi <= 1.0 else arr
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A new RGB image from any Pillow mode (the input is left untouched)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode.startswith("I") or mode == "F":
+        return _sixteen_bit_to_rgb(img)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND_RGB, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # L, 1, P, CMYK (Pillow undoes Adobe's inverted CMYK JPEGs), YCbCr, LAB, HSV
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``path`` into an upright RGB image (``size`` is ``(width, height)``).
+
+    EXIF orientation is applied; greyscale, palette, CMYK and 16-bit images are converted (16
+    bit is scaled to 8 bit); transparency is composited onto mid-grey. Decoding happens here,
+    so a truncated file fails here rather than later in a data loader.
+
+    ``max_pixels`` bounds ``width * height``; ``None`` keeps Pillow's default limit (about 89
+    million pixels), which protects against decompression bombs.
+
+    Raises :class:`~faceattr.errors.ImageReadError` naming the file and the reason.
+    """
+    path = Path(path)
+    if max_pixels is not None and max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if not path.exists():
+        raise ImageReadError(f"Cannot read image {path}: the file does not exist.")
+    if path.is_dir():
+        raise ImageReadError(f"Cannot read image {path}: it is a folder, not an image file.")
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    size: tuple[int, int] | None = None
+    try:
+        # Pillow warns between its limit and twice its limit; treat that as the error it is.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _pillow_pixel_limit(max_pixels), Image.open(path) as img:
+                size = img.size
+                if limit is not None and size[0] * size[1] > limit:
+                    raise _too_large(path, size, None, limit, max_pixels is not None)
+                img.load()
+                # Build the result before the `with` closes the file: a closed image is unusable.
+                upright = ImageOps.exif_transpose(img)
+                out = _to_rgb(upright if upright is not None else img)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Raised inside Image.open, before the size is known to us: Pillow's message has it.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+        raise _too_large(path, size, pixels, limit or 0, max_pixels is not None) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"Cannot read image {path}: not an image file (Pillow does not recognise its format).",
+            f"Supported extensions include {', '.join(IMAGE_EXTENSIONS)}; check that the file "
+            "is not empty, an HTML error page or another kind of file renamed.",
+        ) from None
+    except PermissionError as exc:
+        raise ImageReadError(f"Cannot read image {path}: permission denied ({exc}).") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports truncated/corrupt data as OSError ("image file is truncated",
+        # "broken data stream"), SyntaxError (bad headers in some plugins) or ValueError.
+        reason = str(exc) or type(exc).__name__
+        kind = "truncated" if "truncat" in reason.lower() else "corrupt"
+        raise ImageReadError(
+            f"Cannot read image {path}: the file is {kind} ({reason}).",
+            "Re-download or re-export the file, or remove it from the folder.",
+        ) from None
+    return out
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (by extension, case-insensitive), sorted by path.
+
+    Hidden files (such as macOS ``._name.jpg`` resource forks) are skipped.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"Image folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder of images.")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    found = [
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not p.name.startswith(".")
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1])
+        and p.is_file()
+    ]
+    return sorted(found)
