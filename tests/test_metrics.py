@@ -1,0 +1,255 @@
+"""Tests for faceattr.metrics: agreement with sklearn, masking, undefined cases, thresholds."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+
+from faceattr.errors import ModelError, UsageError
+from faceattr.metrics import (
+    THRESHOLD_METRICS,
+    compute_metrics,
+    majority_baseline,
+    tune_thresholds,
+)
+
+
+def _random_data(n: int = 500, n_attr: int = 6, seed: int = 0, unknown: float = 0.1):
+    """Informative probabilities with ties (rounded) and some NaN (unknown) targets."""
+    rng = np.random.default_rng(seed)
+    rates = rng.uniform(0.1, 0.7, n_attr)
+    targets = (rng.random((n, n_attr)) < rates).astype(np.float32)
+    probs = np.clip(0.35 * targets + 0.65 * rng.random((n, n_attr)), 0, 1)
+    probs = np.round(probs, 2).astype(np.float32)  # ties exercise the AP tie handling
+    targets[rng.random((n, n_attr)) < unknown] = np.nan
+    return probs, targets, [f"attr{i}" for i in range(n_attr)]
+
+
+def test_per_attribute_metrics_match_sklearn():
+    probs, targets, names = _random_data()
+    thresholds = [0.3, 0.4, 0.5, 0.5, 0.6, 0.7]
+    result = compute_metrics(probs, targets, names, thresholds=thresholds)
+    for a, name in enumerate(names):
+        known = ~np.isnan(targets[:, a])
+        y, p = targets[known, a].astype(int), probs[known, a]
+        pred = (p >= thresholds[a]).astype(int)
+        got = result["per_attribute"][name]
+        assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        assert got["precision"] == pytest.approx(precision_score(y, pred))
+        assert got["recall"] == pytest.approx(recall_score(y, pred))
+        assert got["f1"] == pytest.approx(f1_score(y, pred))
+        assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert got["average_precision"] == pytest.approx(average_precision_score(y, p))
+        assert got["support"] == known.sum()
+        assert got["positives"] == y.sum()
+        assert got["tp"] + got["fp"] + got["tn"] + got["fn"] == got["support"]
+        assert got["threshold"] == pytest.approx(thresholds[a])
+        assert got["note"] is None
+    per = result["per_attribute"].values()
+    assert result["mean_accuracy"] == pytest.approx(np.mean([m["accuracy"] for m in per]))
+    assert result["macro_f1"] == pytest.approx(np.mean([m["f1"] for m in per]))
+    assert result["mean_average_precision"] == pytest.approx(
+        np.mean([m["average_precision"] for m in per])
+    )
+    assert result["thresholds"] == pytest.approx(thresholds)
+    assert result["n_images"] == 500 and result["n_attributes"] == 6
+
+
+def test_result_is_plain_json():
+    probs, targets, names = _random_data(n=50, n_attr=3)
+    result = compute_metrics(probs, targets, names, train_positive_rates=[0.2, 0.5, 0.9])
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        else:
+            assert value is None or type(value) in (int, float, str), type(value)
+
+    walk(result)
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+
+
+def test_strict_accuracy_hand_made():
+    probs = np.array(
+        [
+            [0.9, 0.1, 0.8],  # all right
+            [0.9, 0.6, 0.8],  # second wrong
+            [0.2, 0.9, 0.1],  # the only wrong one (first) is unknown -> right
+            [0.5, 0.5, 0.5],  # no known label -> left out
+        ]
+    )
+    targets = np.array(
+        [
+            [1, 0, 1],
+            [1, 0, 1],
+            [np.nan, 1, 0],
+            [np.nan, np.nan, np.nan],
+        ]
+    )
+    result = compute_metrics(probs, targets, ["a", "b", "c"])
+    assert result["strict_accuracy"] == pytest.approx(2 / 3)
+    assert result["per_attribute"]["b"]["accuracy"] == pytest.approx(2 / 3)
+    assert result["per_attribute"]["a"]["support"] == 2
+
+
+def test_unknown_label_changes_nothing():
+    probs, targets, names = _random_data(n=300, n_attr=4, unknown=0.0)
+    base = compute_metrics(probs, targets, names)
+    # Add rows whose labels are all unknown, with predictions that would be wrong.
+    extra_probs = np.vstack([probs, 1 - probs[:40]])
+    extra_targets = np.vstack([targets, np.full((40, 4), np.nan, dtype=np.float32)])
+    masked = compute_metrics(extra_probs, extra_targets, names)
+    assert masked["n_images"] == base["n_images"] + 40
+    for key in ("per_attribute", "strict_accuracy", "mean_average_precision", "macro_f1"):
+        assert masked[key] == base[key]
+
+
+def test_single_class_attribute_gives_none_and_note_without_warnings():
+    probs = np.array([[0.9, 0.2, 0.7], [0.8, 0.3, 0.4], [0.6, 0.1, 0.2]])
+    targets = np.array([[1, 0, np.nan], [1, 0, np.nan], [1, 0, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compute_metrics(probs, targets, ["all_pos", "all_neg", "unknown"])
+        assert tune_thresholds(probs, targets).tolist() == [0.5, 0.5, 0.5]
+        assert majority_baseline(targets) == pytest.approx(1.0)
+
+    all_pos = result["per_attribute"]["all_pos"]
+    assert all_pos["accuracy"] == 1.0 and all_pos["precision"] == 1.0 and all_pos["recall"] == 1.0
+    assert all_pos["balanced_accuracy"] is None and all_pos["average_precision"] is None
+    assert "positive" in all_pos["note"] and "balanced accuracy" in all_pos["note"]
+
+    all_neg = result["per_attribute"]["all_neg"]
+    assert all_neg["accuracy"] == 1.0
+    for key in ("recall", "precision", "f1", "balanced_accuracy", "average_precision"):
+        assert all_neg[key] is None, key
+    assert "negative" in all_neg["note"] and "precision undefined" in all_neg["note"]
+
+    unknown = result["per_attribute"]["unknown"]
+    assert unknown["support"] == 0 and unknown["accuracy"] is None
+    assert unknown["majority_accuracy"] is None
+    assert "no known labels" in unknown["note"]
+
+    # Means skip undefined values instead of becoming None or NaN.
+    assert result["mean_accuracy"] == 1.0
+    assert result["mean_balanced_accuracy"] is None
+    assert result["macro_precision"] == 1.0
+
+
+def test_per_attribute_thresholds_change_predictions():
+    probs = np.array([[0.6, 0.6], [0.4, 0.4]])
+    targets = np.array([[1.0, 0.0], [0.0, 1.0]])
+    result = compute_metrics(probs, targets, ["a", "b"], thresholds=[0.5, 0.3])
+    a, b = result["per_attribute"]["a"], result["per_attribute"]["b"]
+    assert (a["tp"], a["tn"], a["accuracy"]) == (1, 1, 1.0)
+    assert (b["tp"], b["fp"], b["accuracy"]) == (1, 1, 0.5)
+    assert result["thresholds"] == [0.5, 0.3]
+
+
+@pytest.mark.parametrize("bad", [[0.5, 0.5, 0.5], [0.5, 1.5], float("nan")])
+def test_bad_thresholds_are_usage_errors(bad):
+    with pytest.raises(UsageError):
+        compute_metrics(np.zeros((2, 2)), np.zeros((2, 2)), ["a", "b"], thresholds=bad)
+
+
+def test_non_finite_probabilities_are_reported():
+    with pytest.raises(ModelError, match="non-finite"):
+        compute_metrics(np.array([[np.nan]]), np.array([[1.0]]), ["a"])
+
+
+def test_majority_baseline_uses_train_rates():
+    # Evaluated labels: attribute 0 is 75% positive, attribute 1 is 25% positive.
+    targets = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=float)
+    assert majority_baseline(targets) == pytest.approx(0.75)
+    # Training says attribute 0 is rare, so the baseline predicts "absent": 25% right.
+    assert majority_baseline(targets, [0.1, 0.1]) == pytest.approx((0.25 + 0.75) / 2)
+    result = compute_metrics(
+        np.full((4, 2), 0.5), targets, ["a", "b"], train_positive_rates=[0.1, 0.1]
+    )
+    assert result["majority_source"] == "train"
+    assert result["majority_accuracy"] == pytest.approx(0.5)
+    assert result["per_attribute"]["a"]["majority_accuracy"] == pytest.approx(0.25)
+    assert compute_metrics(np.full((4, 2), 0.5), targets, ["a", "b"])["majority_source"] == (
+        "evaluated"
+    )
+
+
+def test_majority_baseline_nan_train_rate_falls_back_to_evaluated():
+    targets = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=float)
+    assert majority_baseline(targets, [float("nan"), 0.9]) == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_tune_thresholds_beats_half_on_imbalanced_data():
+    rng = np.random.default_rng(1)
+    n, n_attr = 2000, 3
+    targets = (rng.random((n, n_attr)) < [0.05, 0.1, 0.2]).astype(np.float32)
+    # A calibrated-looking model for rare attributes: positives score higher, but mostly < 0.5.
+    probs = np.clip(0.1 + 0.2 * targets + 0.15 * rng.standard_normal((n, n_attr)), 0, 1)
+    half = compute_metrics(probs, targets, list("abc"))
+    thr = tune_thresholds(probs, targets, metric="balanced_accuracy")
+    assert thr.shape == (n_attr,) and thr.dtype == np.float64
+    assert ((thr > 0) & (thr < 0.5)).all()
+    tuned = compute_metrics(probs, targets, list("abc"), thresholds=thr)
+    assert tuned["mean_balanced_accuracy"] > half["mean_balanced_accuracy"] + 0.1
+
+
+@pytest.mark.parametrize("metric", THRESHOLD_METRICS)
+def test_tuned_threshold_is_optimal_among_all_candidates(metric):
+    probs, targets, names = _random_data(n=200, n_attr=3, seed=3)
+    thr = tune_thresholds(probs, targets, metric=metric)
+    best = compute_metrics(probs, targets, names, thresholds=thr)["per_attribute"]
+    for t in np.linspace(0, 1, 101):
+        other = compute_metrics(probs, targets, names, thresholds=t)["per_attribute"]
+        for name in names:
+            if other[name][metric] is not None:
+                assert best[name][metric] >= other[name][metric] - 1e-12
+
+
+def test_tune_thresholds_separable_data_uses_midpoint():
+    probs = np.array([[0.2], [0.3], [0.7], [0.8]])
+    targets = np.array([[0.0], [0.0], [1.0], [1.0]])
+    assert tune_thresholds(probs, targets, metric="accuracy")[0] == pytest.approx(0.5)
+    probs = np.array([[0.1], [0.2], [0.3], [0.4]])
+    assert tune_thresholds(probs, targets, metric="f1")[0] == pytest.approx(0.25)
+
+
+def test_tune_thresholds_unknown_metric():
+    with pytest.raises(UsageError) as err:
+        tune_thresholds(np.zeros((2, 1)), np.zeros((2, 1)), metric="balanced-acc")
+    text = str(err.value)
+    assert "balanced-acc" in text and "balanced_accuracy" in text and "f1" in text
+
+
+def test_threshold_compared_in_probability_dtype():
+    # float32(0.7) is 0.69999999 in float64; it must still count as >= 0.7.
+    probs = np.array([[0.7], [0.2]], dtype=np.float32)
+    result = compute_metrics(probs, np.array([[1.0], [0.0]]), ["a"], thresholds=0.7)
+    assert result["per_attribute"]["a"]["tp"] == 1
+
+
+def test_tuned_thresholds_stay_valid_at_extremes():
+    # Adjacent float32 scores, and a top score of exactly 1.0 on a negative label.
+    lo = np.float32(0.3)
+    hi = np.nextafter(lo, np.float32(1))
+    probs = np.array([[lo], [hi], [1.0]], dtype=np.float32)
+    targets = np.array([[0.0], [1.0], [0.0]])
+    for metric in THRESHOLD_METRICS:
+        thr = tune_thresholds(probs, targets, metric=metric)
+        assert 0 <= thr[0] <= 1
+        per = compute_metrics(probs, targets, ["a"], thresholds=thr)["per_attribute"]["a"]
+        assert per["tp"] == 1 and per["fp"] <= 1  # hi is positive, lo is not
+        assert per["tn"] >= 1
