@@ -1,0 +1,108 @@
+"""The attribute head and :class:`AttributeModel` (backbone + head)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def build_head(
+    feature_dim: int, num_attributes: int, num_features: int = 512, dropout: float = 0.2
+) -> nn.Sequential:
+    """Pooled features [B, F] -> logits [B, A].
+
+    ``Linear(F, num_features) -> ReLU -> Dropout -> Linear(num_features, A)``, or
+    ``Dropout -> Linear(F, A)`` when ``num_features`` is 0. There is deliberately no BatchNorm:
+    it would fail on a batch of one in train mode and make a frozen-backbone probe depend on
+    batch composition; the backbones already end in a normalised, pooled feature.
+    """
+    if num_features < 0:
+        raise ValueError(f"num_features must be >= 0, got {num_features}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if num_features == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_attributes))
+    return nn.Sequential(
+        nn.Linear(feature_dim, num_features),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(num_features, num_attributes),
+    )
+
+
+class AttributeModel(nn.Module):
+    """``backbone`` ([B, 3, H, W] -> [B, F]) followed by ``head`` ([B, F] -> logits [B, A]).
+
+    Attributes describe how to rebuild it: ``arch`` (a name :func:`create_model` accepts),
+    ``library`` ("celebnet", "torchvision" or "timm"), ``num_attributes``, ``feature_dim``
+    (F), ``num_features`` (head hidden width, 0 = linear head), ``dropout``, ``img_size``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_attributes: int,
+        *,
+        arch: str,
+        library: str,
+        num_features: int = 512,
+        dropout: float = 0.2,
+        img_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = build_head(feature_dim, num_attributes, num_features, dropout)
+        self.arch = arch
+        self.library = library
+        self.num_attributes = num_attributes
+        self.feature_dim = feature_dim
+        self.num_features = num_features
+        self.dropout = dropout
+        self.img_size = img_size
+        # Names (relative to the model) of norm layers that stay in eval mode in train(); set by
+        # faceattr.models.freeze so a frozen backbone's running statistics never change.
+        self.frozen_norm_layers: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] (normalised) -> logits [B, A]."""
+        return self.head(self.backbone(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> pooled backbone features [B, F]."""
+        return self.backbone(x)
+
+    def train(self, mode: bool = True) -> AttributeModel:
+        super().train(mode)
+        if mode:
+            for name in self.frozen_norm_layers:
+                self.get_submodule(name).eval()
+        return self
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last Linear layer of the head ([.., F'] -> [.., A])."""
+        return self.head[-1]
+
+    @torch.no_grad()
+    def init_output_bias(self, positive_rates: Sequence[float] | torch.Tensor) -> None:
+        """Set the output bias to logit(rate) per attribute so training starts at the priors.
+
+        Rates that are NaN (attribute never labelled) leave the bias at 0; rates are clipped
+        to [1e-4, 1 - 1e-4] so a constant attribute does not give an infinite bias.
+        """
+        rates = torch.as_tensor(positive_rates, dtype=torch.float64).flatten()
+        if rates.numel() != self.num_attributes:
+            raise ValueError(f"expected {self.num_attributes} rates, got {rates.numel()}")
+        rates = rates.clamp(1e-4, 1 - 1e-4)
+        bias = torch.log(rates / (1 - rates))
+        bias = torch.where(torch.isnan(bias), torch.zeros_like(bias), bias)
+        self.classifier.bias.copy_(bias.to(self.classifier.bias))
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.arch!r}, library={self.library!r}, feature_dim={self.feature_dim}, "
+            f"num_attributes={self.num_attributes}"
+        )
