@@ -1,4 +1,4 @@
-"""`AttributeTable`: the index of a labelled image set (paths, splits, identities, labels), no pixels."""
+"""`AttributeTable`: the index of a labelled image set (paths, splits, labels), no pixels."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ class AttributeTable:
     def select_attributes(self, names: list[str]) -> AttributeTable:
         """Keep only ``names`` (must be exact names from ``attributes``), in that order."""
         cols = [self.attributes.index(n) for n in names]
-        return replace(self, labels=self.labels[:, cols], attributes=list(names), notes=list(self.notes))
+        return replace(
+            self, labels=self.labels[:, cols], attributes=list(names), notes=list(self.notes)
+        )
 
     def positive_rates(self) -> np.ndarray:
         """``[A]`` fraction of positives among known labels (NaN where none is known)."""

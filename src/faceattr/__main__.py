@@ -1,0 +1,3 @@
+from faceattr.cli.app import main
+
+main()

@@ -1,0 +1,50 @@
+"""The `faceattr` command line. Thin: parse options, call one core function, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from faceattr import __version__
+from faceattr.cli.data import data_app
+from faceattr.cli.evaluate import eval_command
+from faceattr.cli.predict import predict_command
+from faceattr.cli.report import report_command
+from faceattr.cli.train import finetune_command, train_command
+
+app = typer.Typer(
+    name="faceattr",
+    help="Facial attribute recognition: which of the 40 CelebA attributes (Male, Smiling, "
+    "Eyeglasses, ...) a face shows, with probabilities. Train, evaluate and predict.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.command("train")(train_command)
+app.command("finetune")(finetune_command)
+app.command("eval")(eval_command)
+app.command("predict")(predict_command)
+app.command("report")(report_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"faceattr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Facial attribute recognition from one command line."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,124 @@
+"""What every command shares: consoles, error-to-exit-code mapping, rich progress, JSON out."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from faceattr.errors import FaceAttrError
+
+# Results go to stdout (pipeable); progress, logs and errors to stderr.
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user-fixable errors into a message and an exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FaceAttrError as exc:
+            err.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                err.print(exc.hint, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]Interrupted.[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """Exactly one JSON document on stdout (no rich markup or wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+class RichProgress:
+    """:class:`faceattr.progress.Progress` drawn with rich on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._progress = None
+        self._task = None
+
+    def start(self, description: str, total: int | None = None, unit: str = "img") -> None:
+        if self.quiet:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.finish()
+        if unit == "bytes":
+            from rich.progress import DownloadColumn, TransferSpeedColumn
+
+            counts: tuple = (DownloadColumn(), TransferSpeedColumn())
+        else:
+            counts = (MofNCompleteColumn(),)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            *counts,
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self._progress is None:
+            return
+        text = "  ".join(_fmt_info(k, v) for k, v in info.items())
+        self._progress.update(self._task, advance=n, info=text)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            err.print(message, highlight=False)
+
+
+def _fmt_info(key: str, value: Any) -> str:
+    if key == "ips":
+        return f"{value:.0f} img/s"
+    if isinstance(value, float):
+        return f"{key} {value:.4f}"
+    return f"{key} {value}"
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"

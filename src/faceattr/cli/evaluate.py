@@ -1,0 +1,128 @@
+"""`faceattr eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+
+SUMMARY_METRICS = (
+    "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
+    "macro_precision", "macro_recall", "macro_f1", "mean_average_precision",
+)  # fmt: skip
+
+
+@handle_errors
+def eval_command(
+    model: Annotated[
+        str, typer.Argument(help="A run directory, a .safetensors model file, or 'default'.")
+    ],
+    dataset: Annotated[str, typer.Option(help="Dataset kind: celeba, wflw or csv.")] = "celeba",
+    root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, valid (val), test or all.")] = "test",
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="One decision threshold for all attributes, instead of the model's tuned ones."
+        ),
+    ] = None,  # fmt: skip
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="Image decoding processes.", min=0)] = None,
+    fail_under: Annotated[
+        float | None,
+        typer.Option(help="Exit with code 1 when the summary metric is below this (a CI gate)."),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option(help="Summary metric that --fail-under checks.")
+    ] = "mean_accuracy",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every metric on stdout.")
+    ] = False,
+) -> None:
+    """Evaluate a model on a dataset split: per-attribute precision/recall/F1, mean and strict
+    accuracy.
+
+    In a run directory, writes metrics-<split>.json and predictions-<split>.npz (used by
+    `faceattr report`).
+
+    Example: faceattr eval runs/celebnet --root data/celeba --split test --json --fail-under 0.9
+    """
+    from faceattr.config import DataConfig
+    from faceattr.data.splits import resolve_split_name
+    from faceattr.engine.evaluate import evaluate_model
+    from faceattr.errors import UsageError, unknown_name_error
+
+    if metric not in SUMMARY_METRICS:
+        raise unknown_name_error("metric", metric, SUMMARY_METRICS)
+    if root is None:
+        raise UsageError("Missing --root: the dataset folder to evaluate on.")
+    split = resolve_split_name(split)
+    metrics = evaluate_model(
+        model,
+        DataConfig(
+            dataset=dataset,
+            root=str(root),
+            labels=str(labels) if labels is not None else None,
+            workers=workers,
+        ),
+        split,
+        batch_size=batch_size,
+        device=device,
+        threshold=threshold,
+        progress=RichProgress(quiet=json_out),
+    )
+    if json_out:
+        print_json(metrics)
+    else:
+        render_metrics(metrics)
+    if fail_under is not None:
+        value = metrics.get(metric)
+        if value is None or value < fail_under:
+            err.print(
+                f"[bold red]FAIL:[/] {metric} {value if value is None else round(value, 4)} "
+                f"is below --fail-under {fail_under}",
+                highlight=False,
+            )
+            raise typer.Exit(1)
+        err.print(f"[green]PASS:[/] {metric} {value:.4f} >= {fail_under}", highlight=False)
+
+
+def render_metrics(m: dict) -> None:
+    table = Table(title=f"{m['split']} split: {m['n_images']} images", title_justify="left")
+    for col in ("attribute", "acc", "prec", "recall", "F1", "bal acc", "AP", "pos", "thr"):
+        table.add_column(col, justify="left" if col == "attribute" else "right")
+    for name, a in m["per_attribute"].items():
+        table.add_row(
+            name,
+            pct(a["accuracy"], 1),
+            pct(a["precision"], 1),
+            pct(a["recall"], 1),
+            pct(a["f1"], 1),
+            pct(a["balanced_accuracy"], 1),
+            pct(a["average_precision"], 1),
+            str(a["positives"]),
+            f"{a['threshold']:.2f}",
+        )
+    out.print(table)
+    half = m.get("at_threshold_0.5")
+    summary = Table(show_header=True, title="summary (%)", title_justify="left")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    if half:
+        summary.add_column("at 0.5", justify="right")
+    for key in SUMMARY_METRICS:
+        row = [key.replace("_", " "), pct(m.get(key))]
+        if half:
+            row.append(pct(half.get(key)) if key in half else "")
+        summary.add_row(*row)
+    out.print(summary)
+    if m.get("saved_to"):
+        err.print(f"Saved metrics-{m['split']}.json to {m['saved_to']}", highlight=False)

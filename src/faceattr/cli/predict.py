@@ -1,0 +1,143 @@
+"""`faceattr predict`."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+
+
+def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
+    """Files as given, folders expanded to their images, '-' read from stdin (one path a line)."""
+    from faceattr.data.images import list_images
+    from faceattr.errors import UsageError
+
+    result: list[str] = []
+    for p in paths:
+        if p == "-":
+            result.extend(line.strip() for line in sys.stdin if line.strip())
+            continue
+        path = Path(p)
+        if path.is_dir():
+            found = list_images(path, recursive=recursive)
+            if not found:
+                err.print(f"[yellow]Warning:[/] no images in folder {path}", highlight=False)
+            result.extend(str(f) for f in found)
+        else:
+            result.append(p)  # missing files become per-image errors, not a crash
+    if not result:
+        raise UsageError(
+            "No input images.", "Pass image files, folders, or - to read paths from stdin."
+        )
+    return result
+
+
+@handle_errors
+def predict_command(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders, or - for stdin.")],
+    model: Annotated[
+        str, typer.Option(help="A run directory, a .safetensors file, or 'default'.")
+    ] = "default",
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="One decision threshold for all attributes (default: the model's)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array, one entry per image.")
+    ] = False,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Write one CSV row per face to this file.")
+    ] = None,
+    no_detect: Annotated[
+        bool,
+        typer.Option("--no-detect", help="Treat each whole image as an aligned face crop."),
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Recurse into folders.")
+    ] = False,
+    top: Annotated[int, typer.Option(help="Rows per face in the table (0 = all).", min=0)] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    max_pixels: Annotated[
+        int | None, typer.Option(help="Refuse images larger than this many pixels.", min=1)
+    ] = None,
+) -> None:
+    """Predict the attributes of the faces in images.
+
+    Examples: faceattr predict photo.jpg | faceattr predict photos/ --json | ls *.jpg |
+    faceattr predict - --csv out.csv
+    """
+    from faceattr.inference.predictor import Predictor, iter_predictions
+    from faceattr.utils import atomic_open
+
+    inputs = expand_inputs(paths, recursive)
+    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
+    quiet = json_out or len(inputs) <= 5
+    results = list(
+        iter_predictions(
+            inputs,
+            predictor,
+            detect=not no_detect,
+            max_pixels=max_pixels,
+            progress=RichProgress(quiet=quiet),
+            total=len(inputs),
+        )
+    )
+    if csv_file is not None:
+        with atomic_open(csv_file, "w", newline="", encoding="utf-8") as fh:
+            write_csv(fh, results, predictor.attributes)
+        err.print(f"Wrote {csv_file}", highlight=False)
+    if json_out:
+        print_json(results)
+    elif csv_file is None:
+        for r in results:
+            render_result(r, top)
+    failed = [r for r in results if r["error"]]
+    if failed:
+        err.print(f"[bold red]{len(failed)} of {len(results)} image(s) could not be read.[/]")
+        raise typer.Exit(1)
+
+
+def write_csv(fh, results: list[dict[str, Any]], attributes: list[str]) -> None:
+    writer = csv.writer(fh)
+    writer.writerow(["image", "face", "x", "y", "w", "h", "score", *attributes, "error"])
+    for r in results:
+        if r["error"] or not r["faces"]:
+            writer.writerow([r["image"], "", "", "", "", "", "", *[""] * len(attributes),
+                             r["error"] or ""])  # fmt: skip
+            continue
+        for i, face in enumerate(r["faces"]):
+            probs = face["probabilities"]
+            writer.writerow(
+                [r["image"], i, *face["box"], face["score"], *[probs[a] for a in attributes], ""]
+            )
+
+
+def render_result(r: dict[str, Any], top: int) -> None:
+    if r["error"]:
+        err.print(f"[bold red]{r['image']}:[/] {r['error']}", highlight=False)
+        return
+    if not r["faces"]:
+        out.print(f"{r['image']}: no face found", highlight=False)
+        return
+    for i, face in enumerate(r["faces"]):
+        title = r["image"] if len(r["faces"]) == 1 else f"{r['image']} face {i + 1}"
+        table = Table(title=title, title_justify="left")
+        table.add_column("attribute")
+        table.add_column("probability", justify="right")
+        table.add_column("present", justify="center")
+        present = set(face["attributes"])
+        items = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
+        if top:
+            items = items[:top]
+        for name, p in items:
+            mark = "[green]yes[/]" if name in present else ""
+            style = "bold" if name in present else "dim"
+            table.add_row(name, f"{p:.3f}", mark, style=style)
+        out.print(table)

@@ -1,0 +1,109 @@
+"""Evaluate a trained model on a dataset split: metrics, and per-image probabilities saved."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceattr.config import DataConfig
+from faceattr.engine.data import make_batches
+from faceattr.engine.fit import metrics_report
+from faceattr.engine.loop import predict_batches
+from faceattr.errors import DataError
+from faceattr.progress import NullProgress, Progress
+from faceattr.runs import resolve_model, run_config, run_dir_of
+from faceattr.utils import atomic_open, atomic_write_text, resolve_device
+
+
+def evaluate_model(
+    model: str | Path | None,
+    data: DataConfig,
+    split: str = "test",
+    *,
+    batch_size: int = 128,
+    device: str = "auto",
+    threshold: float | None = None,
+    progress: Progress | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``split`` of the dataset ``data`` describes.
+
+    Preprocessing and attributes come from the model file. When the model sits in a run
+    directory, the run's validation carve settings are used (so ``valid`` means the same
+    held-out identities as in training) and, with ``save``, ``metrics-<split>.json`` and
+    ``predictions-<split>.npz`` (per-image probabilities) are written there.
+    """
+    from faceattr.data import load_split
+    from faceattr.models import load_model_file
+
+    progress = progress or NullProgress()
+    path = resolve_model(model)
+    dev = resolve_device(device)
+    net, info = load_model_file(path, device=str(dev))
+    run_cfg = run_config(path)
+    if run_cfg is not None:
+        data = replace(
+            data, valid_fraction=run_cfg.data.valid_fraction, split_seed=run_cfg.data.split_seed
+        )
+    data = replace(data, img_size=info.img_size, crop=tuple(info.crop))
+    table = load_split(data, split)
+    missing = [a for a in info.attributes if a not in table.attributes]
+    if missing:
+        raise DataError(
+            f"The dataset has no labels for {len(missing)} of the model's attributes: "
+            + ", ".join(missing[:5]),
+            "Evaluate on a dataset with the attributes the model was trained on.",
+        )
+    table = table.select_attributes(list(info.attributes))
+    for note in table.notes:
+        progress.log(note)
+
+    batches = make_batches(
+        table,
+        img_size=info.img_size,
+        crop=info.crop,
+        batch_size=batch_size,
+        workers=data.workers,
+        pin_memory=dev.type == "cuda",
+        data=data,  # a matching `data prepare` cache is used when there is one
+        progress=progress,
+    )
+    progress.start(f"evaluating {split}", total=len(table))
+    probs, targets, index, skipped = predict_batches(
+        net, batches, device=dev, mean=info.mean, std=info.std,
+        on_batch=lambda n: progress.advance(n),
+    )  # fmt: skip
+    progress.finish()
+    if len(index) == 0:
+        raise DataError(f"None of the {len(table)} images of split {split!r} could be read.")
+    thresholds = threshold if threshold is not None else info.thresholds
+    metrics = metrics_report(
+        probs, targets, list(info.attributes), thresholds, info.train_positive_rates
+    )
+    metrics.update(
+        split=split,
+        model=str(path),
+        dataset=data.dataset,
+        root=str(data.root),
+        skipped_images=len(skipped),
+        notes=list(table.notes),
+    )
+    run = run_dir_of(path)
+    if save and run is not None:
+        atomic_write_text(run / f"metrics-{split}.json", json.dumps(metrics, indent=2) + "\n")
+        images = np.asarray(table.frame["image"].to_numpy()[index], dtype=str)
+        with atomic_open(run / f"predictions-{split}.npz", "wb") as fh:
+            np.savez_compressed(
+                fh,
+                image=images,
+                probs=probs.astype(np.float16),
+                targets=np.nan_to_num(targets, nan=-1).astype(np.int8),  # -1 = unknown
+                attributes=np.asarray(info.attributes, dtype=str),
+                image_dir=np.asarray(str(table.image_dir)),
+            )
+        metrics["saved_to"] = str(run)
+    return metrics

@@ -1,0 +1,144 @@
+"""One pass over data: a training epoch or inference. No files, no printing.
+
+Batches arrive as uint8 images (see :mod:`faceattr.data.dataset`); augmentation and
+normalisation run here, batched, on the training device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from faceattr.data.dataset import Batch
+from faceattr.data.transforms import BatchAugment, normalize
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0  # mean training loss over known labels
+    accuracy: float = 0.0  # running mean per-label accuracy at 0.5 on augmented batches
+    images: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # unreadable files
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on CUDA when ``dtype`` is set; a no-op elsewhere."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _to_device(batch: Batch, device: torch.device, channels_last: bool):
+    images = batch.images.to(device, non_blocking=True)
+    targets = batch.targets.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: BatchAugment | None = None,
+    generator: torch.Generator | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    on_batch: Callable[[int, EpochStats], None] | None = None,
+) -> EpochStats:
+    """Train for one pass over ``batches``; the scheduler steps once per batch."""
+    model.train()
+    stats = EpochStats()
+    loss_sum = correct = known_total = 0.0
+    start = time.perf_counter()
+    for batch in batches:
+        stats.skipped.extend(batch.skipped)
+        if len(batch) == 0:
+            continue
+        images, targets = _to_device(batch, device, channels_last)
+        x = images.float().div_(255.0)
+        if augment is not None:
+            x = augment(x, generator)
+        x = normalize(x, mean, std)
+        mask = ~torch.isnan(targets)
+        with autocast_context(device, amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+        with torch.no_grad():
+            n_known = float(mask.sum())
+            pred = logits.detach() > 0
+            correct += float(((pred == (targets > 0.5)) & mask).sum())
+            known_total += n_known
+            loss_sum += float(loss.detach()) * n_known
+        stats.images += len(batch)
+        stats.seconds = time.perf_counter() - start
+        stats.loss = loss_sum / max(known_total, 1.0)
+        stats.accuracy = correct / max(known_total, 1.0)
+        if on_batch is not None:
+            on_batch(len(batch), stats)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@torch.no_grad()
+def predict_batches(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    device: torch.device,
+    mean: Sequence[float],
+    std: Sequence[float],
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Probabilities for every readable image.
+
+    Returns ``(probs [N, A], targets [N, A], index [N], skipped)`` where ``index`` gives each
+    row's position in the dataset and ``skipped`` the unreadable files.
+    """
+    model.eval()
+    probs, targets, index, skipped = [], [], [], []
+    for batch in batches:
+        skipped.extend(batch.skipped)
+        if len(batch) == 0:
+            continue
+        images, t = _to_device(batch, device, channels_last)
+        with autocast_context(device, amp_dtype):
+            logits = model(normalize(images, mean, std))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(t.cpu().numpy())
+        index.append(batch.index.numpy())
+        if on_batch is not None:
+            on_batch(len(batch))
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, int), skipped
+    return np.concatenate(probs), np.concatenate(targets), np.concatenate(index), skipped

@@ -1,0 +1,176 @@
+"""Predict attributes of face images: the engine behind ``faceattr predict`` and
+:func:`faceattr.predict`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from faceattr.data.images import load_image
+from faceattr.data.transforms import normalize, preprocess
+from faceattr.errors import FaceAttrError
+from faceattr.progress import NullProgress, Progress
+from faceattr.runs import resolve_model
+from faceattr.utils import resolve_device
+
+
+class Predictor:
+    """A loaded model with its preprocessing and decision thresholds.
+
+    ``threshold`` overrides the per-attribute thresholds stored in the model file.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        threshold: float | None = None,
+    ) -> None:
+        from faceattr.models import load_model_file
+
+        self.path = resolve_model(model)
+        self.device = resolve_device(device)
+        self.model, self.info = load_model_file(self.path, device=str(self.device))
+        self.attributes: list[str] = list(self.info.attributes)
+        self.batch_size = batch_size
+        if threshold is not None:
+            self.thresholds = np.full(len(self.attributes), float(threshold))
+        elif self.info.thresholds:
+            self.thresholds = np.asarray(self.info.thresholds, dtype=np.float64)
+        else:
+            self.thresholds = np.full(len(self.attributes), 0.5)
+
+    @torch.no_grad()
+    def probabilities(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """``[N, A]`` probabilities for face crops laid out like CelebA's aligned images."""
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            arrays = [preprocess(c, self.info.img_size, self.info.crop) for c in chunk]
+            x = torch.from_numpy(np.stack(arrays)).to(self.device)
+            logits = self.model(normalize(x, self.info.mean, self.info.std))
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        if not out:
+            return np.zeros((0, len(self.attributes)), np.float32)
+        return np.concatenate(out)
+
+    def describe(self, probs: np.ndarray) -> dict[str, Any]:
+        """One face's ``probabilities`` (name -> p) and present ``attributes`` (by probability)."""
+        present = probs >= self.thresholds
+        order = np.argsort(-probs)
+        return {
+            "probabilities": {
+                a: round(float(p), 4) for a, p in zip(self.attributes, probs, strict=True)
+            },
+            "attributes": [self.attributes[i] for i in order if present[i]],
+        }
+
+
+@dataclass
+class _Face:
+    box: list[float]
+    score: float
+    crop: Image.Image
+    landmarks: list[list[float]] | None = None
+
+
+@dataclass
+class _Item:
+    image: str
+    faces: list[_Face] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+    error: str | None = None
+
+
+def _faces_whole_image(image: Image.Image) -> list[_Face]:
+    """``--no-detect``: the whole image is one face already aligned like CelebA's crops."""
+    return [_Face(box=[0.0, 0.0, float(image.width), float(image.height)], score=1.0, crop=image)]
+
+
+def _load(source: str | Path | Image.Image, max_pixels: int | None) -> tuple[str, Image.Image]:
+    if isinstance(source, Image.Image):
+        return "<image>", source.convert("RGB")
+    return str(source), load_image(source, max_pixels=max_pixels)
+
+
+def iter_predictions(
+    sources: Iterable[str | Path | Image.Image],
+    predictor: Predictor,
+    *,
+    detect: bool = False,
+    max_pixels: int | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one result dict per source, in order, batching faces across images."""
+    progress = progress or NullProgress()
+    progress.start("predicting", total=total)
+    pending: list[_Item] = []
+    n_faces = 0
+
+    def flush() -> Iterator[dict[str, Any]]:
+        crops = [f.crop for item in pending for f in item.faces]
+        probs = predictor.probabilities(crops)
+        k = 0
+        for item in pending:
+            faces = []
+            for face in item.faces:
+                entry: dict[str, Any] = {
+                    "box": [round(v, 1) for v in face.box],
+                    "score": round(face.score, 4),
+                }
+                if face.landmarks is not None:
+                    entry["landmarks"] = face.landmarks
+                entry.update(predictor.describe(probs[k]))
+                faces.append(entry)
+                k += 1
+            result: dict[str, Any] = {"image": item.image, "faces": faces, "error": item.error}
+            if item.size is not None:
+                result["width"], result["height"] = item.size
+            yield result
+        progress.advance(len(pending))
+        pending.clear()
+
+    for source in sources:
+        try:
+            name, image = _load(source, max_pixels)
+        except FaceAttrError as exc:
+            pending.append(_Item(image=str(source), error=exc.message))
+            continue
+        item = _Item(image=name, size=(image.width, image.height))
+        item.faces = _faces_whole_image(image)
+        pending.append(item)
+        n_faces += len(item.faces)
+        if n_faces >= predictor.batch_size:
+            yield from flush()
+            n_faces = 0
+    yield from flush()
+    progress.finish()
+
+
+def predict(
+    images: str | Path | Image.Image | Iterable[str | Path | Image.Image],
+    model: str | Path | None = "default",
+    *,
+    threshold: float | None = None,
+    detect: bool = False,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Attributes of the faces in ``images`` (paths or PIL images).
+
+    Returns one dict per image: ``{"image", "width", "height", "faces": [{"box": [x, y, w,
+    h], "score", "probabilities": {attribute: p}, "attributes": [present]}], "error"}``.
+    """
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
+    return list(iter_predictions(images, predictor, detect=detect))

@@ -1,0 +1,89 @@
+"""Small shared helpers: atomic file writes, device choice, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temp file beside ``path``; on success fsync and ``os.replace`` it into place.
+
+    A crash or an exception never leaves a torn file at ``path``: either the old file or the
+    complete new one is there.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` -> CUDA when present, else MPS, else CPU; checks that a requested device exists."""
+    import torch
+
+    from faceattr.errors import UsageError
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {name} was requested but CUDA is not available on this machine.",
+            "Use --device cpu (or auto), or install a CUDA build of PyTorch on a GPU machine.",
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UsageError(
+            "--device mps was requested but MPS is not available.", "Use --device cpu."
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(
+            f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps."
+        ) from exc
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)

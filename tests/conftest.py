@@ -1,0 +1,54 @@
+"""Shared fixtures: a synthetic CelebA copy written once per session, and the real sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CelebA copy in the official layout (600/150/150 images, seed 0).
+
+    Shared by the whole session: treat it as read-only.
+    """
+    from faceattr.data.synthetic import write_synthetic_celeba
+
+    return write_synthetic_celeba(tmp_path_factory.mktemp("synthetic-celeba"))
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """``$FACEATTR_REAL_DATA/celeba-sample``: real CelebA, train partition only.
+
+    Skips the test when the variable is unset or the folder is missing.
+    """
+    base = os.environ.get("FACEATTR_REAL_DATA")
+    if not base:
+        pytest.skip("FACEATTR_REAL_DATA is not set (real CelebA sample not available)")
+    root = Path(base).expanduser() / "celeba-sample"
+    if not root.is_dir():
+        pytest.skip(f"{root} does not exist")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small celebnet run trained on the synthetic set (shared: treat it as read-only)."""
+    from faceattr.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from faceattr.engine.fit import fit
+
+    out = tmp_path_factory.mktemp("runs") / "celebnet"
+    cfg = TrainConfig(
+        data=DataConfig(root=str(synthetic_root), img_size=40, workers=0),
+        model=ModelConfig(arch="celebnet", num_features=64, dropout=0.1),
+        optim=OptimConfig(lr=3e-3),
+        augment=AugmentConfig(hflip=False),
+        epochs=3,
+        batch_size=32,
+        out=str(out),
+    )
+    fit(cfg)
+    return out
