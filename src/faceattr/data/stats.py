@@ -1,0 +1,224 @@
+"""Dataset statistics (`faceattr data stats`): split sizes, positive rates, imbalance and the
+attribute correlation matrix, computed from an :class:`AttributeTable` (labels only, no
+pixels), so every layout of the same images gives the same numbers.
+
+Correlation is the phi coefficient, i.e. Pearson's r on 0/1 labels, computed per pair of
+attributes over the images where both labels are known (unknown labels are NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceattr.attributes import ATTRIBUTE_GROUPS
+from faceattr.data.splits import resolve_split_name
+from faceattr.data.table import SPLITS, AttributeTable
+from faceattr.errors import DataError, UsageError
+
+TOP_PAIRS = 10  # strongest positive and negative pairs listed
+
+
+def _num(value: float) -> float | None:
+    """A JSON-safe float: NaN and infinities become None."""
+    return float(value) if math.isfinite(value) else None
+
+
+def phi_matrix(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise phi coefficients of ``labels`` ``[N, A]`` (0/1, NaN = unknown).
+
+    Returns ``(r [A, A], n [A, A])``: r over the rows where both labels are known (NaN where
+    an attribute is constant over those rows), and how many rows that is. Three matrix
+    products instead of a loop over pairs, so 200k x 40 labels take a fraction of a second.
+    """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    known = (~np.isnan(labels)).astype(np.float64)
+    x = np.nan_to_num(labels.astype(np.float64), nan=0.0)  # 0 where unknown
+    # One BLAS thread: these tall, thin products take milliseconds on one core, while a
+    # multi-threaded BLAS on a busy machine can spin for seconds waiting for its threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        n = known.T @ known  # rows where both are known
+        sx = x.T @ known  # sum of attribute i where j is known too
+        sxy = x.T @ x
+    # x is 0/1, so sum(x_i^2) over the pair's rows equals sum(x_i): var_i = n*sx - sx^2
+    cov = n * sxy - sx * sx.T
+    var_i = n * sx - sx**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(var_i * var_i.T)
+    r[~np.isfinite(r)] = np.nan
+    r = np.clip(r, -1.0, 1.0)
+    np.fill_diagonal(r, np.where(np.isnan(np.diag(r)), np.nan, 1.0))
+    return r, n.astype(np.int64)
+
+
+def top_pairs(
+    r: np.ndarray, attributes: list[str], k: int = TOP_PAIRS
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``k`` most positive and ``k`` most negative pairs (each pair once)."""
+    i, j = np.triu_indices(len(attributes), k=1)
+    values = r[i, j]
+    ok = ~np.isnan(values)
+    i, j, values = i[ok], j[ok], values[ok]
+    order = np.argsort(values, kind="stable")
+
+    def pick(idx: np.ndarray, sign: int) -> list[dict[str, Any]]:
+        return [
+            {"a": attributes[i[t]], "b": attributes[j[t]], "r": round(float(values[t]), 4)}
+            for t in idx
+            if sign * values[t] > 0
+        ]
+
+    return {"positive": pick(order[::-1][:k], 1), "negative": pick(order[:k], -1)}
+
+
+def dataset_stats(
+    table: AttributeTable, split: str = "all", *, top: int = TOP_PAIRS
+) -> dict[str, Any]:
+    """Statistics of ``table`` (or of one ``split`` of it) as a JSON-ready dict.
+
+    Keys: ``dataset``, ``split``, ``n_images`` (rows: faces for WFLW), ``n_files`` (distinct
+    image files), ``n_identities`` (None when the layout has no identities), ``splits``
+    (split -> rows), ``attributes``, ``positive_rate`` / ``imbalance`` (majority/minority,
+    None when one class is absent) / ``counts`` (positive, negative, unknown) per attribute,
+    ``split_positive_rate`` (split -> attribute -> rate), ``mean_positives_per_image``,
+    ``majority_accuracy`` (mean accuracy of always answering each attribute's majority
+    class), ``correlation`` (attribute -> attribute -> phi) and ``top_pairs`` (the ``top``
+    most positive and most negative pairs).
+    """
+    chosen = resolve_split_name(split)
+    if chosen != "all":
+        rows = table.frame["split"].to_numpy(dtype=object) == chosen
+        if not rows.any():
+            counts = table.split_counts()
+            raise DataError(
+                f"The {chosen} split of {table.dataset} has no images (images per split: "
+                + ", ".join(f"{s} {n:,}" for s, n in counts.items())
+                + ").",
+                "Use --split all, or one of the non-empty splits.",
+            )
+        table = table.subset(rows)
+    if len(table) == 0:
+        raise DataError(f"The {table.dataset} dataset has no images.")
+    attrs = list(table.attributes)
+    y = table.labels.astype(np.float64)
+    known = ~np.isnan(y)
+    pos = np.nansum(y, axis=0)
+    n_known = known.sum(axis=0)
+    neg = n_known - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = pos / n_known
+        imbalance = np.maximum(pos, neg) / np.minimum(pos, neg)
+    r, _ = phi_matrix(table.labels)
+    split_col = table.frame["split"].to_numpy(dtype=object)
+    split_rates: dict[str, dict[str, float | None]] = {}
+    for s in SPLITS:
+        rows = split_col == s
+        if rows.any():
+            sub = y[rows]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sr = np.nansum(sub, axis=0) / (~np.isnan(sub)).sum(axis=0)
+            split_rates[s] = {a: _num(v) for a, v in zip(attrs, sr, strict=True)}
+    identity = table.frame["identity"]
+    per_image = np.nansum(y, axis=1)
+    majority = np.where(np.isnan(rate), np.nan, np.maximum(rate, 1 - rate))
+    return {
+        "dataset": table.dataset,
+        "split": chosen,
+        "n_images": len(table),
+        "n_files": int(table.frame["image"].nunique()),
+        "n_identities": int(identity.nunique()) if identity.notna().any() else None,
+        "splits": table.split_counts(),
+        "attributes": attrs,
+        "positive_rate": {a: _num(v) for a, v in zip(attrs, rate, strict=True)},
+        "imbalance": {a: _num(v) for a, v in zip(attrs, imbalance, strict=True)},
+        "counts": {
+            a: {"positive": int(p), "negative": int(q), "unknown": int(len(table) - k)}
+            for a, p, q, k in zip(attrs, pos, neg, n_known, strict=True)
+        },
+        "split_positive_rate": split_rates,
+        "mean_positives_per_image": _num(float(per_image.mean())),
+        "majority_accuracy": _num(float(np.nanmean(majority)))
+        if (~np.isnan(majority)).any()
+        else None,
+        "correlation": {
+            a: {b: _num(r[i, j]) for j, b in enumerate(attrs)} for i, a in enumerate(attrs)
+        },
+        "top_pairs": top_pairs(r, attrs, k=top),
+    }
+
+
+def heatmap_order(attributes: list[str]) -> list[str]:
+    """CelebA attributes grouped (hair, beard, face, ...) so related ones sit together;
+    names outside the groups keep their order, after the grouped ones."""
+    grouped = [a for group in ATTRIBUTE_GROUPS.values() for a in group if a in attributes]
+    return grouped + [a for a in attributes if a not in grouped]
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """``path`` if its suffix names an image format matplotlib writes, else a UsageError."""
+    path = Path(path).expanduser()
+    if path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise UsageError(
+            f"Cannot tell the image format of --plot {path}.",
+            "Give the file a .png (or .pdf, .svg) name.",
+        )
+    return path
+
+
+def plot_correlation(stats: dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:
+    """Draw ``stats["correlation"]`` as a heatmap image at ``path`` (format from the suffix:
+    .png, .pdf, .svg); written atomically. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never open a window
+    import matplotlib.pyplot as plt
+
+    path = check_plot_path(path)
+    attrs = heatmap_order(list(stats["attributes"]))
+    corr = stats["correlation"]
+    m = np.array([[np.nan if corr[a][b] is None else corr[a][b] for b in attrs] for a in attrs])
+    n = len(attrs)
+    np.fill_diagonal(m, np.nan)  # r = 1 on the diagonal says nothing and flattens the colours
+    side = min(max(4.0, 0.3 * n + 2.5), 16.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")  # grey: undefined r
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-1, vmax=1)
+    ax.set_xticks(range(n), attrs, rotation=90, fontsize=8 if n > 12 else 10)
+    ax.set_yticks(range(n), attrs, fontsize=8 if n > 12 else 10)
+    if n <= 12:  # few attributes: print the values in the cells
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(m[i, j]) > 0.6 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="phi (Pearson r on 0/1 labels)")
+    what = stats.get("split", "all")
+    ax.set_title(
+        title
+        or f"{stats.get('dataset', '')} attribute correlation ({stats['n_images']:,} "
+        + ("faces" if stats.get("n_files", stats["n_images"]) != stats["n_images"] else "images")
+        + ("" if what == "all" else f", {what} split")
+        + ")"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
