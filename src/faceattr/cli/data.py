@@ -1,0 +1,357 @@
+"""`faceattr data ...`: get datasets and look at them."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from faceattr.cli.common import err, handle_errors, out
+
+data_app = typer.Typer(
+    help="Fetch, prepare and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich"
+)
+
+
+class FetchName(str, Enum):
+    celeba = "celeba"
+    wflw = "wflw"
+    synthetic = "synthetic"
+
+
+class FetchSource(str, Enum):
+    drive = "drive"
+    hf = "hf"
+    mirror = "mirror"
+    from_ = "from"
+
+
+@data_app.command("fetch")
+@handle_errors
+def fetch_command(
+    name: Annotated[FetchName, typer.Argument(help="Dataset to fetch.")],
+    root: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
+    from_path: Annotated[
+        Path | None,
+        typer.Option("--from", help="A folder or zip of files you downloaded by hand "
+                     "(official names, Google Drive folders or Kaggle's archive)."),
+    ] = None,  # fmt: skip
+    mirror: Annotated[
+        str | None, typer.Option(help="Base URL of a mirror serving the official file names.")
+    ] = None,
+    source: Annotated[
+        FetchSource | None,
+        typer.Option(help="Use only this source (default: --from, --mirror, else Google Drive "
+                     "then the Hugging Face mirror)."),
+    ] = None,  # fmt: skip
+    checksums: Annotated[
+        Path | None,
+        typer.Option(help="md5sum-format file to verify against instead of the official md5s."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Network timeout, seconds.")] = 30.0,
+    keep_archive: Annotated[
+        bool, typer.Option("--keep-archive", help="Keep img_align_celeba.zip after extracting.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    n_train: Annotated[int, typer.Option(help="synthetic: training images.", min=1)] = 600,
+    n_valid: Annotated[int, typer.Option(help="synthetic: validation images.", min=1)] = 150,
+    n_test: Annotated[int, typer.Option(help="synthetic: test images.", min=1)] = 150,
+    seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 0,
+) -> None:
+    """Download a dataset into --root in its official layout, verifying every file.
+
+    celeba: the aligned-and-cropped release (images, attributes, partition, identities,
+    landmarks, boxes). Interrupted downloads resume; re-running skips verified files.
+
+    wflw: WFLW_annotations.tar.gz and WFLW_images.tar.gz, extracted into WFLW_annotations/
+    and WFLW_images/. The images are on Google Drive, which often refuses scripted
+    downloads: download them by hand and pass their folder with --from.
+
+    synthetic: a small CelebA-format dataset whose 40 labels are drawn into the pixels, for
+    demos and tests (a tiny model learns it in seconds).
+    """
+    from faceattr.cli.common import RichProgress, print_json
+
+    if name is FetchName.celeba:
+        from faceattr.data.fetch import fetch_celeba
+
+        result = fetch_celeba(
+            root,
+            source=source.value if source else None,
+            mirror=mirror,
+            from_path=from_path,
+            checksums=checksums,
+            progress=RichProgress(quiet=json_out),
+            timeout=timeout,
+            keep_archive=keep_archive,
+        )
+        for warning in result.warnings:
+            err.print(f"[yellow]Warning:[/] {warning}", highlight=False)
+        if json_out:
+            print_json(
+                {
+                    "root": str(result.root),
+                    "source": result.source,
+                    "location": result.location,
+                    "up_to_date": result.up_to_date,
+                    "n_images": result.n_images,
+                    "splits": result.split_counts,
+                    "verified": result.verified,
+                    "fetched": result.fetched,
+                    "skipped_optional": result.skipped_optional,
+                    "warnings": result.warnings,
+                }
+            )
+            return
+        how = "already up to date" if result.up_to_date else f"from {result.location}"
+        splits = ", ".join(f"{k} {v:,}" for k, v in result.split_counts.items())
+        out.print(
+            f"CelebA in {result.root}: {result.n_images:,} images ({splits}), "
+            f"{len(result.verified)} files verified, {how}.",
+            highlight=False,
+        )
+        return
+    if name is FetchName.wflw:
+        _fetch_wflw(root, from_path, mirror, source, checksums, timeout, keep_archive, json_out)
+        return
+    from faceattr.data.synthetic import write_synthetic_celeba
+
+    if name is FetchName.synthetic:
+        path = write_synthetic_celeba(
+            root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed
+        )
+        total = n_train + n_valid + n_test
+        out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {path}")
+        err.print(f"Next: faceattr train --root {path} --arch celebnet --img-size 64 --epochs 3")
+
+
+def _fetch_wflw(
+    root: Path,
+    from_path: Path | None,
+    mirror: str | None,
+    source: FetchSource | None,
+    checksums: Path | None,
+    timeout: float,
+    keep_archive: bool,
+    json_out: bool,
+) -> None:
+    from faceattr.cli.common import RichProgress, print_json
+    from faceattr.data.wflw import fetch_wflw
+    from faceattr.errors import UsageError
+
+    if source is not None or checksums is not None:
+        raise UsageError(
+            "--source and --checksums apply to celeba only.",
+            "For wflw use --from PATH (files downloaded by hand) or --mirror URL.",
+        )
+    result = fetch_wflw(
+        root,
+        from_path=from_path,
+        mirror=mirror,
+        progress=RichProgress(quiet=json_out),
+        timeout=timeout,
+        keep_archives=keep_archive,
+    )
+    if json_out:
+        print_json(
+            {
+                "root": str(result.root),
+                "up_to_date": result.already_complete,
+                "sources": result.sources,
+                "faces": result.faces,
+                "photos": result.photos,
+                "missing_photos": result.missing_photos,
+                "notes": result.notes,
+            }
+        )
+        return
+    for note in result.notes:
+        err.print(f"[yellow]Note:[/] {note}", highlight=False)
+    how = (
+        "already up to date"
+        if result.already_complete
+        else "from " + ", ".join(f"{k} {v}" for k, v in result.sources.items())
+    )
+    out.print(
+        f"WFLW in {result.root}: {result.faces.get('train', 0):,} train and "
+        f"{result.faces.get('test', 0):,} test faces in {result.photos:,} photos, {how}.",
+        highlight=False,
+    )
+    err.print(f"Next: faceattr train --dataset wflw --root {result.root}", highlight=False)
+
+
+@data_app.command("prepare")
+@handle_errors
+def prepare_command(
+    dataset: Annotated[str, typer.Argument(help="Dataset format: celeba (or another reader's).")],
+    root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
+    img_size: Annotated[
+        int, typer.Option(help="Side of the square model input, pixels (as train's).", min=8)
+    ] = 128,
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels file (for datasets that need one).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes (default: min(4, CPUs)).", min=0)
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even an up-to-date cache.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Decode, crop and resize every image once into a fast memory-mapped cache.
+
+    `train` and `eval` then read pixels straight from the cache whenever it matches their
+    --img-size (augmentation runs as batched tensor ops), instead of decoding JPEGs every
+    epoch. The cache lives in ROOT/.faceattr-cache (set FACEATTR_CACHE_DIR=DIR to keep caches
+    elsewhere, e.g. for a read-only dataset) and is rebuilt when images change.
+    """
+    from faceattr.cli.common import RichProgress, print_json
+    from faceattr.config import DataConfig
+    from faceattr.data.cache import prepare_cache
+
+    data = DataConfig(
+        dataset=dataset,
+        root=str(root),
+        labels=str(labels) if labels is not None else None,
+        img_size=img_size,
+    )
+    res = prepare_cache(data, workers=workers, force=force, progress=RichProgress(quiet=as_json))
+    if as_json:
+        print_json(
+            {
+                "path": str(res.path),
+                "built": res.built,
+                "reasons": res.reasons,
+                "n_images": res.n_images,
+                "img_size": res.img_size,
+                "bytes": res.nbytes,
+                "splits": res.splits,
+                "failed": res.failed,
+                "seconds": round(res.seconds, 3),
+                "images_per_second": round(res.images_per_second, 1),
+                "notes": res.notes,
+            }
+        )
+        return
+    for note in res.notes:
+        err.print(note, highlight=False)
+    size = f"{res.nbytes / 1e9:.2f} GB" if res.nbytes >= 1e8 else f"{res.nbytes / 1e6:.1f} MB"
+    if not res.built:
+        out.print(f"Cache up to date: {res.path} ({res.n_images:,} images, {size}).")
+    else:
+        out.print(
+            f"Prepared {res.n_images:,} images at {res.img_size} px in {res.seconds:.1f} s "
+            f"({res.images_per_second:.0f} img/s): {res.path} ({size})"
+        )
+    if res.failed:
+        shown = list(res.failed.items())[:5]
+        err.print(
+            f"[yellow]{len(res.failed):,} image(s) could not be decoded[/] and will be skipped "
+            "by train/eval:",
+            highlight=False,
+        )
+        for _, reason in shown:
+            err.print(f"  {reason}", highlight=False)
+    err.print(
+        f"train/eval with --root {root} --img-size {res.img_size} now read this cache.",
+        highlight=False,
+    )
+
+
+@data_app.command("stats")
+@handle_errors
+def stats_command(
+    dataset: Annotated[str, typer.Argument(help="Dataset format: celeba, wflw or csv.")],
+    root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
+    labels: Annotated[
+        Path | None, typer.Option(help="csv: the labels file (default ROOT/labels.csv).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="all, train, valid (val) or test.")] = "all",
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the correlation heatmap to this .png file.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Strongest pairs listed per sign.", min=1)] = 10,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every number.")
+    ] = False,
+) -> None:
+    """Images per split, positive rate and imbalance of each attribute, and how attributes
+    go together (phi correlation, strongest pairs; --plot draws the whole matrix).
+
+    Reads only the label files, so it is quick even on the full CelebA.
+
+    Example: faceattr data stats celeba --root data/celeba --plot corr.png
+    """
+    from faceattr.cli.common import print_json
+    from faceattr.config import DataConfig
+    from faceattr.data import read_dataset
+    from faceattr.data.stats import check_plot_path, dataset_stats, plot_correlation
+
+    if plot is not None:
+        check_plot_path(plot)  # before reading the data: fail fast on a bad file name
+    table = read_dataset(
+        DataConfig(
+            dataset=dataset, root=str(root), labels=str(labels) if labels is not None else None
+        )
+    )
+    stats = dataset_stats(table, split, top=top)
+    if plot is not None:
+        stats["plot"] = str(plot_correlation(stats, plot))
+    if as_json:
+        stats["notes"] = list(table.notes)
+        print_json(stats)
+        return
+    for note in table.notes:
+        err.print(note, highlight=False)
+    _render_stats(stats)
+    if plot is not None:
+        err.print(f"Wrote the correlation heatmap to {stats['plot']}", highlight=False)
+
+
+def _render_stats(stats: dict) -> None:
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    files = f", {stats['n_files']:,} files" if stats["n_files"] != stats["n_images"] else ""
+    people = f", {stats['n_identities']:,} identities" if stats["n_identities"] else ""
+    out.print(
+        f"[bold]{stats['dataset']}[/] ({stats['split']}): {stats['n_images']:,} images{files}"
+        f"{people}; per split: " + ", ".join(f"{s} {n:,}" for s, n in stats["splits"].items()),
+        highlight=False,
+    )
+    table = Table(title="attributes", title_justify="left")
+    for col in ("attribute", "pos %", "positives", "negatives", "unknown", "imbalance"):
+        table.add_column(col, justify="left" if col == "attribute" else "right")
+    for a in stats["attributes"]:
+        c = stats["counts"][a]
+        imb = stats["imbalance"][a]
+        table.add_row(
+            a,
+            pct(stats["positive_rate"][a]),
+            f"{c['positive']:,}",
+            f"{c['negative']:,}",
+            f"{c['unknown']:,}" if c["unknown"] else "",
+            "-" if imb is None else f"{imb:.1f}:1",
+        )
+    out.print(table)
+    unit = "face" if stats["n_files"] != stats["n_images"] else "image"  # WFLW: rows are faces
+    out.print(
+        f"Mean positive attributes per {unit}: {stats['mean_positives_per_image']:.2f}; "
+        f"always answering the majority class scores {pct(stats['majority_accuracy'])}% mean "
+        "accuracy.",
+        highlight=False,
+    )
+    for sign in ("positive", "negative"):
+        pairs = stats["top_pairs"][sign]
+        if not pairs:
+            continue
+        t = Table(title=f"strongest {sign} correlations (phi)", title_justify="left")
+        t.add_column("attribute")
+        t.add_column("attribute")
+        t.add_column("r", justify="right")
+        for p in pairs:
+            t.add_row(p["a"], p["b"], f"{p['r']:+.3f}")
+        out.print(t)
