@@ -1,0 +1,28 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`.
+
+Virtual environments are reused between runs (PyTorch is several GB).
+"""
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "tools")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "tools")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
