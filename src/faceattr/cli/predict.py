@@ -56,8 +56,32 @@ def predict_command(
     ] = None,
     no_detect: Annotated[
         bool,
-        typer.Option("--no-detect", help="Treat each whole image as an aligned face crop."),
-    ] = False,
+        typer.Option(
+            "--no-detect",
+            help="Treat each whole image as an aligned face crop "
+            "(for data already aligned like CelebA's img_align_celeba).",
+        ),
+    ] = False,  # fmt: skip
+    detector: Annotated[
+        str | None,
+        typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Drop faces the detector scores below this.")
+    ] = None,
+    min_face_size: Annotated[
+        float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
+    ] = 20.0,
+    max_faces: Annotated[
+        int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
+    ] = None,
+    save_crops: Annotated[
+        Path | None, typer.Option(help="Write each face's aligned crop into this folder.")
+    ] = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(help="Write each photo with boxes and top attributes drawn into this folder."),
+    ] = None,
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Recurse into folders.")
     ] = False,
@@ -70,23 +94,35 @@ def predict_command(
 ) -> None:
     """Predict the attributes of the faces in images.
 
+    Each face is found, aligned like CelebA's aligned crops and passed to the model (default:
+    the model shipped with faceattr). An image with no face is a valid answer ("faces": []).
+
     Examples: faceattr predict photo.jpg | faceattr predict photos/ --json | ls *.jpg |
     faceattr predict - --csv out.csv
     """
+    from faceattr.inference.detect import create_detector
+    from faceattr.inference.draw import PictureWriter
     from faceattr.inference.predictor import Predictor, iter_predictions
     from faceattr.utils import atomic_open
 
     inputs = expand_inputs(paths, recursive)
+    found = None
+    if not no_detect:
+        found = create_detector(
+            detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
+        )
     predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
+    pictures = PictureWriter(save_crops, annotate)
     quiet = json_out or len(inputs) <= 5
     results = list(
         iter_predictions(
             inputs,
             predictor,
-            detect=not no_detect,
+            detector=found,
             max_pixels=max_pixels,
             progress=RichProgress(quiet=quiet),
             total=len(inputs),
+            on_image=pictures if pictures.wanted else None,
         )
     )
     if csv_file is not None:

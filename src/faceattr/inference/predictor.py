@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from PIL import Image
 from faceattr.data.images import load_image
 from faceattr.data.transforms import normalize, preprocess
 from faceattr.errors import FaceAttrError
+from faceattr.inference.align import align_face
+from faceattr.inference.detect import Detector, create_detector
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import resolve_model
 from faceattr.utils import resolve_device
@@ -88,11 +90,24 @@ class _Item:
     faces: list[_Face] = field(default_factory=list)
     size: tuple[int, int] | None = None
     error: str | None = None
+    picture: Image.Image | None = None  # kept only when a callback wants to draw on it
 
 
-def _faces_whole_image(image: Image.Image) -> list[_Face]:
+def faces_whole_image(image: Image.Image) -> list[_Face]:
     """``--no-detect``: the whole image is one face already aligned like CelebA's crops."""
     return [_Face(box=[0.0, 0.0, float(image.width), float(image.height)], score=1.0, crop=image)]
+
+
+def faces_detected(image: Image.Image, detector: Detector) -> list[_Face]:
+    """Each face ``detector`` finds, aligned onto the CelebA template (178x218 crop)."""
+    faces = []
+    for face in detector.detect(image):
+        d = face.to_dict()
+        faces.append(
+            _Face(box=d["box"], score=d["score"], crop=align_face(image, face),
+                  landmarks=d["landmarks"])
+        )  # fmt: skip
+    return faces
 
 
 def _load(source: str | Path | Image.Image, max_pixels: int | None) -> tuple[str, Image.Image]:
@@ -101,40 +116,49 @@ def _load(source: str | Path | Image.Image, max_pixels: int | None) -> tuple[str
     return str(source), load_image(source, max_pixels=max_pixels)
 
 
+# Called once per image with (result, the decoded image or None, aligned crops per face).
+OnImage = Callable[[dict[str, Any], Image.Image | None, list[Image.Image]], None]
+
+
 def iter_predictions(
     sources: Iterable[str | Path | Image.Image],
     predictor: Predictor,
     *,
-    detect: bool = False,
+    detector: Detector | None = None,
     max_pixels: int | None = None,
     progress: Progress | None = None,
     total: int | None = None,
+    on_image: OnImage | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one result dict per source, in order, batching faces across images."""
+    """Yield one result dict per source, in order, batching faces across images.
+
+    With a ``detector`` every face found is aligned and predicted; without one the whole
+    image is taken as an aligned face crop. An unreadable source yields an entry with
+    ``error`` set instead of raising.
+    """
     progress = progress or NullProgress()
     progress.start("predicting", total=total)
     pending: list[_Item] = []
     n_faces = 0
 
     def flush() -> Iterator[dict[str, Any]]:
-        crops = [f.crop for item in pending for f in item.faces]
-        probs = predictor.probabilities(crops)
+        probs = predictor.probabilities([f.crop for item in pending for f in item.faces])
         k = 0
         for item in pending:
             faces = []
             for face in item.faces:
-                entry: dict[str, Any] = {
-                    "box": [round(v, 1) for v in face.box],
-                    "score": round(face.score, 4),
-                }
+                entry: dict[str, Any] = {"box": face.box, "score": face.score}
                 if face.landmarks is not None:
                     entry["landmarks"] = face.landmarks
                 entry.update(predictor.describe(probs[k]))
                 faces.append(entry)
                 k += 1
-            result: dict[str, Any] = {"image": item.image, "faces": faces, "error": item.error}
+            result: dict[str, Any] = {"image": item.image}
             if item.size is not None:
                 result["width"], result["height"] = item.size
+            result.update(faces=faces, error=item.error)
+            if on_image is not None:
+                on_image(result, item.picture, [f.crop for f in item.faces])
             yield result
         progress.advance(len(pending))
         pending.clear()
@@ -146,10 +170,14 @@ def iter_predictions(
             pending.append(_Item(image=str(source), error=exc.message))
             continue
         item = _Item(image=name, size=(image.width, image.height))
-        item.faces = _faces_whole_image(image)
+        item.faces = faces_whole_image(image) if detector is None else faces_detected(
+            image, detector
+        )  # fmt: skip
+        if on_image is not None:
+            item.picture = image
         pending.append(item)
         n_faces += len(item.faces)
-        if n_faces >= predictor.batch_size:
+        if n_faces >= predictor.batch_size or len(pending) >= 4 * predictor.batch_size:
             yield from flush()
             n_faces = 0
     yield from flush()
@@ -161,16 +189,28 @@ def predict(
     model: str | Path | None = "default",
     *,
     threshold: float | None = None,
-    detect: bool = False,
+    detect: bool = True,
+    detector: str | None = None,
+    min_score: float | None = None,
+    min_face_size: float = 20.0,
+    max_faces: int | None = None,
     device: str = "auto",
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """Attributes of the faces in ``images`` (paths or PIL images).
 
+    Each face is found by a detector (``detector`` names one; None: the default) and aligned
+    like CelebA's crops; ``detect=False`` takes each whole image as an aligned crop.
     Returns one dict per image: ``{"image", "width", "height", "faces": [{"box": [x, y, w,
-    h], "score", "probabilities": {attribute: p}, "attributes": [present]}], "error"}``.
+    h], "score", "landmarks": [[x, y] x 5], "probabilities": {attribute: p}, "attributes":
+    [present, most probable first]}], "error"}``.
     """
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
-    return list(iter_predictions(images, predictor, detect=detect))
+    found = None
+    if detect:
+        found = create_detector(
+            detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
+        )
+    return list(iter_predictions(images, predictor, detector=found))

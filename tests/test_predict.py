@@ -1,0 +1,79 @@
+"""`faceattr predict` on photos: detection, alignment, pictures, odd inputs, Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import faceattr
+from faceattr.cli.app import app
+from faceattr.inference.detect import available_detectors
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+ASTRONAUT = EXAMPLES / "astronaut.jpg"
+needs_detector = pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@needs_detector
+def test_detects_and_aligns_the_astronaut(trained_run, tmp_path):
+    crops, drawn = tmp_path / "crops", tmp_path / "drawn"
+    r = invoke("predict", ASTRONAUT, "--model", trained_run, "--json",
+               "--save-crops", crops, "--annotate", drawn)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    [entry] = json.loads(r.stdout)
+    assert entry["error"] is None and len(entry["faces"]) == 1
+    face = entry["faces"][0]
+    x, y, w, h = face["box"]
+    assert 0 <= x < entry["width"] and 0 <= y < entry["height"] and w > 50 and h > 50
+    (lx, ly), (rx, ry), _, (mlx, mly), _ = face["landmarks"]
+    assert lx < rx and ly < mly  # left eye left of right eye, eyes above the mouth
+    assert len(face["probabilities"]) == 40
+    [crop] = list(crops.iterdir())
+    assert Image.open(crop).size == (178, 218)
+    [picture] = list(drawn.iterdir())
+    assert Image.open(picture).size == (entry["width"], entry["height"])
+
+
+@needs_detector
+def test_no_face_is_a_valid_answer(trained_run, tmp_path):
+    Image.new("RGB", (1, 1), (90, 90, 90)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(tmp_path / "blank.jpg")
+    r = invoke("predict", tmp_path / "tiny.png", tmp_path / "blank.jpg", "--model", trained_run,
+               "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [e["faces"] for e in json.loads(r.stdout)] == [[], []]
+
+
+@needs_detector
+def test_python_api_detects(trained_run):
+    [result] = faceattr.predict(ASTRONAUT, model=trained_run)
+    assert len(result["faces"]) == 1 and result["error"] is None
+    [result] = faceattr.predict(Image.open(ASTRONAUT), model=trained_run, detect=False)
+    assert result["faces"][0]["box"][:2] == [0.0, 0.0]
+
+
+def test_unknown_detector_lists_choices(trained_run):
+    r = invoke("predict", ASTRONAUT, "--model", trained_run, "--detector", "yolo")
+    assert r.exit_code == 2 and "retinaface" in r.stderr
+
+
+def test_image_modes_are_handled(trained_run, tmp_path):
+    rgb = Image.open(ASTRONAUT).resize((128, 128))
+    rgb.convert("L").save(tmp_path / "grey.png")
+    rgb.convert("RGBA").save(tmp_path / "rgba.png")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(tmp_path / "16bit.png")
+    r = invoke("predict", tmp_path, "--model", trained_run, "--no-detect", "--json")
+    assert r.exit_code == 0, r.output
+    entries = json.loads(r.stdout)
+    assert len(entries) == 4 and all(len(e["faces"]) == 1 for e in entries)
