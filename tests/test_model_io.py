@@ -185,3 +185,30 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         save_model_file(path, create_model("celebnet", 3, num_features=16), _info())
     assert path.read_bytes() == before  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_channels_last_model_saves_contiguous_tensors(tmp_path: Path) -> None:
+    model = _trained_like().to(memory_format=torch.channels_last)
+    path = save_model_file(tmp_path / "m.safetensors", model, _info())
+    loaded, _ = load_model_file(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from faceattr.models import ModelInfo, create_model, save_model_file
+    from faceattr.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        model = create_model("celebnet", 2, num_features=0)
+        path = save_model_file(tmp_path / "m.safetensors", model, ModelInfo("celebnet", ["a", "b"]))
+        atomic_write_text(tmp_path / "c.json", "{}")
+    finally:
+        os.umask(old)
+    for p in (path, tmp_path / "c.json"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p  # not the temp file's private 0600

@@ -20,6 +20,7 @@ from faceattr.attributes import ATTRIBUTE_GROUPS
 from faceattr.data.splits import resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
+from faceattr.utils import publish
 
 TOP_PAIRS = 10  # strongest positive and negative pairs listed
 
@@ -215,7 +216,7 @@ def plot_correlation(stats: dict[str, Any], path: str | Path, *, title: str | No
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -22,6 +22,7 @@ from faceattr import __version__
 from faceattr.errors import FaceAttrError, ModelError
 from faceattr.models.head import AttributeModel
 from faceattr.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from faceattr.utils import publish
 
 METADATA_KEY = "faceattr"
 # Bumped only when a reader of the old layout would misread the new one.
@@ -174,13 +175,13 @@ def save_model_file(
     tensors = _state_for_saving(model, dtype)
     metadata = {METADATA_KEY: info.to_json(), "format": "pt",
                 "faceattr_format": str(FORMAT_VERSION)}  # fmt: skip
-    # Same folder so os.replace is a rename; not mkstemp, whose 0600 mode would stick.
+    # Same folder so the final replace is a rename.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
