@@ -253,3 +253,23 @@ def test_tuned_thresholds_stay_valid_at_extremes():
         per = compute_metrics(probs, targets, ["a"], thresholds=thr)["per_attribute"]["a"]
         assert per["tp"] == 1 and per["fp"] <= 1  # hi is positive, lo is not
         assert per["tn"] >= 1
+
+
+def test_tune_thresholds_accuracy_drop_limits_the_cost():
+    rng = np.random.default_rng(3)
+    n, a = 4000, 6
+    targets = (rng.random((n, a)) < np.linspace(0.03, 0.3, a)).astype(float)
+    probs = np.clip(0.25 * targets + rng.normal(0.2, 0.15, (n, a)), 0, 1)
+    free = tune_thresholds(probs, targets, metric="balanced_accuracy")
+    capped = tune_thresholds(probs, targets, metric="balanced_accuracy", max_accuracy_drop=0.01)
+    best_acc = tune_thresholds(probs, targets, metric="accuracy")
+    attrs = [f"a{i}" for i in range(a)]
+    m_free = compute_metrics(probs, targets, attrs, thresholds=free)
+    m_cap = compute_metrics(probs, targets, attrs, thresholds=capped)
+    m_best = compute_metrics(probs, targets, attrs, thresholds=best_acc)
+    for name in attrs:
+        acc_cap = m_cap["per_attribute"][name]["accuracy"]
+        assert acc_cap >= m_best["per_attribute"][name]["accuracy"] - 0.01 - 1e-12
+    # The cap trades some balanced accuracy for accuracy, and sits between the extremes.
+    assert m_cap["mean_accuracy"] > m_free["mean_accuracy"]
+    assert m_cap["mean_balanced_accuracy"] >= m_best["mean_balanced_accuracy"]

@@ -368,3 +368,12 @@ def test_drive_page_instead_of_images_says_how_to_download_by_hand(
     assert set(out["sources"]) == {"images"}
     _same_table(wflw_root, root)
     assert read_dataset(DataConfig(dataset="wflw", root=str(root))).dataset == "wflw"
+
+
+def test_prepare_refuses_per_face_datasets(wflw_root, tmp_path, monkeypatch):
+    from faceattr.data.cache import prepare_cache
+    from faceattr.errors import UsageError
+
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UsageError, match="does not support wflw"):
+        prepare_cache(DataConfig(dataset="wflw", root=str(wflw_root), img_size=32))

@@ -107,6 +107,8 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without validation improvement
     tune_thresholds: bool = True
     threshold_metric: str = "balanced_accuracy"  # balanced_accuracy | accuracy | f1
+    # Tuned thresholds may cost each attribute at most this much accuracy (None: no limit).
+    threshold_accuracy_drop: float | None = 0.02
     out: str = ""  # run directory
     parent: str | None = None  # run this one was fine-tuned from
     unfreeze: str | None = None  # finetune: number of backbone groups unfrozen, or "all"

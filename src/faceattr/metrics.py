@@ -321,8 +321,11 @@ def compute_metrics(
     }
 
 
-def _best_threshold(probs: np.ndarray, is_pos: np.ndarray, metric: str) -> float:
-    """The threshold maximising ``metric`` for one attribute (known labels only).
+def _best_threshold(
+    probs: np.ndarray, is_pos: np.ndarray, metric: str, max_accuracy_drop: float | None = None
+) -> float:
+    """The threshold maximising ``metric`` for one attribute (known labels only), among the
+    thresholds whose accuracy is within ``max_accuracy_drop`` of the best accuracy (if set).
 
     Candidates sit between each pair of neighbouring distinct probabilities, plus one below the
     lowest (all positive) and one above the highest (all negative); the sort + cumsum makes
@@ -369,15 +372,28 @@ def _best_threshold(probs: np.ndarray, is_pos: np.ndarray, metric: str) -> float
     if candidates[-1] > 1:
         # Predicting "all negative" would need a threshold above 1; leave that option out.
         value[-1] = -np.inf
+    if max_accuracy_drop is not None and metric != "accuracy":
+        accuracy = (tp + tn) / (n_pos + n_neg)
+        if candidates[-1] > 1:
+            accuracy[-1] = -np.inf
+        value = np.where(accuracy >= accuracy.max() - max_accuracy_drop, value, -np.inf)
 
     best = np.flatnonzero(value >= value.max() - 1e-12)
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
 def tune_thresholds(
-    probs: np.ndarray, targets: np.ndarray, *, metric: str = "balanced_accuracy"
+    probs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    metric: str = "balanced_accuracy",
+    max_accuracy_drop: float | None = None,
 ) -> np.ndarray:
     """One decision threshold per attribute maximising ``metric`` on these (validation) data.
+
+    ``max_accuracy_drop`` (e.g. 0.01) only allows thresholds whose accuracy is at most that
+    far below the attribute's best accuracy: balanced accuracy without flooding rare
+    attributes with false positives.
 
     probs: ``[N, A]``; targets: ``[N, A]`` 0/1 with NaN unknown (ignored). metric: one of
     :data:`THRESHOLD_METRICS`. Returns float64 ``[A]``; attributes whose known labels hold a
@@ -392,5 +408,5 @@ def tune_thresholds(
     probs_t, pos_t, known_t = (np.ascontiguousarray(x.T) for x in (probs, pos, pos | neg))
     for a in range(probs.shape[1]):
         known = known_t[a]
-        out[a] = _best_threshold(probs_t[a][known], pos_t[a][known], metric)
+        out[a] = _best_threshold(probs_t[a][known], pos_t[a][known], metric, max_accuracy_drop)
     return out

@@ -62,9 +62,14 @@ class RichProgress:
         self.quiet = quiet
         self._progress = None
         self._task = None
+        # Not a terminal (a log file, CI): plain lines every 10% instead of a live bar.
+        self._plain: dict[str, Any] | None = None
 
     def start(self, description: str, total: int | None = None, unit: str = "img") -> None:
         if self.quiet:
+            return
+        if not err.is_terminal:
+            self._plain = {"desc": description, "total": total, "done": 0, "next": 0.1}
             return
         from rich.progress import (
             BarColumn,
@@ -97,12 +102,27 @@ class RichProgress:
         self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, n: int = 1, **info: Any) -> None:
+        if self._plain is not None:
+            self._advance_plain(n, info)
+            return
         if self._progress is None:
             return
         text = "  ".join(_fmt_info(k, v) for k, v in info.items())
         self._progress.update(self._task, advance=n, info=text)
 
+    def _advance_plain(self, n: int, info: dict[str, Any]) -> None:
+        p = self._plain
+        p["done"] += n
+        if not p["total"] or p["done"] / p["total"] < p["next"]:
+            return
+        while p["done"] / p["total"] >= p["next"]:
+            p["next"] += 0.1
+        text = "  ".join(_fmt_info(k, v) for k, v in info.items())
+        pct_done = min(100, round(100 * p["done"] / p["total"]))
+        err.print(f"{p['desc']}: {pct_done}% ({p['done']}/{p['total']})  {text}", highlight=False)
+
     def finish(self) -> None:
+        self._plain = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.train import Cache, CacheMode
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -36,6 +37,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Image decoding processes.", min=0)] = None,
+    cache: Cache = CacheMode.auto,
     fail_under: Annotated[
         float | None,
         typer.Option(help="Exit with code 1 when the summary metric is below this (a CI gate)."),
@@ -72,6 +74,7 @@ def eval_command(
             root=str(root),
             labels=str(labels) if labels is not None else None,
             workers=workers,
+            cache=cache.value,
         ),
         split,
         batch_size=batch_size,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.config import CELEBA_CROP, FULL_IMAGE
 
 TRAIN_HELP = "Training"
 DATA_HELP = "Data"
@@ -50,6 +51,8 @@ class ThresholdMetric(str, Enum):
     f1 = "f1"
 
 
+CROPS = {"auto": None, "square": CELEBA_CROP, "full": FULL_IMAGE}
+
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": dict(hflip=False),
     "flip": dict(hflip=True),
@@ -72,23 +75,38 @@ Sample = Annotated[
     typer.Option(help="Train on a seeded random subset of N training images.",
                  rich_help_panel=DATA_HELP, min=1),
 ]  # fmt: skip
-Epochs = Annotated[int | None, typer.Option(help="Epochs.", rich_help_panel=TRAIN_HELP, min=1)]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        help="Epochs [train default: 10; finetune: the parent's].",
+        rich_help_panel=TRAIN_HELP,
+        min=1,
+    ),
+]
 BatchSize = Annotated[
-    int | None, typer.Option(help="Batch size.", rich_help_panel=TRAIN_HELP, min=1)
+    int | None,
+    typer.Option(help="Batch size [train default: 64].", rich_help_panel=TRAIN_HELP, min=1),
 ]
 Lr = Annotated[
     float | None,
     typer.Option(help="Peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd).",
                  rich_help_panel=TRAIN_HELP),
 ]  # fmt: skip
-Opt = Annotated[Optimizer | None, typer.Option(help="Optimizer.", rich_help_panel=TRAIN_HELP)]
+Opt = Annotated[
+    Optimizer | None,
+    typer.Option(help="Optimizer [train default: adamw].", rich_help_panel=TRAIN_HELP),
+]
 Sched = Annotated[
     Scheduler | None,
-    typer.Option(help="Learning-rate schedule, stepped per batch.", rich_help_panel=TRAIN_HELP),
+    typer.Option(
+        help="Learning-rate schedule, stepped per batch [train default: cosine].",
+        rich_help_panel=TRAIN_HELP,
+    ),
 ]
 LossOpt = Annotated[
     Loss | None,
-    typer.Option(help="bce, weighted-bce (class weights from training positive rates) or focal.",
+    typer.Option(help="bce, weighted-bce (class weights from training positive rates) or focal "
+                 "[train default: bce].",
                  rich_help_panel=TRAIN_HELP),
 ]  # fmt: skip
 WeightDecay = Annotated[float | None, typer.Option(rich_help_panel=TRAIN_HELP)]
@@ -103,7 +121,7 @@ Patience = Annotated[
 Augment = Annotated[
     AugmentPreset | None,
     typer.Option(help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
-                 "(+ rotation, erasing). The flags below override it.",
+                 "(+ rotation, erasing). The flags below override it [train default: light].",
                  rich_help_panel=AUG_HELP),
 ]  # fmt: skip
 Hflip = Annotated[bool | None, typer.Option("--hflip/--no-hflip", rich_help_panel=AUG_HELP)]
@@ -130,6 +148,24 @@ Erasing = Annotated[
         help="Probability of a random erased patch (occlusion).", rich_help_panel=AUG_HELP
     ),
 ]
+
+
+class CropMode(str, Enum):
+    auto = "auto"
+    square = "square"
+    full = "full"
+
+
+class CacheMode(str, Enum):
+    auto = "auto"
+    off = "off"
+
+
+Cache = Annotated[
+    CacheMode,
+    typer.Option(help="auto: read pixels from a `faceattr data prepare` cache when one matches; "
+                 "off: always decode the image files.", rich_help_panel=RUN_HELP),
+]  # fmt: skip
 Device = Annotated[
     str,
     typer.Option(
@@ -158,6 +194,11 @@ TuneThresholds = Annotated[
     typer.Option("--tune-thresholds/--no-tune-thresholds",
                  help="Tune one decision threshold per attribute on the validation split "
                  "(stored in the model; on by default).", rich_help_panel=TRAIN_HELP),
+]  # fmt: skip
+ThresholdDrop = Annotated[
+    float | None,
+    typer.Option(help="Tuned thresholds may cost an attribute at most this much accuracy "
+                 "[train default: 0.02; 1 = no limit].", rich_help_panel=TRAIN_HELP, min=0),
 ]  # fmt: skip
 ThresholdMetricOpt = Annotated[
     ThresholdMetric | None,
@@ -232,6 +273,15 @@ def train_command(
             rich_help_panel=DATA_HELP,
         ),
     ] = 0.1,  # fmt: skip
+    crop: Annotated[
+        CropMode,
+        typer.Option(
+            help="Part of each image the model sees: square (CelebA: the central "
+            "178x178 face square), full (the whole image, squashed to a square), or "
+            "auto (the dataset's default).",
+            rich_help_panel=DATA_HELP,
+        ),
+    ] = CropMode.auto,  # fmt: skip
     pretrained: Annotated[
         bool,
         typer.Option(
@@ -273,6 +323,7 @@ def train_command(
     erasing: Erasing = None,
     tune_thresholds: TuneThresholds = None,
     threshold_metric: ThresholdMetricOpt = None,
+    threshold_accuracy_drop: ThresholdDrop = None,
     device: Device = "auto",
     amp: Amp = True,
     channels_last: Annotated[
@@ -286,6 +337,7 @@ def train_command(
     ] = False,
     seed: Seed = None,
     workers: Workers = None,
+    cache: Cache = CacheMode.auto,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -351,7 +403,9 @@ def train_command(
             sample=sample,
             valid_fraction=valid_fraction,
             img_size=img_size,
+            crop=CROPS[crop.value],
             workers=workers,
+            cache=cache.value,
         ),
         model=ModelConfig(
             arch=arch,
@@ -380,6 +434,9 @@ def train_command(
         patience=patience,
         tune_thresholds=True if tune_thresholds is None else tune_thresholds,
         threshold_metric=(threshold_metric or ThresholdMetric.balanced_accuracy).value,
+        threshold_accuracy_drop=0.02
+        if threshold_accuracy_drop is None
+        else threshold_accuracy_drop,
         out=str(out_dir or _default_run_dir(dataset, arch)),
     )
     err.print(f"Training {arch} -> [bold]{cfg.out}[/]", highlight=False)
@@ -475,6 +532,7 @@ def finetune_command(
     erasing: Erasing = None,
     tune_thresholds: TuneThresholds = None,
     threshold_metric: ThresholdMetricOpt = None,
+    threshold_accuracy_drop: ThresholdDrop = None,
     device: Device = "auto",
     seed: Seed = None,
     workers: Workers = None,
@@ -519,6 +577,7 @@ def finetune_command(
         patience=patience,
         tune_thresholds=tune_thresholds,
         threshold_metric=threshold_metric.value if threshold_metric else None,
+        threshold_accuracy_drop=threshold_accuracy_drop,
         device=device,
         seed=seed,
         out=str(out_dir) if out_dir else None,

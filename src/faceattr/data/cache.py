@@ -261,6 +261,10 @@ def find_cache(
         )
     if data.cache == "off" or not data.root:
         return CacheLookup(None, None, "")
+    from faceattr.data import table_boxes
+
+    if table_boxes(table) is not None:  # per-face crops (WFLW): rows are faces, not files
+        return CacheLookup(None, None, "")
     splits = "/".join(s for s in SPLITS if s in set(table.frame["split"]))
     what = f"Data ({splits or 'images'}, {len(table):,} images)"
     jpeg = "decoding image files"
@@ -757,6 +761,14 @@ def prepare_cache(
         raise UsageError(f"--img-size must be at least 8 pixels, got {size}.")
     crop = tuple(data.crop if crop is None else crop)
     table = read_dataset(data)
+    from faceattr.data import table_boxes
+
+    if table_boxes(table) is not None:
+        raise UsageError(
+            f"`data prepare` does not support {data.dataset}: its images hold several faces, "
+            "each cropped by its own box when read.",
+            "Train without a cache (decoding is rarely the bottleneck on a CPU).",
+        )
     root = Path(data.root).expanduser()
     path = cache_path(data, size, crop, cache_dir)
     start = time.perf_counter()

@@ -459,7 +459,12 @@ def fit(
         )
     thresholds = None
     if cfg.tune_thresholds:
-        thresholds = tune_thresholds(best_probs, targets, metric=cfg.threshold_metric)
+        thresholds = tune_thresholds(
+            best_probs,
+            targets,
+            metric=cfg.threshold_metric,
+            max_accuracy_drop=cfg.threshold_accuracy_drop,
+        )
         info = replace(info, thresholds=[float(t) for t in thresholds])
     save_model_file(run_dir / BEST_FILE, best_model, replace(info, extra={"epoch": best_epoch}))
     metrics = metrics_report(best_probs, targets, attributes, thresholds, train_rates)
