@@ -77,3 +77,24 @@ def test_image_modes_are_handled(trained_run, tmp_path):
     assert r.exit_code == 0, r.output
     entries = json.loads(r.stdout)
     assert len(entries) == 4 and all(len(e["faces"]) == 1 for e in entries)
+
+
+def test_default_model_ships_inside_the_package():
+    from faceattr.models import read_model_info
+    from faceattr.runs import default_model_path
+
+    path = default_model_path()
+    assert path.exists() and path.stat().st_size < 15e6
+    info = read_model_info(path)
+    assert len(info.attributes) == 40 and len(info.thresholds) == 40
+    assert "non-commercial" in info.license
+
+
+@needs_detector
+def test_default_model_on_the_example_photo():
+    [result] = faceattr.predict(ASTRONAUT)  # no model argument: the packaged one
+    [face] = result["faces"]
+    # A broadly smiling face with an open mouth and no beard: the default model must see that.
+    for name in ("Smiling", "Mouth_Slightly_Open", "No_Beard"):
+        assert name in face["attributes"], face["probabilities"]
+    assert face["probabilities"]["Eyeglasses"] < 0.1 and face["probabilities"]["Wearing_Hat"] < 0.1

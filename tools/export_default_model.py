@@ -1,0 +1,98 @@
+"""Export a run's best model as the packaged default model (fp16, with provenance).
+
+    python tools/export_default_model.py runs/<run> [--out src/faceattr/assets/default.safetensors]
+
+The file keeps the run's thresholds and preprocessing, adds a description and the CelebA
+licence note, and is checked to load and to predict like the fp32 original.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceattr.metrics import compute_metrics, tune_thresholds
+from faceattr.models import load_model_file, save_model_file
+from faceattr.runs import resolve_model
+
+LICENSE = (
+    "Weights derived from CelebA (Liu et al., ICCV 2015), which is licensed for non-commercial "
+    "research purposes only; these weights carry the same restriction."
+)
+
+
+def _validation_predictions(run: Path):
+    data = np.load(run / "predictions-valid.npz")
+    targets = data["targets"].astype(np.float32)
+    targets[targets < 0] = np.nan
+    return data["probs"].astype(np.float32), targets
+
+
+def retune(run: Path, info, max_drop: float):
+    probs, targets = _validation_predictions(run)
+    thresholds = tune_thresholds(probs, targets, max_accuracy_drop=max_drop)
+    return replace(info, thresholds=[float(t) for t in thresholds])
+
+
+def validation_summary(run: Path, info) -> dict:
+    """Mean/balanced accuracy on the run's validation predictions, at 0.5 and at the
+    model's thresholds (empty when `faceattr eval RUN --split valid` has not been run)."""
+    if not (run / "predictions-valid.npz").exists():
+        return {}
+    probs, targets = _validation_predictions(run)
+    out = {"valid_images": len(probs)}
+    for name, thr in (("at_0.5", 0.5), ("tuned", info.thresholds or 0.5)):
+        m = compute_metrics(probs, targets, info.attributes, thresholds=thr,
+                            train_positive_rates=info.train_positive_rates)  # fmt: skip
+        out[f"mean_accuracy_{name}"] = round(m["mean_accuracy"], 4)
+        out[f"mean_balanced_accuracy_{name}"] = round(m["mean_balanced_accuracy"], 4)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run directory (or model file) to export")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).parents[1] / "src/faceattr/assets/default.safetensors"),
+    )
+    parser.add_argument(
+        "--retune",
+        type=float,
+        metavar="MAX_ACCURACY_DROP",
+        help="re-tune thresholds (balanced accuracy, at most this accuracy cost per attribute) "
+        "on the run's predictions-valid.npz (from `faceattr eval RUN --split valid`)",
+    )
+    args = parser.parse_args()
+
+    src = resolve_model(args.run)
+    model, info = load_model_file(src)
+    if args.retune is not None:
+        info = retune(src.parent, info, args.retune)
+    summary = validation_summary(src.parent, info)
+    extra = dict(info.extra)
+    extra.update(
+        description="faceattr default model: 40 CelebA attributes from an aligned face crop.",
+        source_run=str(Path(args.run).name),
+        validation=summary,
+    )
+    info = replace(info, license=LICENSE, extra=extra)
+    out = save_model_file(args.out, model, info, dtype=torch.float16)
+
+    # The fp16 copy must behave like the original.
+    copy, _ = load_model_file(out)
+    x = torch.rand(8, 3, info.img_size, info.img_size)
+    with torch.no_grad():
+        diff = (torch.sigmoid(model(x)) - torch.sigmoid(copy(x))).abs().max().item()
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size_mb:.1f} MB); max probability change from fp16: {diff:.2e}")
+    if diff > 1e-2:
+        raise SystemExit("fp16 export changed predictions too much")
+
+
+if __name__ == "__main__":
+    main()
