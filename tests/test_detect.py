@@ -246,3 +246,23 @@ def test_real_celeba_faces(real_data_root: Path) -> None:
         errors.append(nme(faces[0].landmarks * (178 / img.width), template_for(det.name)))
     assert found >= 48
     assert np.median(errors) < 0.1
+
+
+def test_a_really_missing_package_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A backend whose distribution does not exist, or exists under another module name.
+    fake = detect_mod._Backend(
+        detect_mod.RetinaFaceDetector,
+        (("faceattr-no-such-dist", "faceattr_no_such_module"), ("numpy", "numpy")),
+    )
+    monkeypatch.setitem(detect_mod._BACKENDS, "fake", fake)
+    assert fake.missing() == ["faceattr-no-such-dist"]
+    assert "fake" not in available_detectors()
+    with pytest.raises(FaceAttrError, match="faceattr-no-such-dist") as err:
+        create_detector("fake")
+    assert "pip install faceattr-no-such-dist" in err.value.hint
+    # A module of that name provided by another distribution does not count (e.g. the
+    # `retinaface` module of `retina-face`).
+    other = detect_mod._Backend(
+        detect_mod.RetinaFaceDetector, (("faceattr-no-such-dist", "numpy"),)
+    )
+    assert other.missing() == ["faceattr-no-such-dist"]

@@ -53,7 +53,7 @@ def test_freeze_backbone_is_a_linear_probe() -> None:
 
 def test_groups_of_known_layouts() -> None:
     assert backbone_groups(create_model("celebnet", 2)) == [
-        ["stages.0"], ["stages.1"], ["stages.2"], ["stages.3"]
+        ["stages.0"], ["stages.1"], ["stages.2"], ["stages.3"], ["stages.4"]
     ]  # fmt: skip
     assert backbone_groups(create_model("resnet18", 2)) == [
         ["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]
@@ -129,7 +129,7 @@ def test_param_groups_learning_rates() -> None:
     assert by_name["head"]["lr"] == 1e-3
     assert by_name["backbone"]["lr"] == pytest.approx(1e-4)
     n_backbone = sum(p.numel() for p in by_name["backbone"]["params"])
-    assert n_backbone == sum(p.numel() for p in model.backbone.stages[3].parameters())
+    assert n_backbone == sum(p.numel() for p in model.backbone.stages[4].parameters())
 
     decayed = param_groups(model, 1e-3, 0.1, weight_decay=0.05)
     assert {g["name"]: g["weight_decay"] for g in decayed} == {

@@ -58,11 +58,11 @@ def test_head_layout() -> None:
     mlp = create_model("celebnet", 7, num_features=16, dropout=0.3)
     layers = [type(m) for m in mlp.head]
     assert layers == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
-    assert mlp.head[0].in_features == mlp.feature_dim == 256
+    assert mlp.head[0].in_features == mlp.feature_dim == 512
     assert mlp.head[2].p == 0.3 and mlp.classifier.out_features == 7
     linear = create_model("celebnet", 7, num_features=0)
     assert [type(m) for m in linear.head] == [nn.Dropout, nn.Linear]
-    assert linear.classifier.in_features == 256
+    assert linear.classifier.in_features == 512
     # No BatchNorm in the head: a batch of one trains.
     mlp.train()
     assert mlp(torch.randn(1, 3, 32, 32)).shape == (1, 7)
@@ -137,7 +137,7 @@ def test_count_parameters() -> None:
     assert total == trainable == sum(p.numel() for p in model.parameters())
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    assert count_parameters(model) == (total, 256 * 4 + 4)
+    assert count_parameters(model) == (total, 512 * 4 + 4)
 
 
 @pytest.fixture
