@@ -1,0 +1,65 @@
+"""``faceattr report``: an HTML (or Markdown) report built only from run directories.
+
+Typical use::
+
+    from faceattr.report import load_runs, build_report, write_report
+    runs = load_runs(["runs/frozen", "runs/finetuned"])        # split: test, else valid
+    write_report(build_report(runs), "report.html")
+
+The pieces: :mod:`.load` reads run directories, :mod:`.analysis` computes the numbers,
+:mod:`.plots` draws them, :mod:`.gradcam` explains a model's decisions, :mod:`.build`
+assembles format-neutral blocks, and :mod:`.html` / :mod:`.markdown` render them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faceattr.errors import UsageError
+from faceattr.report.build import ReportOptions, RunAnalysis, analyze_run, build_report
+from faceattr.report.document import Report
+from faceattr.report.load import Predictions, RunData, load_run, load_runs
+from faceattr.utils import atomic_write_text
+
+FORMATS = ("html", "md")
+
+
+def write_report(report: Report, out: str | Path, fmt: str | None = None) -> list[Path]:
+    """Write ``report`` to ``out`` as ``fmt`` (html or md; default from the extension).
+
+    Returns the files written (for Markdown: the .md file and its plot files).
+    """
+    out = Path(out).expanduser()
+    if fmt is None:
+        fmt = "md" if out.suffix.lower() in (".md", ".markdown") else "html"
+    if fmt not in FORMATS:
+        from faceattr.errors import unknown_name_error
+
+        raise unknown_name_error("report format", fmt, FORMATS)
+    if out.is_dir():
+        raise UsageError(
+            f"--out {out} is a folder.", f"Name a file, e.g. --out {out / ('report.' + fmt)}"
+        )
+    if fmt == "md":
+        from faceattr.report.markdown import write_markdown
+
+        return write_markdown(report, out)
+    from faceattr.report.html import render_html
+
+    atomic_write_text(out, render_html(report))
+    return [out]
+
+
+__all__ = [
+    "FORMATS",
+    "Predictions",
+    "Report",
+    "ReportOptions",
+    "RunAnalysis",
+    "RunData",
+    "analyze_run",
+    "build_report",
+    "load_run",
+    "load_runs",
+    "write_report",
+]
