@@ -45,9 +45,7 @@ def parse_attribute_list(text: str | Sequence[str] | None) -> list[str] | None:
     return names or None
 
 
-def resolve_attributes(
-    requested: Sequence[str] | None, available: Sequence[str]
-) -> list[str]:
+def resolve_attributes(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
     """Map requested names onto ``available`` case-insensitively, keeping the request's order.
 
     ``None`` means all available attributes. Unknown names raise a

@@ -35,16 +35,21 @@ def fetch_command(
     root: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
     from_path: Annotated[
         Path | None,
-        typer.Option("--from", help="A folder or zip of files you downloaded by hand "
-                     "(official names, Google Drive folders or Kaggle's archive)."),
+        typer.Option(
+            "--from",
+            help="A folder or zip of files you downloaded by hand "
+            "(official names, Google Drive folders or Kaggle's archive).",
+        ),
     ] = None,  # fmt: skip
     mirror: Annotated[
         str | None, typer.Option(help="Base URL of a mirror serving the official file names.")
     ] = None,
     source: Annotated[
         FetchSource | None,
-        typer.Option(help="Use only this source (default: --from, --mirror, else Google Drive "
-                     "then the Hugging Face mirror)."),
+        typer.Option(
+            help="Use only this source (default: --from, --mirror, else Google Drive "
+            "then the Hugging Face mirror)."
+        ),
     ] = None,  # fmt: skip
     checksums: Annotated[
         Path | None,
