@@ -11,7 +11,7 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,detect]")
     session.run("pytest", *session.posargs)
 
 
