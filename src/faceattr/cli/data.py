@@ -129,7 +129,10 @@ def fetch_command(
         )
         total = n_train + n_valid + n_test
         out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {path}")
-        err.print(f"Next: faceattr train --root {path} --arch celebnet --img-size 64 --epochs 3")
+        err.print(
+            f"Next: faceattr train --root {path} --arch celebnet --img-size 64 --epochs 5 "
+            "--augment none  (its labels are drawn at fixed places: flips would scramble them)"
+        )
 
 
 def _fetch_wflw(
