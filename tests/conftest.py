@@ -34,15 +34,17 @@ def real_data_root() -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small celebnet run trained on the synthetic set (shared: treat it as read-only)."""
-    from faceattr.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
-    from faceattr.engine.fit import fit
+def small_train_config(root: Path, out: Path, **changes):
+    """A seconds-long celebnet training on synthetic data (no flips: its cues are positional).
 
-    out = tmp_path_factory.mktemp("runs") / "celebnet"
+    ``changes`` replace TrainConfig fields. Tests import it: ``from conftest import ...``.
+    """
+    from dataclasses import replace
+
+    from faceattr.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
     cfg = TrainConfig(
-        data=DataConfig(root=str(synthetic_root), img_size=40, workers=0),
+        data=DataConfig(root=str(root), img_size=40, workers=0),
         model=ModelConfig(arch="celebnet", num_features=64, dropout=0.1),
         optim=OptimConfig(lr=3e-3),
         augment=AugmentConfig(hflip=False),
@@ -50,5 +52,14 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         batch_size=32,
         out=str(out),
     )
-    fit(cfg)
+    return replace(cfg, **changes)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small celebnet run trained on the synthetic set (shared: treat it as read-only)."""
+    from faceattr.engine.fit import fit
+
+    out = tmp_path_factory.mktemp("runs") / "celebnet"
+    fit(small_train_config(synthetic_root, out))
     return out

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from faceattr.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from conftest import small_train_config as small_config
+from faceattr.config import AugmentConfig, DataConfig, TrainConfig
 from faceattr.engine.fit import fit
 from faceattr.errors import UsageError
-
-
-def small_config(root: Path, out: Path, **changes) -> TrainConfig:
-    cfg = TrainConfig(
-        data=DataConfig(root=str(root), img_size=40, workers=0),
-        model=ModelConfig(arch="celebnet", num_features=64, dropout=0.1),
-        optim=OptimConfig(lr=3e-3),
-        augment=AugmentConfig(hflip=False),
-        epochs=3,
-        batch_size=32,
-        out=str(out),
-    )
-    return replace(cfg, **changes)
 
 
 def test_training_learns_synthetic_and_writes_run_dir(synthetic_root, tmp_path):
