@@ -74,12 +74,15 @@ def load_split(
     sample: int | None = None,
     seed: int = 0,
     attributes: list[str] | None = None,
+    table: AttributeTable | None = None,
 ) -> AttributeTable:
     """One split of the dataset, with a validation split carved out of train when the data
-    has none (seeded by ``cfg.split_seed``, so train and eval agree on it)."""
+    has none (seeded by ``cfg.split_seed``, so train and eval agree on it). Pass ``table``
+    (from :func:`read_dataset`) to take several splits from one read of the files."""
     from faceattr.data.splits import ensure_validation, select_split
 
-    table = ensure_validation(read_dataset(cfg), fraction=cfg.valid_fraction, seed=cfg.split_seed)
+    table = read_dataset(cfg) if table is None else table
+    table = ensure_validation(table, fraction=cfg.valid_fraction, seed=cfg.split_seed)
     wanted = (
         attributes if attributes is not None else (list(cfg.attributes) if cfg.attributes else None)
     )

@@ -60,11 +60,12 @@ class FitResult:
 
 def load_train_valid(cfg: TrainConfig) -> tuple[AttributeTable, AttributeTable]:
     """The training split (sampled, attributes selected) and its validation split."""
-    from faceattr.data import load_split
+    from faceattr.data import load_split, read_dataset
 
     d = cfg.data
-    train = load_split(d, "train", sample=d.sample, seed=cfg.seed)
-    valid = load_split(d, "valid", attributes=train.attributes)
+    table = read_dataset(d)  # once: the annotation files of full CelebA take ~1 s to parse
+    train = load_split(d, "train", sample=d.sample, seed=cfg.seed, table=table)
+    valid = load_split(d, "valid", attributes=train.attributes, table=table)
     return train, valid
 
 
@@ -528,7 +529,7 @@ def _copy_matching(
     the rows of attributes both have (new attributes keep their fresh initialisation)."""
     own = model.state_dict()
     src = parent.state_dict()
-    last_w, last_b = _final_layer_keys(own)
+    last_w, last_b = _classifier_keys(model)
     copied = 0
     for key, value in src.items():
         if key in (last_w, last_b) or key not in own:
@@ -549,9 +550,7 @@ def _copy_matching(
     )
 
 
-def _final_layer_keys(state: dict[str, torch.Tensor]) -> tuple[str, str]:
-    heads = [k for k in state if k.startswith("head.") and k.endswith(".weight")]
-    if not heads:
-        raise ModelError("Model has no attribute head (no 'head.*.weight' tensors).")
-    last_w = heads[-1]
-    return last_w, last_w[: -len("weight")] + "bias"
+def _classifier_keys(model: torch.nn.Module) -> tuple[str, str]:
+    """State-dict keys of the head's output layer (``AttributeModel.classifier``)."""
+    name = next(n for n, m in model.named_modules() if m is model.classifier)
+    return f"{name}.weight", f"{name}.bias"
