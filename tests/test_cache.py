@@ -349,3 +349,23 @@ def test_prepare_command(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "Cache up to date" in result.stdout
     result = runner.invoke(app, ["data", "prepare", "celeba", "--root", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "Error" in result.output
+
+
+def test_prepare_command_crop_matches_train_crop(tmp_path: Path) -> None:
+    """`data prepare --crop full` builds the cache that `train --crop full` then reads."""
+    from typer.testing import CliRunner
+
+    from faceattr.cli.app import app
+    from faceattr.config import FULL_IMAGE
+
+    root = make_root(tmp_path)
+    r = CliRunner().invoke(
+        app, ["data", "prepare", "celeba", "--root", str(root), "--img-size", str(SIZE),
+              "--crop", "full", "--workers", "0", "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert cache_status(data_cfg(root, crop=FULL_IMAGE)).up_to_date
+    assert not cache_status(data_cfg(root)).exists  # the default (square) crop was not built
+    bad = CliRunner().invoke(app, ["data", "prepare", "celeba", "--root", str(root),
+                                   "--crop", "diagonal"])  # fmt: skip
+    assert bad.exit_code == 2 and "diagonal" in bad.output

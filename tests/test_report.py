@@ -499,3 +499,20 @@ def test_grad_cam_on_a_frozen_celebnet():
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
     with torch.no_grad():
         np.testing.assert_allclose(probs, torch.sigmoid(model(x))[:, [0, 2]].numpy(), atol=1e-5)
+
+
+def test_grad_cam_ignores_flip_tta():
+    import torch
+
+    from faceattr.models import create_model
+    from faceattr.report.gradcam import grad_cam
+
+    torch.manual_seed(0)
+    model = create_model("celebnet", 3, num_features=8, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    plain_maps, plain_probs, _ = grad_cam(model, x, [1])
+    model.tta = "flip"
+    maps, probs, _ = grad_cam(model, x, [1])
+    assert maps.shape == (2, 1, 64, 64) and model.tta == "flip"
+    np.testing.assert_allclose(maps, plain_maps, atol=1e-6)
+    np.testing.assert_allclose(probs, plain_probs, atol=1e-6)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import err, handle_errors, out
+from faceattr.cli.common import CROPS, CropMode, err, handle_errors, out
 
 data_app = typer.Typer(
     help="Fetch, prepare and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich"
@@ -198,6 +198,13 @@ def prepare_command(
     img_size: Annotated[
         int, typer.Option(help="Side of the square model input, pixels (as train's).", min=8)
     ] = 128,
+    crop: Annotated[
+        CropMode,
+        typer.Option(
+            help="Part of each image to keep, as train's --crop: square, full, or auto "
+            "(the dataset's default)."
+        ),
+    ] = CropMode.auto,  # fmt: skip
     labels: Annotated[
         Path | None, typer.Option(help="Labels file (for datasets that need one).")
     ] = None,
@@ -223,6 +230,7 @@ def prepare_command(
         root=str(root),
         labels=str(labels) if labels is not None else None,
         img_size=img_size,
+        crop=CROPS[crop.value],
     )
     res = prepare_cache(data, workers=workers, force=force, progress=RichProgress(quiet=as_json))
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.common import RichProgress, TtaMode, err, handle_errors, out, pct, print_json
 from faceattr.cli.train import Cache, CacheMode
 
 SUMMARY_METRICS = (
@@ -32,6 +32,13 @@ def eval_command(
         float | None,
         typer.Option(
             help="One decision threshold for all attributes, instead of the model's tuned ones."
+        ),
+    ] = None,  # fmt: skip
+    tta: Annotated[
+        TtaMode | None,
+        typer.Option(
+            help="Test-time augmentation: none, or flip (average with the mirror "
+            "image). Default: the model's own setting."
         ),
     ] = None,  # fmt: skip
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -80,6 +87,7 @@ def eval_command(
         batch_size=batch_size,
         device=device,
         threshold=threshold,
+        tta=tta.value if tta else None,
         progress=RichProgress(quiet=json_out),
     )
     if json_out:

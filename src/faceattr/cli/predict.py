@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, TtaMode, err, handle_errors, out, print_json
 
 
 def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
@@ -48,6 +48,13 @@ def predict_command(
         float | None,
         typer.Option(help="One decision threshold for all attributes (default: the model's)."),
     ] = None,
+    tta: Annotated[
+        TtaMode | None,
+        typer.Option(
+            help="Test-time augmentation: none (faster), or flip (average with the "
+            "mirror image). Default: the model's own setting."
+        ),
+    ] = None,  # fmt: skip
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON array, one entry per image.")
     ] = False,
@@ -111,7 +118,10 @@ def predict_command(
         found = create_detector(
             detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
         )
-    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
+    predictor = Predictor(
+        model, device=device, batch_size=batch_size, threshold=threshold,
+        tta=tta.value if tta else None,
+    )  # fmt: skip
     pictures = PictureWriter(save_crops, annotate)
     quiet = json_out or len(inputs) <= 5
     results = list(

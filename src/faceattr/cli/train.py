@@ -9,8 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.config import CELEBA_CROP, FULL_IMAGE
+from faceattr.cli.common import (
+    CROPS,
+    CropMode,
+    RichProgress,
+    TtaMode,
+    err,
+    handle_errors,
+    out,
+    pct,
+    print_json,
+)
 
 TRAIN_HELP = "Training"
 DATA_HELP = "Data"
@@ -50,8 +59,6 @@ class ThresholdMetric(str, Enum):
     accuracy = "accuracy"
     f1 = "f1"
 
-
-CROPS = {"auto": None, "square": CELEBA_CROP, "full": FULL_IMAGE}
 
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": dict(hflip=False),
@@ -118,6 +125,18 @@ Patience = Annotated[
     typer.Option(help="Stop after N epochs without validation improvement.",
                  rich_help_panel=TRAIN_HELP, min=1),
 ]  # fmt: skip
+Ema = Annotated[
+    float | None,
+    typer.Option(help="Keep an exponential moving average of the weights with this decay per "
+                 "step (e.g. 0.998) and validate/save it; 0 = off [train default: 0].",
+                 rich_help_panel=TRAIN_HELP, min=0.0, max=0.99999),
+]  # fmt: skip
+TtaOpt = Annotated[
+    TtaMode | None,
+    typer.Option(help="Test-time augmentation stored in the model: flip averages each face "
+                 "with its mirror image (2x inference cost) [train default: none].",
+                 rich_help_panel=TRAIN_HELP),
+]  # fmt: skip
 Augment = Annotated[
     AugmentPreset | None,
     typer.Option(help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
@@ -148,12 +167,6 @@ Erasing = Annotated[
         help="Probability of a random erased patch (occlusion).", rich_help_panel=AUG_HELP
     ),
 ]
-
-
-class CropMode(str, Enum):
-    auto = "auto"
-    square = "square"
-    full = "full"
 
 
 class CacheMode(str, Enum):
@@ -262,6 +275,8 @@ def train_command(
     weight_decay: WeightDecay = None,
     warmup_epochs: Warmup = None,
     patience: Patience = None,
+    ema: Ema = None,
+    tta: TtaOpt = None,
     img_size: Annotated[
         int, typer.Option(help="Input size in pixels (square).", rich_help_panel=DATA_HELP, min=16)
     ] = 128,
@@ -432,6 +447,8 @@ def train_command(
         compile=compile,
         seed=seed if seed is not None else 0,
         patience=patience,
+        ema=ema or 0.0,
+        tta=(tta or TtaMode.none).value,
         tune_thresholds=True if tune_thresholds is None else tune_thresholds,
         threshold_metric=(threshold_metric or ThresholdMetric.balanced_accuracy).value,
         threshold_accuracy_drop=0.02
@@ -523,6 +540,8 @@ def finetune_command(
     weight_decay: WeightDecay = None,
     warmup_epochs: Warmup = None,
     patience: Patience = None,
+    ema: Ema = None,
+    tta: TtaOpt = None,
     augment: Augment = None,
     hflip: Hflip = None,
     random_crop: RandomCrop = None,
@@ -575,6 +594,8 @@ def finetune_command(
         epochs=epochs,
         batch_size=batch_size,
         patience=patience,
+        ema=ema,
+        tta=tta.value if tta else None,
         tune_thresholds=tune_thresholds,
         threshold_metric=threshold_metric.value if threshold_metric else None,
         threshold_accuracy_drop=threshold_accuracy_drop,

@@ -27,6 +27,7 @@ def evaluate_model(
     batch_size: int = 128,
     device: str = "auto",
     threshold: float | None = None,
+    tta: str | None = None,
     progress: Progress | None = None,
     save: bool = True,
 ) -> dict[str, Any]:
@@ -35,15 +36,19 @@ def evaluate_model(
     Preprocessing and attributes come from the model file. When the model sits in a run
     directory, the run's validation carve settings are used (so ``valid`` means the same
     held-out identities as in training) and, with ``save``, ``metrics-<split>.json`` and
-    ``predictions-<split>.npz`` (per-image probabilities) are written there.
+    ``predictions-<split>.npz`` (per-image probabilities) are written there. ``tta``
+    ("none" or "flip") overrides the model's own test-time augmentation.
     """
     from faceattr.data import load_split
     from faceattr.models import load_model_file
+    from faceattr.models.head import parse_tta
 
     progress = progress or NullProgress()
     path = resolve_model(model)
     dev = resolve_device(device)
     net, info = load_model_file(path, device=str(dev))
+    if tta is not None:
+        net.tta = parse_tta(tta)
     run_cfg = run_config(path)
     if run_cfg is not None:
         data = replace(
@@ -89,6 +94,7 @@ def evaluate_model(
         model=str(path),
         dataset=data.dataset,
         root=str(data.root),
+        tta=net.tta or "none",
         skipped_images=len(skipped),
         notes=list(table.notes),
     )

@@ -24,6 +24,7 @@ from faceattr.config import TrainConfig
 from faceattr.data.table import AttributeTable
 from faceattr.data.transforms import BatchAugment
 from faceattr.engine.data import make_batches
+from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.errors import ModelError, UsageError
 from faceattr.losses import make_loss, pos_weight_from_rates
@@ -181,6 +182,7 @@ def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndar
         mean=list(data_cfg["mean"]),
         std=list(data_cfg["std"]),
         thresholds=None,
+        tta=cfg.model_tta,
         train_positive_rates=[float(r) for r in train_rates],
         dataset=cfg.data.dataset,
         license=DATA_LICENSES.get(cfg.data.dataset),
@@ -283,6 +285,7 @@ def fit(
     train_rates = train_table.positive_rates()
 
     model = build_model(cfg, len(attributes), progress)
+    model.tta = cfg.model_tta
     if init_from is not None and state is None:
         parent, parent_info = load_model_file(init_from)
         _copy_matching(model, parent, parent_info.attributes, attributes, progress)
@@ -291,6 +294,9 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if cfg.compile else model
+    # Validation and saved files use the EMA weights when there are any.
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None
+    eval_model = ema.module if ema is not None else model
 
     pos_weight = None
     if cfg.optim.loss == "weighted-bce":
@@ -313,6 +319,8 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         history = state["history"]
         best_metric, best_epoch = state["best_metric"], state["best_epoch"]
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
@@ -373,6 +381,7 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             channels_last=cfg.channels_last,
+            ema=ema,
             on_batch=on_batch,
         )
         progress.finish()
@@ -391,7 +400,7 @@ def fit(
         start = time.perf_counter()
         progress.start("validating", total=len(valid_table))
         probs, targets, _, _ = predict_batches(
-            model,
+            eval_model,
             valid_batches,
             device=device,
             mean=mean,
@@ -418,10 +427,10 @@ def fit(
         if improved:
             best_metric, best_epoch, bad_epochs = val["mean_accuracy"], epoch, 0
             best_probs = probs
-            save_model_file(run_dir / BEST_FILE, model, replace(info, extra={"epoch": epoch}))
+            save_model_file(run_dir / BEST_FILE, eval_model, replace(info, extra={"epoch": epoch}))
         else:
             bad_epochs += 1
-        save_model_file(run_dir / LAST_FILE, model, replace(info, extra={"epoch": epoch}))
+        save_model_file(run_dir / LAST_FILE, eval_model, replace(info, extra={"epoch": epoch}))
         write_history(run_dir / HISTORY_FILE, history)
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
         _save_state(
@@ -432,6 +441,7 @@ def fit(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
                 "history": history,
                 "best_metric": best_metric,
                 "best_epoch": best_epoch,

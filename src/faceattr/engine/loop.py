@@ -16,6 +16,7 @@ import torch
 
 from faceattr.data.dataset import Batch
 from faceattr.data.transforms import BatchAugment, normalize
+from faceattr.engine.ema import ModelEma
 
 
 @dataclass
@@ -61,9 +62,10 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
+    ema: ModelEma | None = None,
     on_batch: Callable[[int, EpochStats], None] | None = None,
 ) -> EpochStats:
-    """Train for one pass over ``batches``; the scheduler steps once per batch."""
+    """Train for one pass over ``batches``; the scheduler (and ``ema``) step once per batch."""
     model.train()
     stats = EpochStats()
     loss_sum = correct = known_total = 0.0
@@ -91,6 +93,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update(getattr(model, "_orig_mod", model))  # unwrap torch.compile
 
         with torch.no_grad():
             n_known = float(mask.sum())

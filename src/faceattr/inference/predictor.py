@@ -25,7 +25,8 @@ from faceattr.utils import resolve_device
 class Predictor:
     """A loaded model with its preprocessing and decision thresholds.
 
-    ``threshold`` overrides the per-attribute thresholds stored in the model file.
+    ``threshold`` overrides the per-attribute thresholds stored in the model file, ``tta``
+    ("none" or "flip") the model's test-time augmentation.
     """
 
     def __init__(
@@ -35,12 +36,16 @@ class Predictor:
         device: str = "auto",
         batch_size: int = 32,
         threshold: float | None = None,
+        tta: str | None = None,
     ) -> None:
         from faceattr.models import load_model_file
+        from faceattr.models.head import parse_tta
 
         self.path = resolve_model(model)
         self.device = resolve_device(device)
         self.model, self.info = load_model_file(self.path, device=str(self.device))
+        if tta is not None:
+            self.model.tta = parse_tta(tta)
         self.attributes: list[str] = list(self.info.attributes)
         self.batch_size = batch_size
         if threshold is not None:
@@ -196,6 +201,7 @@ def predict(
     max_faces: int | None = None,
     device: str = "auto",
     batch_size: int = 32,
+    tta: str | None = None,
 ) -> list[dict[str, Any]]:
     """Attributes of the faces in ``images`` (paths or PIL images).
 
@@ -203,11 +209,12 @@ def predict(
     like CelebA's crops; ``detect=False`` takes each whole image as an aligned crop.
     Returns one dict per image: ``{"image", "width", "height", "faces": [{"box": [x, y, w,
     h], "score", "landmarks": [[x, y] x 5], "probabilities": {attribute: p}, "attributes":
-    [present, most probable first]}], "error"}``.
+    [present, most probable first]}], "error"}``. ``tta`` ("none" or "flip") overrides the
+    model's test-time augmentation.
     """
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
-    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold)
+    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold, tta=tta)
     found = None
     if detect:
         found = create_detector(

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+# Test-time augmentation modes of AttributeModel.tta ("none" on the command line is None here).
+TTA_MODES = (None, "flip")
+
+
+def parse_tta(mode: str | None) -> str | None:
+    """A user's ``--tta`` value ("none" or "flip") as :attr:`AttributeModel.tta` stores it."""
+    value = None if mode in (None, "none") else mode
+    if value not in TTA_MODES:
+        from faceattr.errors import unknown_name_error
+
+        raise unknown_name_error("test-time augmentation", str(mode), ["none", "flip"])
+    return value
 
 
 def build_head(
@@ -38,6 +52,10 @@ class AttributeModel(nn.Module):
     Attributes describe how to rebuild it: ``arch`` (a name :func:`create_model` accepts),
     ``library`` ("celebnet", "torchvision" or "timm"), ``num_attributes``, ``feature_dim``
     (F), ``num_features`` (head hidden width, 0 = linear head), ``dropout``, ``img_size``.
+
+    ``tta`` is the test-time augmentation applied in eval mode: None, or ``"flip"`` (the
+    logits of each image and of its mirror image are averaged; faces are nearly symmetric and
+    CelebA's attributes are all mirror-invariant). Training mode never applies it.
     """
 
     def __init__(
@@ -62,13 +80,27 @@ class AttributeModel(nn.Module):
         self.num_features = num_features
         self.dropout = dropout
         self.img_size = img_size
+        self.tta: str | None = None
         # Names (relative to the model) of norm layers that stay in eval mode in train(); set by
         # faceattr.models.freeze so a frozen backbone's running statistics never change.
         self.frozen_norm_layers: list[str] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] (normalised) -> logits [B, A]."""
+        if self.tta == "flip" and not self.training:
+            # One batch of 2B images: faster than two forward passes of B.
+            both = self.head(self.backbone(torch.cat([x, x.flip(-1)])))
+            return (both[: len(x)] + both[len(x) :]) / 2
         return self.head(self.backbone(x))
+
+    @contextlib.contextmanager
+    def no_tta(self) -> Iterator[AttributeModel]:
+        """Within the block, forward passes see exactly the given images (e.g. Grad-CAM)."""
+        saved, self.tta = self.tta, None
+        try:
+            yield self
+        finally:
+            self.tta = saved
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> pooled backbone features [B, F]."""
@@ -105,4 +137,4 @@ class AttributeModel(nn.Module):
         return (
             f"arch={self.arch!r}, library={self.library!r}, feature_dim={self.feature_dim}, "
             f"num_attributes={self.num_attributes}"
-        )
+        ) + (f", tta={self.tta!r}" if self.tta else "")

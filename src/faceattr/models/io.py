@@ -20,7 +20,7 @@ import torch
 
 from faceattr import __version__
 from faceattr.errors import FaceAttrError, ModelError
-from faceattr.models.head import AttributeModel
+from faceattr.models.head import TTA_MODES, AttributeModel
 from faceattr.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from faceattr.utils import publish
 
@@ -51,6 +51,7 @@ class ModelInfo:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     thresholds: list[float] | None = None
+    tta: str | None = None  # test-time augmentation in eval mode: None or "flip"
     train_positive_rates: list[float] | None = None
     dataset: str = "unknown"
     license: str | None = None
@@ -83,6 +84,8 @@ class ModelInfo:
             problems.append(f"crop has {len(self.crop)} values, expected 4")
         if len(self.mean) != 3 or len(self.std) != 3:
             problems.append("mean/std need 3 values (RGB)")
+        if self.tta not in TTA_MODES:
+            problems.append(f"tta is {self.tta!r}, expected one of {TTA_MODES}")
         for name in ("thresholds", "train_positive_rates"):
             values = getattr(self, name)
             if values is not None and len(values) != a:
@@ -304,5 +307,6 @@ def load_model_file(
             "or check that it was not edited.",
         )
     model.load_state_dict(state, strict=True)
+    model.tta = info.tta
     model.to(device).eval()
     return model, info

@@ -9,6 +9,7 @@ over space, weights the channels; the weighted sum, rectified and upsampled, is 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,11 @@ _POOLING = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
 )
+
+
+def _without_tta(model: nn.Module):
+    no_tta = getattr(model, "no_tta", None)
+    return no_tta() if no_tta is not None else contextlib.nullcontext()
 
 
 def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -50,7 +56,8 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.
     handles = [m.register_forward_hook(hook(n, m)) for n, m in _leaves(root)]
     try:
         model.eval()
-        model(example)
+        with _without_tta(model):
+            model(example)
     finally:
         for h in handles:
             h.remove()
@@ -82,7 +89,8 @@ def grad_cam(
     try:
         with torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
-            logits = model(x)  # [B, A]
+            with _without_tta(model):  # flip TTA would mix the mirror image's feature map in
+                logits = model(x)  # [B, A]
             feats = store["features"]  # [B, C, h, w]
             maps, probs = [], []
             for k, a in enumerate(attribute_indices):
