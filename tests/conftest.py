@@ -55,6 +55,22 @@ def small_train_config(root: Path, out: Path, **changes):
     return replace(cfg, **changes)
 
 
+class InterruptAtLog:
+    """A training progress sink that raises KeyboardInterrupt (like Ctrl-C) when a log line
+    starts with ``prefix``, e.g. "epoch 2/3" right after epoch 2's checkpoint."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def start(self, *args, **kwargs) -> None: ...
+    def advance(self, *args, **kwargs) -> None: ...
+    def finish(self) -> None: ...
+
+    def log(self, message: str) -> None:
+        if message.startswith(self.prefix):
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small celebnet run trained on the synthetic set (shared: treat it as read-only)."""

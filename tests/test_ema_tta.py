@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import small_train_config
+from conftest import InterruptAtLog, small_train_config
 from faceattr.config import AugmentConfig, DataConfig
 from faceattr.engine.ema import ModelEma
 from faceattr.engine.fit import fit
@@ -67,17 +67,9 @@ def test_training_with_ema_saves_the_average_and_resumes_exactly(synthetic_root,
         assert torch.equal(value, ema_w[key]), key
     assert any(not torch.equal(ema_w[k], v) for k, v in state["model"].items())
 
-    class StopAfterEpoch1:
-        def start(self, *a, **k): ...
-        def advance(self, *a, **k): ...
-        def finish(self): ...
-        def log(self, message: str) -> None:
-            if message.startswith("epoch 1/3"):
-                raise KeyboardInterrupt
-
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
-        fit(cut, progress=StopAfterEpoch1())
+        fit(cut, progress=InterruptAtLog("epoch 1/3"))
     fit(cut, resume=True)
     resumed = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)
     assert resumed["ema"]["updates"] == state["ema"]["updates"]
@@ -150,3 +142,29 @@ def test_unknown_tta_mode_lists_the_choices():
     assert parse_tta("none") is None and parse_tta(None) is None and parse_tta("flip") == "flip"
     with pytest.raises(UsageError, match="flip"):
         parse_tta("rotate")
+
+
+def test_cli_flags_reach_the_run_and_the_overrides(synthetic_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from faceattr.cli.app import app
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    run = tmp_path / "run"
+    r = invoke("train", "--root", synthetic_root, "--img-size", 32, "--epochs", 1,
+               "--sample", 64, "--workers", 0, "--augment", "none", "--ema", 0.99,
+               "--tta", "flip", "--out", run)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["ema"] == 0.99 and cfg["tta"] == "flip"
+    r = invoke("eval", run, "--root", synthetic_root, "--split", "valid", "--tta", "none",
+               "--workers", 0, "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tta"] == "none"
+    image = next((synthetic_root / "img_align_celeba").glob("*.jpg"))
+    r = invoke("predict", image, "--model", run, "--no-detect", "--tta", "none", "--json")
+    assert r.exit_code == 0, r.output
+    r = invoke("predict", image, "--model", run, "--no-detect", "--tta", "mirror")
+    assert r.exit_code == 2 and "mirror" in r.output

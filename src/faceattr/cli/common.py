@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,6 +38,16 @@ class TtaMode(str, Enum):
 
     none = "none"
     flip = "flip"
+
+
+# eval/predict: override the test-time augmentation stored in the model file.
+TtaOverride = Annotated[
+    TtaMode | None,
+    typer.Option(
+        help="Test-time augmentation: none (faster), or flip (average each face with its "
+        "mirror image). Default: the model's own setting."
+    ),
+]
 
 
 def handle_errors(fn: F) -> F:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, TtaMode, err, handle_errors, out, pct, print_json
+from faceattr.cli.common import RichProgress, TtaOverride, err, handle_errors, out, pct, print_json
 from faceattr.cli.train import Cache, CacheMode
 
 SUMMARY_METRICS = (
@@ -34,13 +34,7 @@ def eval_command(
             help="One decision threshold for all attributes, instead of the model's tuned ones."
         ),
     ] = None,  # fmt: skip
-    tta: Annotated[
-        TtaMode | None,
-        typer.Option(
-            help="Test-time augmentation: none, or flip (average with the mirror "
-            "image). Default: the model's own setting."
-        ),
-    ] = None,  # fmt: skip
+    tta: TtaOverride = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Image decoding processes.", min=0)] = None,

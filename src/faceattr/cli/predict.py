@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, TtaMode, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, TtaOverride, err, handle_errors, out, print_json
 
 
 def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
@@ -48,13 +48,7 @@ def predict_command(
         float | None,
         typer.Option(help="One decision threshold for all attributes (default: the model's)."),
     ] = None,
-    tta: Annotated[
-        TtaMode | None,
-        typer.Option(
-            help="Test-time augmentation: none (faster), or flip (average with the "
-            "mirror image). Default: the model's own setting."
-        ),
-    ] = None,  # fmt: skip
+    tta: TtaOverride = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON array, one entry per image.")
     ] = False,
