@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceattr.config import TrainConfig
 from faceattr.metrics import compute_metrics, tune_thresholds
 from faceattr.models import load_model_file, save_model_file
-from faceattr.models.head import parse_tta
+from faceattr.models.head import TTA_MODES
 from faceattr.runs import resolve_model
 
-DEFAULT_MAX_DROP = 0.02  # TrainConfig.threshold_accuracy_drop's default
 LICENSE = (
     "Weights derived from CelebA (Liu et al., ICCV 2015), which is licensed for non-commercial "
     "research purposes only; these weights carry the same restriction."
@@ -86,7 +86,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--tta",
-        choices=["none", "flip"],
+        choices=TTA_MODES,
         help="test-time augmentation of the exported model (default: the run's own)",
     )
     parser.add_argument(
@@ -101,12 +101,14 @@ def main() -> None:
     src = resolve_model(args.run)
     model, info = load_model_file(src)
     if args.tta is not None:
-        model.tta = parse_tta(args.tta)
-        info = replace(info, tta=model.tta)
+        model.tta = args.tta
+        info = replace(info, tta=args.tta)
     if args.retune is not None:
         info = retune(src.parent, info, args.retune)
     summary = validation_summary(
-        src.parent, info, args.retune if args.retune is not None else DEFAULT_MAX_DROP
+        src.parent,
+        info,
+        args.retune if args.retune is not None else TrainConfig().threshold_accuracy_drop,
     )
     print(json.dumps(summary, indent=2))
     extra = dict(info.extra)

@@ -108,7 +108,7 @@ class TrainConfig:
     # Exponential moving average of the weights (decay per optimiser step, e.g. 0.998; 0 = off);
     # when on, validation, the best-epoch choice and the saved model files use the EMA weights.
     ema: float = 0.0
-    tta: str = "none"  # test-time augmentation recorded in the model: none | flip
+    tta: str = "none"  # test-time augmentation recorded in the model: none | flip (TTA_MODES)
     tune_thresholds: bool = True
     threshold_metric: str = "balanced_accuracy"  # balanced_accuracy | accuracy | f1
     # Tuned thresholds may cost each attribute at most this much accuracy (None: no limit).
@@ -116,13 +116,6 @@ class TrainConfig:
     out: str = ""  # run directory
     parent: str | None = None  # run this one was fine-tuned from
     unfreeze: str | None = None  # finetune: number of backbone groups unfrozen, or "all"
-
-    @property
-    def model_tta(self) -> str | None:
-        """``tta`` as model files store it (None for no TTA)."""
-        from faceattr.models.head import parse_tta
-
-        return parse_tta(self.tta)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,19 +28,18 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._param_names = {name for name, _ in self.module.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """One step towards ``model``, which must be the module this EMA was made from."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (4 + self.updates))
-        own = self.module.state_dict()
-        for name, value in model.state_dict().items():
-            target = own[name]
-            if value.is_floating_point() and name in self._param_names:
-                target.mul_(d).add_(value.detach(), alpha=1 - d)
-            else:
-                target.copy_(value)
+        # The copy has the same parameters and buffers in the same order.
+        own, new = list(self.module.parameters()), list(model.parameters())
+        torch._foreach_mul_(own, d)
+        torch._foreach_add_(own, new, alpha=1 - d)
+        for target, value in zip(self.module.buffers(), model.buffers(), strict=True):
+            target.copy_(value)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "model": self.module.state_dict()}

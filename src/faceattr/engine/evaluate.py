@@ -41,14 +41,16 @@ def evaluate_model(
     """
     from faceattr.data import load_split
     from faceattr.models import load_model_file
-    from faceattr.models.head import parse_tta
+    from faceattr.models.head import check_tta
 
+    if tta is not None:
+        check_tta(tta)  # before the model is loaded
     progress = progress or NullProgress()
     path = resolve_model(model)
     dev = resolve_device(device)
     net, info = load_model_file(path, device=str(dev))
     if tta is not None:
-        net.tta = parse_tta(tta)
+        net.tta = tta
     run_cfg = run_config(path)
     if run_cfg is not None:
         data = replace(
@@ -94,7 +96,7 @@ def evaluate_model(
         model=str(path),
         dataset=data.dataset,
         root=str(data.root),
-        tta=net.tta or "none",
+        tta=net.tta,
         skipped_images=len(skipped),
         notes=list(table.notes),
     )

@@ -182,7 +182,7 @@ def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndar
         mean=list(data_cfg["mean"]),
         std=list(data_cfg["std"]),
         thresholds=None,
-        tta=cfg.model_tta,
+        tta=cfg.tta,
         train_positive_rates=[float(r) for r in train_rates],
         dataset=cfg.data.dataset,
         license=DATA_LICENSES.get(cfg.data.dataset),
@@ -242,6 +242,7 @@ def fit(
     run (fine-tuning): backbone tensors are copied, head rows are matched by attribute name.
     """
     from faceattr.models import load_model_file, save_model_file
+    from faceattr.models.head import check_tta
 
     progress = progress or NullProgress()
     run_dir = Path(cfg.out)
@@ -285,7 +286,7 @@ def fit(
     train_rates = train_table.positive_rates()
 
     model = build_model(cfg, len(attributes), progress)
-    model.tta = cfg.model_tta
+    model.tta = check_tta(cfg.tta)
     if init_from is not None and state is None:
         parent, parent_info = load_model_file(init_from)
         _copy_matching(model, parent, parent_info.attributes, attributes, progress)

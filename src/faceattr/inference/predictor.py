@@ -39,13 +39,15 @@ class Predictor:
         tta: str | None = None,
     ) -> None:
         from faceattr.models import load_model_file
-        from faceattr.models.head import parse_tta
+        from faceattr.models.head import check_tta
 
+        if tta is not None:
+            check_tta(tta)  # before the model is loaded
         self.path = resolve_model(model)
         self.device = resolve_device(device)
         self.model, self.info = load_model_file(self.path, device=str(self.device))
         if tta is not None:
-            self.model.tta = parse_tta(tta)
+            self.model.tta = tta
         self.attributes: list[str] = list(self.info.attributes)
         self.batch_size = batch_size
         if threshold is not None:

@@ -8,18 +8,17 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-# Test-time augmentation modes of AttributeModel.tta ("none" on the command line is None here).
-TTA_MODES = (None, "flip")
+# Test-time augmentation modes (AttributeModel.tta, the model file's "tta", --tta).
+TTA_MODES = ("none", "flip")
 
 
-def parse_tta(mode: str | None) -> str | None:
-    """A user's ``--tta`` value ("none" or "flip") as :attr:`AttributeModel.tta` stores it."""
-    value = None if mode in (None, "none") else mode
-    if value not in TTA_MODES:
+def check_tta(mode: str) -> str:
+    """``mode`` if it is one of :data:`TTA_MODES`, else a UsageError listing them."""
+    if mode not in TTA_MODES:
         from faceattr.errors import unknown_name_error
 
-        raise unknown_name_error("test-time augmentation", str(mode), ["none", "flip"])
-    return value
+        raise unknown_name_error("test-time augmentation", str(mode), TTA_MODES)
+    return mode
 
 
 def build_head(
@@ -53,7 +52,7 @@ class AttributeModel(nn.Module):
     ``library`` ("celebnet", "torchvision" or "timm"), ``num_attributes``, ``feature_dim``
     (F), ``num_features`` (head hidden width, 0 = linear head), ``dropout``, ``img_size``.
 
-    ``tta`` is the test-time augmentation applied in eval mode: None, or ``"flip"`` (the
+    ``tta`` is the test-time augmentation applied in eval mode: ``"none"``, or ``"flip"`` (the
     logits of each image and of its mirror image are averaged; faces are nearly symmetric and
     CelebA's attributes are all mirror-invariant). Training mode never applies it.
     """
@@ -80,7 +79,7 @@ class AttributeModel(nn.Module):
         self.num_features = num_features
         self.dropout = dropout
         self.img_size = img_size
-        self.tta: str | None = None
+        self.tta = "none"
         # Names (relative to the model) of norm layers that stay in eval mode in train(); set by
         # faceattr.models.freeze so a frozen backbone's running statistics never change.
         self.frozen_norm_layers: list[str] = []
@@ -96,7 +95,7 @@ class AttributeModel(nn.Module):
     @contextlib.contextmanager
     def no_tta(self) -> Iterator[AttributeModel]:
         """Within the block, forward passes see exactly the given images (e.g. Grad-CAM)."""
-        saved, self.tta = self.tta, None
+        saved, self.tta = self.tta, "none"
         try:
             yield self
         finally:
@@ -137,4 +136,4 @@ class AttributeModel(nn.Module):
         return (
             f"arch={self.arch!r}, library={self.library!r}, feature_dim={self.feature_dim}, "
             f"num_attributes={self.num_attributes}"
-        ) + (f", tta={self.tta!r}" if self.tta else "")
+        ) + (f", tta={self.tta!r}" if self.tta != "none" else "")

@@ -51,7 +51,7 @@ class ModelInfo:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     thresholds: list[float] | None = None
-    tta: str | None = None  # test-time augmentation in eval mode: None or "flip"
+    tta: str = "none"  # test-time augmentation in eval mode: none | flip
     train_positive_rates: list[float] | None = None
     dataset: str = "unknown"
     license: str | None = None
