@@ -13,6 +13,7 @@ import torchvision
 
 from faceattr.errors import ModelError
 from faceattr.models import ModelInfo, create_model, load_backbone_weights, save_model_file
+from faceattr.models.weights import MAX_MISSING_SHARE
 
 
 def _timm_full_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -135,7 +136,7 @@ def test_torchvision_to_timm_maps_in_order(tmp_path: Path) -> None:
     torch.save(tv.state_dict(), path)
     model = create_model("mobilenetv2_100", 3).eval()  # timm's MobileNet-V2 names
     report = load_backbone_weights(model, path)
-    assert report.method == "order"
+    assert report.method == "order:torchvision->timm"
     assert len(report.loaded) == 260 and report.missing == []
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -149,8 +150,79 @@ def test_timm_to_torchvision_maps_in_order(tmp_path: Path) -> None:
     torch.save(source, path)
     model = create_model("mobilenet_v2", 3)
     report = load_backbone_weights(model, path)
-    assert report.method == "order" and len(report.loaded) == 260
+    assert report.method == "order:timm->torchvision" and len(report.loaded) == 260
     assert torch.equal(model.backbone.features[0][0].weight, source["conv_stem.weight"])
+
+
+def test_file_of_a_shallower_network_fails_with_counts(tmp_path: Path) -> None:
+    # A resnet10 (one block per stage, torchvision's own class) into resnet18: same names for
+    # what both have, 40 of resnet18's 100 tensors not in the file.
+    torch.manual_seed(0)
+    small = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    path = tmp_path / "resnet10.pth"
+    torch.save(small.state_dict(), path)
+    with pytest.raises(ModelError) as info:
+        load_backbone_weights(create_model("resnet18", 2), path)
+    msg, hint = info.value.message, info.value.hint
+    assert "Only 60/100 tensors of the resnet18 backbone" in msg and "40 missing (40%" in msg
+    assert "layer1.1.conv1.weight" in msg  # a few missing names
+    assert "--arch" in hint and "--weights-by-order" not in hint  # shapes do not line up
+
+
+def test_a_few_missing_tensors_are_tolerated(tmp_path: Path) -> None:
+    source = _timm_full_state("test_resnet")
+    model = create_model("test_resnet", 2)
+    names = [k for k in model.backbone.state_dict() if not k.endswith("num_batches_tracked")]
+    allowed = int(MAX_MISSING_SHARE * len(names))
+    assert allowed >= 1
+    for n_missing, ok in ((allowed, True), (allowed + 1, False)):
+        cut = {k: v for k, v in source.items() if k not in names[-n_missing:]}
+        path = tmp_path / f"cut{n_missing}.pth"
+        torch.save(cut, path)
+        if ok:
+            report = load_backbone_weights(create_model("test_resnet", 2), path)
+            assert report.method == "name" and report.missing == names[-n_missing:]
+            assert f"{len(names) - n_missing}/{len(names)}" in report.summary()
+        else:
+            with pytest.raises(ModelError, match=f"{n_missing} missing"):
+                load_backbone_weights(create_model("test_resnet", 2), path)
+
+
+@pytest.mark.parametrize("renamed", ["all", "last stage"])
+def test_unrecognised_layout_maps_in_order_only_on_request(tmp_path: Path, renamed: str) -> None:
+    # The same tensors, in the same order, under names of no known library layout.
+    source = _timm_full_state("test_resnet")
+    stripped = {k: v for k, v in source.items() if not k.startswith("fc.")}
+    out = {}
+    for i, (k, v) in enumerate(stripped.items()):
+        rename = renamed == "all" or k.startswith("layer4.")
+        out[f"net.{i}.{k.rsplit('.', 1)[1]}" if rename else k] = v
+    path = tmp_path / "renamed.pth"
+    torch.save(out, path)
+    with pytest.raises(ModelError) as info:
+        load_backbone_weights(create_model("test_resnet", 2), path)
+    assert "--weights-by-order" in info.value.hint and "line up" in info.value.hint
+    model = create_model("test_resnet", 2)
+    report = load_backbone_weights(model, path, by_order=True)
+    assert report.method == "order:requested" and report.missing == []
+    assert "in order as requested" in report.summary()
+    _assert_backbone_equals(model, stripped)
+
+
+def test_by_order_request_with_other_shapes_says_why(tmp_path: Path) -> None:
+    source = _timm_full_state("test_resnet")
+    path = tmp_path / "renamed.pth"
+    torch.save({f"x{i}": v for i, v in enumerate(source.values())}, path)
+    with pytest.raises(ModelError, match="None of the") as info:
+        load_backbone_weights(create_model("celebnet", 2), path, by_order=True)
+    assert "not possible either" in info.value.hint
+
+
+def test_files_matching_by_name_ignore_by_order(tmp_path: Path) -> None:
+    path = tmp_path / "w.pth"
+    torch.save(_timm_full_state("test_resnet"), path)
+    report = load_backbone_weights(create_model("test_resnet", 2), path, by_order=True)
+    assert report.method == "name" and report.missing == []
 
 
 class _NotATensor:
@@ -212,7 +284,11 @@ def test_real_efficientnet_lite0_file() -> None:
     source = torch.load(path, weights_only=True)  # EfficientNet-PyTorch names: _conv_stem, ...
     model = create_model("efficientnet_lite0", 40).eval()
     report = load_backbone_weights(model, path)
-    assert (len(report.loaded), len(report.missing), report.method) == (245, 0, "order")
+    assert (len(report.loaded), len(report.missing), report.method) == (
+        245,
+        0,
+        "order:efficientnet-pytorch->timm",
+    )
     assert report.dropped == ["_fc.weight", "_fc.bias"]
     # Same tensors as timm's own model with the file mapped in order (plus its classifier):
     full = timm.create_model("efficientnet_lite0").eval()
@@ -227,3 +303,25 @@ def test_real_efficientnet_lite0_file() -> None:
         logits = torch.nn.functional.linear(model.features(x), source["_fc.weight"],
                                             source["_fc.bias"])  # fmt: skip
         assert logits.softmax(-1).max() > 0.01
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_real_efficientnet_lite1_lite2_files(variant: int) -> None:
+    path = _real_file(f"efficientnet-lite{variant}-*.pth")
+    for arch in (f"efficientnet_lite{variant}", f"tf_efficientnet_lite{variant}"):
+        report = load_backbone_weights(create_model(arch, 40), path)
+        assert (len(report.loaded), len(report.missing), report.method) == (
+            320, 0, "order:efficientnet-pytorch->timm")  # fmt: skip
+
+
+def test_real_lite_file_into_another_variant_fails() -> None:
+    path = _real_file("efficientnet-lite0-*.pth")
+    with pytest.raises(ModelError, match="None of the"):
+        load_backbone_weights(create_model("efficientnet_lite1", 40), path)
+
+
+def test_real_torchvision_mobilenet_v2_file_into_timm() -> None:
+    path = _real_file("mobilenet_v2-b0353104.pth")
+    report = load_backbone_weights(create_model("mobilenetv2_100", 40), path)
+    assert (len(report.loaded), len(report.missing), report.method) == (
+        260, 0, "order:torchvision->timm")  # fmt: skip

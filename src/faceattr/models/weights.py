@@ -3,10 +3,12 @@
 Accepted: torchvision ``.pth`` files, timm / Hugging Face ``pytorch_model.bin`` or
 ``model.safetensors`` files, checkpoints wrapping a state dict under ``state_dict`` / ``model``
 / ``model_state_dict``, and faceattr model files (their ``backbone.*`` part). Names are
-matched after stripping wrapper prefixes; a file made by the other library for the same
-network (torchvision <-> timm, or the EfficientNet-PyTorch layout) is mapped tensor by tensor
-in order when the ordered list of shapes is identical. Nothing is unpickled beyond tensors
-(``torch.load(weights_only=True)``).
+matched after stripping wrapper prefixes, and at most :data:`MAX_MISSING_SHARE` of the
+backbone may be missing from the file. Tensors are mapped by position instead of by name only
+for a file made by another library for the same network, recognised by its names' layout
+(EfficientNet-PyTorch -> timm, torchvision <-> timm) and an identical ordered list of shapes,
+or when the caller asks for it (``by_order=True``, ``--weights-by-order``). Nothing is
+unpickled beyond tensors (``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ CLASSIFIER_ROOTS = frozenset(
 )  # fmt: skip
 # Checkpoint keys whose value is the actual state dict.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+# At most this share of the backbone's tensors (num_batches_tracked counters aside) may be
+# missing from a file matched by name. The files faceattr is used with (torchvision's
+# mobilenet_v2-b0353104.pth, timm / Hugging Face files, faceattr model files) miss none,
+# while a file for a shallower variant of the same network misses far more: efficientnet_lite0
+# into efficientnet_lite1 23%, efficientnet_b0 into efficientnet_b1 29%, resnet101 into
+# resnet152 33%, resnet50 into resnet101 49%. 5% leaves room for a few tensors that another
+# version of a library did not save, and fails every one of those.
+MAX_MISSING_SHARE = 0.05
+
+# Name layouts (see _layout) and the pairs that map in order: another library's build of the
+# same network, whose tensors come in the same order as the target's.
+EFFNET_PYTORCH, TIMM, TORCHVISION = "efficientnet-pytorch", "timm", "torchvision"
+_EFFNET_PYTORCH_ROOTS = frozenset({"_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1"})
+_TIMM_EFFNET_ROOTS = frozenset({"conv_stem", "bn1", "blocks", "conv_head", "bn2"})
+_TORCHVISION_ROOTS = frozenset({"features", "layers"})  # layers: MNASNet
+ORDER_METHODS: dict[tuple[str | None, str | None], str] = {
+    (EFFNET_PYTORCH, TIMM): f"order:{EFFNET_PYTORCH}->{TIMM}",
+    (TORCHVISION, TIMM): f"order:{TORCHVISION}->{TIMM}",
+    (TIMM, TORCHVISION): f"order:{TIMM}->{TORCHVISION}",
+}
+ORDER_REQUESTED = "order:requested"
 
 
 @dataclass
@@ -41,11 +64,20 @@ class LoadReport:
     missing: list[str]
     unexpected: list[str]
     dropped: list[str] = field(default_factory=list)  # source classifier tensors, by design
-    method: str = "name"  # "name": matched by name; "order": mapped in order by shape
+    # "name": matched by name; "order:SOURCE->TARGET": a recognised layout of another library
+    # mapped in order (a value of ORDER_METHODS); "order:requested": mapped in order because
+    # the caller asked for it (by_order=True).
+    method: str = "name"
 
     def summary(self) -> str:
         total = len(self.loaded) + len(self.missing)
-        how = "by name" if self.method == "name" else "in order (names differ, shapes match)"
+        if self.method == "name":
+            how = "by name"
+        elif self.method == ORDER_REQUESTED:
+            how = "in order as requested (names differ, shapes match)"
+        else:
+            layouts = self.method.split(":", 1)[1].replace("->", " layout to ")
+            how = f"in order ({layouts}; names differ, shapes match)"
         return (
             f"Loaded {len(self.loaded)}/{total} backbone tensors from {Path(self.path).name} "
             f"{how}; {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
@@ -121,6 +153,24 @@ def _nbt(name: str) -> bool:
     return name.endswith("num_batches_tracked")
 
 
+def _layout(names: list[str]) -> str | None:
+    """The library layout that tensor names (classifier dropped) follow, where recognised.
+
+    EfficientNet-PyTorch: ``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_bn0``, ...;
+    timm's EfficientNet/MobileNet family: ``conv_stem``, ``blocks.N.M...``, ``bn1``, ...;
+    torchvision's single Sequential stack: ``features.N...`` (MNASNet: ``layers.N...``).
+    """
+    roots = {n.split(".", 1)[0] for n in names}
+    if roots <= _EFFNET_PYTORCH_ROOTS and {"_conv_stem", "_blocks"} <= roots:
+        return EFFNET_PYTORCH
+    if roots <= _TIMM_EFFNET_ROOTS and {"conv_stem", "blocks"} <= roots:
+        return TIMM
+    numbered = all(len(parts) > 2 and parts[1].isdigit() for parts in (n.split(".") for n in names))
+    if len(roots) == 1 and roots <= _TORCHVISION_ROOTS and numbered:
+        return TORCHVISION
+    return None
+
+
 def _normalise_names(
     source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -138,7 +188,9 @@ def _normalise_names(
     return out
 
 
-def _shape_error(path: Path, arch: str, bad: list[tuple[str, tuple, tuple]]) -> ModelError:
+def _shape_error(
+    path: Path, arch: str, bad: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+) -> ModelError:
     listed = "; ".join(f"{n}: file {fs}, model {ms}" for n, fs, ms in bad[:3])
     return ModelError(
         f"{len(bad)} tensors in {path.name} have other shapes than the {arch} backbone: {listed}.",
@@ -147,10 +199,62 @@ def _shape_error(path: Path, arch: str, bad: list[tuple[str, tuple, tuple]]) -> 
     )
 
 
-def load_backbone_weights(model: AttributeModel, path: str | os.PathLike) -> LoadReport:
+def _missing_error(
+    path: Path,
+    arch: str,
+    loaded: int,
+    missing: list[str],
+    source_names: list[str],
+    *,
+    same_order: bool,
+    by_order: bool,
+) -> ModelError:
+    """Too few of the backbone's tensors are in the file (none, or more than allowed)."""
+    total = loaded + len(missing)
+    if loaded == 0:
+        msg = (
+            f"None of the {len(source_names)} tensors in {path.name} match the {arch} backbone "
+            f"({total} tensors). File names look like {', '.join(source_names[:3]) or '-'}; "
+            f"the backbone expects {', '.join(missing[:3])}."
+        )
+        cause = "The file is probably for another architecture"
+    else:
+        msg = (
+            f"Only {loaded}/{total} tensors of the {arch} backbone are in {path.name}: "
+            f"{len(missing)} missing ({len(missing) / total:.0%}, more than the "
+            f"{MAX_MISSING_SHARE:.0%} allowed), e.g. {', '.join(missing[:3])}."
+        )
+        cause = (
+            "The file is probably for another variant of the network (e.g. a resnet50 file "
+            "with --arch resnet101)"
+        )
+    if same_order:  # only reached when the layout is unrecognised and by_order is off
+        hint = (
+            f"The file's {len(source_names)} tensors line up with the backbone's in order, "
+            "under names in a layout faceattr does not recognise. If it is a file for this "
+            "very network, map it by position with --weights-by-order (by_order=True); "
+            "otherwise pass the --arch it was made for."
+        )
+    else:
+        hint = f"{cause}: pass the --arch it was made for."
+        if by_order:
+            hint += (
+                " Mapping by position (--weights-by-order) is not possible either: the "
+                f"file's {len(source_names)} tensors do not line up with the backbone's "
+                f"{total} by shape."
+            )
+    return ModelError(msg, hint)
+
+
+def load_backbone_weights(
+    model: AttributeModel, path: str | os.PathLike[str], *, by_order: bool = False
+) -> LoadReport:
     """Copy the tensors of a weight file into ``model.backbone``; the head is untouched.
 
-    Raises ModelError when shapes disagree or nothing could be matched.
+    Tensors are matched by name; by position only for a recognised layout of another library
+    (see the module docstring) or, for any file whose ordered shapes equal the backbone's,
+    with ``by_order=True``. Raises ModelError when shapes disagree or more than
+    :data:`MAX_MISSING_SHARE` of the backbone's tensors are not in the file.
     """
     p = Path(path).expanduser()
     raw = read_weights_file(p)
@@ -162,18 +266,23 @@ def load_backbone_weights(model: AttributeModel, path: str | os.PathLike) -> Loa
 
     t_keys = [k for k in target if not _nbt(k)]
     s_keys = [k for k in cand if not _nbt(k)]
-    by_name = all(k in cand for k in t_keys)
+    all_named = all(k in cand for k in t_keys)
     same_order = len(t_keys) == len(s_keys) and all(
         target[a].shape == cand[b].shape for a, b in zip(t_keys, s_keys, strict=True)
     )
+    method = "name"
+    if not all_named and same_order:
+        method = ORDER_METHODS.get((_layout(s_keys), _layout(t_keys)), "name")
+        if method == "name" and by_order:
+            method = ORDER_REQUESTED
 
-    if not by_name and same_order:
+    if method != "name":
         mapped = dict(zip(t_keys, (cand[b] for b in s_keys), strict=True))
         t_nbt = [k for k in target if _nbt(k)]
         s_nbt = [k for k in cand if _nbt(k)]
         if len(t_nbt) == len(s_nbt):  # counters too, when both sides have them
             mapped.update(zip(t_nbt, (cand[b] for b in s_nbt), strict=True))
-        method, unexpected = "order", []
+        unexpected: list[str] = []
     else:
         bad = [
             (k, tuple(v.shape), tuple(target[k].shape))
@@ -183,18 +292,14 @@ def load_backbone_weights(model: AttributeModel, path: str | os.PathLike) -> Loa
         if bad:
             raise _shape_error(p, model.arch, bad)
         mapped = {k: v for k, v in cand.items() if k in target}
-        method = "name"
         unexpected = [k for k in cand if k not in target]
 
-    if not any(not _nbt(k) for k in mapped):
-        raise ModelError(
-            f"None of the {len(raw)} tensors in {p.name} match the {model.arch} backbone "
-            f"({len(t_keys)} tensors). File names look like {', '.join(s_keys[:3]) or '-'}; "
-            f"the backbone expects {', '.join(t_keys[:3])}.",
-            "The file is probably for another architecture: pass the --arch it was made for.",
-        )
+    loaded = [k for k in t_keys if k in mapped]
     missing = [k for k in t_keys if k not in mapped]
+    if not loaded or len(missing) > MAX_MISSING_SHARE * len(t_keys):
+        raise _missing_error(
+            p, model.arch, len(loaded), missing, s_keys, same_order=same_order, by_order=by_order
+        )
     with torch.no_grad():  # load_state_dict copies with a cast to each parameter's dtype
         model.backbone.load_state_dict(mapped, strict=False)
-    loaded = [k for k in target if k in mapped and not _nbt(k)]
     return LoadReport(str(p), loaded, missing, unexpected, dropped, method)
