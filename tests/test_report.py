@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from faceattr.cli.app import app
 from faceattr.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-from faceattr.engine.fit import metrics_report, write_history
+from faceattr.engine.fit import write_history
 from faceattr.errors import DataError, UsageError
+from faceattr.metrics import metrics_report
 from faceattr.report import ReportOptions, build_report, load_runs, write_report
 from faceattr.report import analysis as an
 from faceattr.report.load import Predictions, count_parameters, run_names
@@ -446,7 +447,8 @@ def test_rank_errors_puts_most_wrong_images_first():
 
 
 def test_config_differences_read_naturally():
-    base = TrainConfig(data=DataConfig(root="/d"), model=ModelConfig(arch="resnet50"))
+    base = TrainConfig(data=DataConfig(root="/d"), model=ModelConfig(arch="resnet50"),
+                       augment=AugmentConfig(hflip=True))  # fmt: skip
     frozen = replace(base, model=replace(base.model, freeze_backbone=True, pretrained=True))
     other = replace(base, model=replace(base.model, arch="densenet121"),
                     augment=AugmentConfig(hflip=False))  # fmt: skip

@@ -7,27 +7,45 @@ enough to rebuild the model and to resume or fine-tune the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-# Fractions (left, top, right, bottom) of the image kept before resizing: the central
-# 178x178 square of CelebA's 178x218 aligned crops (rows 20..198), i.e. the face without
-# most of the background. Fractions, not pixels, so the half-size 89x109 copies work too.
-CELEBA_CROP: tuple[float, float, float, float] = (0.0, 20 / 218, 1.0, 198 / 218)
-FULL_IMAGE: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-# Default crop per dataset: WFLW faces are already cut out by their box (with a margin), and
-# custom images have no known framing, so both keep the whole (face) image.
-DATASET_CROPS: dict[str, tuple[float, float, float, float]] = {
-    "celeba": CELEBA_CROP,
-    "wflw": FULL_IMAGE,
-    "csv": FULL_IMAGE,
+# A crop: fractions (left, top, right, bottom) of the image kept before resizing. Fractions,
+# not pixels, so CelebA's half-size 89x109 copies work too.
+Crop = tuple[float, float, float, float]
+# CelebA's face band: rows 20..198 of the 218-row aligned crops, all columns. On CelebA's
+# 178x218 images that is the central 178x178 square (the face without most of the background).
+CELEBA_CROP: Crop = (0.0, 20 / 218, 1.0, 198 / 218)
+FULL_IMAGE: Crop = (0.0, 0.0, 1.0, 1.0)
+# `--crop` values: None = the dataset's default (faceattr.data.registry). "square" is the old
+# name of "band", kept so existing commands still work.
+CROP_MODES: dict[str, Crop | None] = {
+    "auto": None,
+    "band": CELEBA_CROP,
+    "full": FULL_IMAGE,
+    "square": CELEBA_CROP,
 }
+
+# The allowed values of the string settings below, each listed once; the CLI's choices and
+# the core's checks both read these.
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+SCHEDULERS: tuple[str, ...] = ("cosine", "cyclic", "onecycle", "none")
+LOSSES: tuple[str, ...] = ("bce", "weighted-bce", "focal")
+THRESHOLD_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1")
+TTA_MODES: tuple[str, ...] = ("none", "flip")  # test-time augmentation (AttributeModel.tta)
+CACHE_MODES: tuple[str, ...] = ("auto", "off")
+
+
+def default_lr(optimizer: str) -> float:
+    """Peak learning rate when none is given: SGD needs a much larger one than Adam(W)."""
+    return 0.05 if optimizer == "sgd" else 1e-3
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "celeba"  # celeba | wflw | csv
+    dataset: str = "celeba"  # a name registered in faceattr.data.registry.DATASETS
     root: str = ""
     labels: str | None = None  # labels CSV for --dataset csv
     attributes: tuple[str, ...] | None = None  # None = all the dataset has
@@ -36,20 +54,25 @@ class DataConfig:
     split_seed: int = 0  # seed of that carve: fixed so eval sees the same held-out identities
     img_size: int = 128  # model input, pixels (square)
     # Fractions of the (face) image kept before resizing; None = the dataset's default
-    # (DATASET_CROPS), filled in on construction so a saved config always holds the value.
-    crop: tuple[float, float, float, float] | None = None
+    # (its DatasetSpec.crop), filled in on construction so a saved config holds the value.
+    crop: Crop | None = None
     workers: int | None = None  # DataLoader workers; None = min(4, CPUs)
-    cache: str = "auto"  # auto | off: use a `data prepare` cache when one matches
+    cache: str = "auto"  # CACHE_MODES: auto = use a `data prepare` cache when one matches
     face_margin: float = 0.25  # wflw: crop = face box made square + this fraction per side
 
     def __post_init__(self) -> None:
         if self.crop is None:
-            object.__setattr__(self, "crop", DATASET_CROPS.get(self.dataset, CELEBA_CROP))
+            from faceattr.data.registry import DATASETS
+
+            spec = DATASETS.get(self.dataset)  # an unknown name fails when the data is read
+            object.__setattr__(self, "crop", spec.crop if spec else CELEBA_CROP)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    hflip: bool = True  # random horizontal flip (p=0.5)
+    """Training augmentation; every field's default is "off" (see AUGMENT_PRESETS)."""
+
+    hflip: bool = False  # random horizontal flip (p=0.5)
     crop_scale: float = 0.0  # random crop: zoom in by up to this fraction (0.1 = 10%)
     shift: float = 0.0  # random translation, fraction of the image side
     rotation: float = 0.0  # random rotation, +-degrees
@@ -68,6 +91,26 @@ class AugmentConfig:
         )
 
 
+# `--augment` presets. The default (DEFAULT_AUGMENT) is what the shipped model was trained with.
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "flip": AugmentConfig(hflip=True),
+    "light": AugmentConfig(hflip=True, crop_scale=0.1, shift=0.05, brightness=0.2),
+    "strong": AugmentConfig(hflip=True, crop_scale=0.15, shift=0.08, rotation=15.0,
+                            brightness=0.3, erasing=0.25),
+}  # fmt: skip
+DEFAULT_AUGMENT = "light"
+
+
+def augment_preset(name: str) -> AugmentConfig:
+    """The preset called ``name``; a UsageError listing them otherwise."""
+    if name not in AUGMENT_PRESETS:
+        from faceattr.errors import unknown_name_error
+
+        raise unknown_name_error("augmentation preset", name, tuple(AUGMENT_PRESETS))
+    return AUGMENT_PRESETS[name]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "celebnet"
@@ -80,15 +123,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adamw"  # adam | adamw | sgd
-    lr: float = 1e-3
+    optimizer: str = "adamw"  # OPTIMIZERS
+    # Peak learning rate; None = default_lr(optimizer), filled in on construction.
+    lr: float | None = None
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | cyclic | onecycle | none
+    scheduler: str = "cosine"  # SCHEDULERS, stepped per batch
     warmup_epochs: float = 0.0
-    loss: str = "bce"  # bce | weighted-bce | focal
+    loss: str = "bce"  # LOSSES
     focal_gamma: float = 2.0
     backbone_lr_mult: float = 1.0  # backbone lr = lr * this (discriminative fine-tuning)
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            object.__setattr__(self, "lr", default_lr(self.optimizer))
 
 
 @dataclass(frozen=True)
@@ -96,7 +144,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS[DEFAULT_AUGMENT])
     epochs: int = 10
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -108,9 +156,9 @@ class TrainConfig:
     # Exponential moving average of the weights (decay per optimiser step, e.g. 0.998; 0 = off);
     # when on, validation, the best-epoch choice and the saved model files use the EMA weights.
     ema: float = 0.0
-    tta: str = "none"  # test-time augmentation recorded in the model: none | flip (TTA_MODES)
+    tta: str = "none"  # test-time augmentation recorded in the model (TTA_MODES)
     tune_thresholds: bool = True
-    threshold_metric: str = "balanced_accuracy"  # balanced_accuracy | accuracy | f1
+    threshold_metric: str = "balanced_accuracy"  # THRESHOLD_METRICS
     # Tuned thresholds may cost each attribute at most this much accuracy (None: no limit).
     threshold_accuracy_drop: float | None = 0.02
     out: str = ""  # run directory
@@ -123,18 +171,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from ``to_dict`` output; unknown keys are ignored (newer/older versions)."""
-        parts = {
-            "data": DataConfig,
-            "model": ModelConfig,
-            "optim": OptimConfig,
-            "augment": AugmentConfig,
-        }
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:
                 continue
-            if f.name in parts:
-                kwargs[f.name] = _build(parts[f.name], data[f.name])
+            if f.name in SECTIONS:
+                kwargs[f.name] = _build(SECTIONS[f.name], data[f.name])
             else:
                 kwargs[f.name] = data[f.name]
         return cls(**kwargs)
@@ -148,8 +190,66 @@ class TrainConfig:
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def with_changes(self, **changes: Any) -> TrainConfig:
-        return replace(self, **changes)
+
+# The nested parts of a TrainConfig, by field name.
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "augment": AugmentConfig,
+}
+
+
+def build_config(changes: Mapping[str, Any]) -> TrainConfig:
+    """The library's default configuration with ``changes`` applied.
+
+    Keys are TrainConfig fields (``"epochs"``) or ``"section.field"`` (``"optim.lr"``); a None
+    value means "not given" and is skipped. ``"augment"`` may be a preset name, which the
+    ``"augment.*"`` fields then adjust. Defaults that depend on other settings follow the
+    given values: the crop follows ``data.dataset``, the learning rate ``optim.optimizer``.
+    """
+    top, sections = _group_changes(changes)
+    for name, cls in SECTIONS.items():
+        values = sections.get(name, {})
+        if name in top:
+            top[name] = replace(top[name], **values)
+        elif name == "augment":
+            top[name] = replace(AUGMENT_PRESETS[DEFAULT_AUGMENT], **values)
+        else:
+            top[name] = cls(**values)  # fresh, so derived defaults are derived again
+    return TrainConfig(**top)
+
+
+def with_overrides(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
+    """``cfg`` with ``changes`` (keys and None as in :func:`build_config`) applied; everything
+    not named keeps ``cfg``'s value (fine-tuning inherits its parent's settings this way)."""
+    top, sections = _group_changes(changes)
+    for name in SECTIONS:
+        base = top.get(name, getattr(cfg, name))
+        top[name] = replace(base, **sections.get(name, {}))
+    return replace(cfg, **top)
+
+
+def _group_changes(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Split flat ``changes`` into top-level fields and per-section fields, without Nones."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    top_names = {f.name for f in fields(TrainConfig)}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section:
+            if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
+                raise ValueError(f"No setting {key!r} in TrainConfig.")
+            sections.setdefault(section, {})[name] = value
+        elif name in top_names:
+            top[name] = (
+                augment_preset(value) if name == "augment" and isinstance(value, str) else value
+            )
+        else:
+            raise ValueError(f"No setting {key!r} in TrainConfig.")
+    return top, sections
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:

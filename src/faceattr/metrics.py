@@ -20,11 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from faceattr.config import THRESHOLD_METRICS  # what ``tune_thresholds`` can maximise
 from faceattr.errors import ModelError, UsageError, unknown_name_error
-
-# Metrics ``tune_thresholds`` can maximise, in the order the CLI lists them.
-THRESHOLD_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1")
-
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -410,3 +407,34 @@ def tune_thresholds(
         known = known_t[a]
         out[a] = _best_threshold(probs_t[a][known], pos_t[a][known], metric, max_accuracy_drop)
     return out
+
+
+def metrics_report(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    attributes: list[str],
+    thresholds: np.ndarray | list[float] | float | None,
+    train_rates: np.ndarray | list[float] | None,
+) -> dict[str, Any]:
+    """Metrics at ``thresholds`` (0.5 when None), plus a summary at 0.5 when they differ."""
+    used = 0.5 if thresholds is None else thresholds
+    metrics = compute_metrics(
+        probs, targets, attributes, thresholds=used, train_positive_rates=train_rates
+    )
+    metrics["threshold_source"] = "fixed" if np.isscalar(used) else "tuned"
+    if not np.isscalar(used):
+        at_half = compute_metrics(
+            probs, targets, attributes, thresholds=0.5, train_positive_rates=train_rates
+        )
+        metrics["at_threshold_0.5"] = {
+            k: at_half[k]
+            for k in (
+                "mean_accuracy",
+                "mean_balanced_accuracy",
+                "strict_accuracy",
+                "macro_precision",
+                "macro_recall",
+                "macro_f1",
+            )  # fmt: skip
+        }
+    return metrics

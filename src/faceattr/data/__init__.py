@@ -1,18 +1,33 @@
-"""Datasets: readers (files -> :class:`AttributeTable`), splits, decoding, synthetic data."""
+"""Datasets: readers (files -> :class:`AttributeTable`), splits, decoding, synthetic data.
+
+The formats are registered in :mod:`faceattr.data.registry`; :func:`read_dataset` and
+:func:`load_split` are the entry points the engine uses.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from faceattr.config import DataConfig
+from faceattr.data.registry import DATASETS, DatasetSpec, dataset_names, dataset_spec
 from faceattr.data.table import AttributeTable
-from faceattr.errors import UsageError, unknown_name_error
+from faceattr.errors import UsageError
 
-DATASETS = ("celeba", "wflw", "csv")
+__all__ = [
+    "BOX_COLUMNS",
+    "DATASETS",
+    "AttributeTable",
+    "DatasetSpec",
+    "cut_box",
+    "dataset_names",
+    "dataset_spec",
+    "load_split",
+    "read_dataset",
+    "table_boxes",
+]
 
 # Optional frame columns of an AttributeTable: a per-row crop box in pixels of the image file
 # (left, top, right, bottom; may reach past the image edges). Datasets with several faces per
@@ -51,20 +66,7 @@ def read_dataset(cfg: DataConfig) -> AttributeTable:
             "Pass --root DIR (e.g. `faceattr data fetch synthetic --root data/synthetic` "
             "makes a small one).",
         )
-    root = Path(cfg.root).expanduser()
-    if cfg.dataset == "celeba":
-        from faceattr.data.celeba import read_celeba
-
-        return read_celeba(root)
-    if cfg.dataset == "wflw":
-        from faceattr.data.wflw import read_wflw
-
-        return read_wflw(root, margin=cfg.face_margin)
-    if cfg.dataset == "csv":
-        from faceattr.data.csvdata import read_csv_dataset
-
-        return read_csv_dataset(root, cfg.labels)
-    raise unknown_name_error("dataset", cfg.dataset, DATASETS)
+    return dataset_spec(cfg.dataset).read(cfg)
 
 
 def load_split(

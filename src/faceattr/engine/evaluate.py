@@ -11,9 +11,9 @@ import numpy as np
 
 from faceattr.config import DataConfig
 from faceattr.engine.data import make_batches
-from faceattr.engine.fit import metrics_report
 from faceattr.engine.loop import predict_batches
 from faceattr.errors import DataError
+from faceattr.metrics import metrics_report
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import resolve_model, run_config, run_dir_of
 from faceattr.utils import atomic_open, atomic_write_text, resolve_device

@@ -21,6 +21,7 @@ import torch
 
 from faceattr import __version__
 from faceattr.config import TrainConfig
+from faceattr.data.registry import DATASETS
 from faceattr.data.table import AttributeTable
 from faceattr.data.transforms import BatchAugment
 from faceattr.engine.data import make_batches
@@ -28,7 +29,7 @@ from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.errors import ModelError, UsageError
 from faceattr.losses import make_loss, pos_weight_from_rates
-from faceattr.metrics import compute_metrics, tune_thresholds
+from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
 from faceattr.progress import NullProgress, Progress
 from faceattr.utils import atomic_open, atomic_write_text, resolve_device
 
@@ -185,17 +186,10 @@ def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndar
         tta=cfg.tta,
         train_positive_rates=[float(r) for r in train_rates],
         dataset=cfg.data.dataset,
-        license=DATA_LICENSES.get(cfg.data.dataset),
+        license=DATASETS[cfg.data.dataset].license if cfg.data.dataset in DATASETS else None,
         faceattr_version=__version__,
         extra=extra,
     )
-
-
-# Weights trained on these datasets inherit their terms; recorded in every model file.
-DATA_LICENSES = {
-    "celeba": "Trained on CelebA: non-commercial research purposes only (CelebA agreement).",
-    "wflw": "Trained on WFLW (WIDER Face images): research use; see the WFLW/WIDER terms.",
-}
 
 
 def _val_loss(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -496,37 +490,6 @@ def fit(
         skipped_images=skipped_total,
         stopped_early=stopped_early,
     )
-
-
-def metrics_report(
-    probs: np.ndarray,
-    targets: np.ndarray,
-    attributes: list[str],
-    thresholds: np.ndarray | list[float] | float | None,
-    train_rates: np.ndarray | list[float] | None,
-) -> dict[str, Any]:
-    """Metrics at ``thresholds`` (0.5 when None), plus a summary at 0.5 when they differ."""
-    used = 0.5 if thresholds is None else thresholds
-    metrics = compute_metrics(
-        probs, targets, attributes, thresholds=used, train_positive_rates=train_rates
-    )
-    metrics["threshold_source"] = "fixed" if np.isscalar(used) else "tuned"
-    if not np.isscalar(used):
-        at_half = compute_metrics(
-            probs, targets, attributes, thresholds=0.5, train_positive_rates=train_rates
-        )
-        metrics["at_threshold_0.5"] = {
-            k: at_half[k]
-            for k in (
-                "mean_accuracy",
-                "mean_balanced_accuracy",
-                "strict_accuracy",
-                "macro_precision",
-                "macro_recall",
-                "macro_f1",
-            )  # fmt: skip
-        }
-    return metrics
 
 
 def _copy_matching(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from faceattr import __version__
+from faceattr.data.registry import DATASETS
 from faceattr.errors import FaceAttrError
 from faceattr.progress import NullProgress, Progress
 from faceattr.report import analysis as an
@@ -513,13 +514,9 @@ def _image_dirs(run: RunData) -> list[Path]:
     if pred is not None and pred.image_dir is not None:
         dirs.append(pred.image_dir)
     root = run.dataset_root
-    if root:
-        try:
-            from faceattr.data.celeba import find_celeba
-
-            dirs.append(find_celeba(root).image_dir)
-        except FaceAttrError:
-            pass
+    spec = DATASETS.get(run.config.get("data", {}).get("dataset", "celeba"))
+    if root and spec is not None:
+        dirs += spec.image_dirs(Path(root).expanduser())
     return dirs
 
 
