@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceattr.config import LOSSES  # the names make_loss accepts
 from faceattr.errors import UsageError, unknown_name_error
-
-# Names accepted by :func:`make_loss`, in the order the CLI lists them.
-LOSSES: tuple[str, ...] = ("bce", "weighted-bce", "focal")
 
 
 def _prepare(

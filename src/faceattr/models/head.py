@@ -8,8 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-# Test-time augmentation modes (AttributeModel.tta, the model file's "tta", --tta).
-TTA_MODES = ("none", "flip")
+from faceattr.config import TTA_MODES  # AttributeModel.tta, the model file's "tta", --tta
 
 
 def check_tta(mode: str) -> str:
