@@ -32,7 +32,6 @@ import re
 import shutil
 import urllib.request
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.cookiejar import CookieJar
@@ -40,13 +39,20 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
+from faceattr.data.archives import (
+    IMAGE_SUFFIXES,
+    ArchiveError,
+    copy_file,
+    extract_zip,
+    is_within,
+    link_or_copy_tree,
+    open_zip,
+)
 from faceattr.data.download import (
-    CHUNK_SIZE,
     DEFAULT_TIMEOUT,
     HtmlPageError,
     HttpStatusError,
     TransferError,
-    check_free_space,
     disk_error,
     download_to_part,
     looks_like_html,
@@ -92,7 +98,6 @@ OFFICIAL_COUNTS: dict[str, int] = {
     "test": 19_962,
 }
 _SPLIT_CODES = {"0": "train", "1": "valid", "2": "test"}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -185,10 +190,6 @@ class ChecksumError(DownloadError):
         self.name = name
         self.expected = expected
         self.actual = actual
-
-
-class ArchiveError(DownloadError):
-    """A zip archive is damaged, malformed, or holds a path outside its folder (zip-slip)."""
 
 
 class _SourceError(Exception):
@@ -556,11 +557,11 @@ class _FromSource:
             if path.is_file():
                 if not zipfile.is_zipfile(path):
                     raise _SourceError(f"{path} is neither a folder nor a zip archive")
-                with _open_zip(path) as archive:
+                with open_zip(path) as archive:
                     names = {PurePosixPath(n).name for n in archive.namelist()}
                 if names & _ANNOTATION_NAMES:  # an archive of a whole layout: unpack it first
                     temp = fx.root / f".faceattr-from-{os.getpid()}"
-                    _safe_extract(path, temp, fx.progress, f"extract {path.name}")
+                    extract_zip(path, temp, fx.progress)
                     layout = _find_layout(temp)
                 else:  # only images: the annotations are looked for beside the zip
                     layout = _find_layout(path.parent)
@@ -638,7 +639,7 @@ def _count_images(folder: Path, stop_at: int | None = None) -> int:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.lower().endswith(_IMAGE_SUFFIXES) and entry.is_file():
+                if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
                     n += 1
                     if stop_at is not None and n >= stop_at:
                         break
@@ -880,7 +881,7 @@ class _Fetcher:
         """Extract the image archive into ``root/img_align_celeba`` (via a temporary folder)."""
         temp = self.root / f".{IMAGE_DIR}.extract-{os.getpid()}"
         try:
-            _safe_extract(archive, temp, self.progress, f"extract {archive.name}")
+            extract_zip(archive, temp, self.progress)
             source_dir = _largest_image_dir(temp)
             if source_dir is None:
                 raise _SourceError(f"{archive.name} holds no images")
@@ -919,7 +920,7 @@ class _Fetcher:
             if move:
                 os.rename(source_dir, staging)
             else:
-                _link_or_copy_tree(source_dir, staging, self.progress)
+                link_or_copy_tree(source_dir, staging, self.progress, recursive=False)
             if final.exists() or final.is_symlink():
                 old = self.root / f".{IMAGE_DIR}.old-{pid}"
                 os.rename(final, old)
@@ -1030,7 +1031,7 @@ class _Fetcher:
             self._record(name, self.expected[name], str(src))
             return
         part = self.root / f"{name}.part"
-        _copy_file(src, part)
+        copy_file(src, part)
         self.install(name, part, md5_file(part), str(src))
 
     def _take_kaggle_csv(self, name: str, src: Path) -> None:
@@ -1083,7 +1084,7 @@ class _Fetcher:
         self.extract_images(archive, origin=str(archive), strict=False)
 
     def _take_image_dir(self, folder: Path, owned: Path | None) -> None:
-        inside_root = _is_within(folder, self.root)
+        inside_root = is_within(folder, self.root)
         move = owned is not None or inside_root
         count = self._place_image_dir(folder, move=move)
         self.warnings.append(
@@ -1291,128 +1292,19 @@ def convert_kaggle_csv(csv_path: Path, txt_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Zip archives and file copies
-
-
-@contextlib.contextmanager
-def _open_zip(path: Path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            yield archive
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"{path} is not a readable zip archive ({exc}).") from None
-
-
-def _member_path(name: str) -> PurePosixPath:
-    """The relative path of a zip member, refusing absolute paths and ``..`` (zip-slip)."""
-    clean = name.replace("\\", "/")
-    path = PurePosixPath(clean)
-    if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean) or ".." in path.parts:
-        raise ArchiveError(
-            f"Refusing to extract the zip member {name!r}: its path leaves the target folder.",
-            "The archive is malformed or malicious; get it again from a trusted source.",
-        )
-    return path
-
-
-def _safe_extract(archive_path: Path, dest: Path, progress: Progress, task: str) -> int:
-    """Extract every regular member of a zip into ``dest`` (created fresh); the file count.
-
-    All member paths are checked before anything is written; a failure removes ``dest``.
-    """
-    shutil.rmtree(dest, ignore_errors=True)
-    with _open_zip(archive_path) as archive:
-        members = []
-        for info in archive.infolist():
-            rel = _member_path(info.filename)
-            if info.is_dir() or not rel.parts or rel.parts[0] == "__MACOSX":
-                continue
-            members.append((info, rel))
-        check_free_space(dest.parent, sum(i.file_size for i, _ in members), archive_path.name)
-        target = dest
-        try:
-            dest.mkdir(parents=True)
-            made: set[Path] = set()
-            progress.start(task, len(members), unit="files")
-            step = 0
-            try:
-                for info, rel in members:
-                    target = dest.joinpath(*rel.parts)
-                    if target.parent not in made:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        made.add(target.parent)
-                    with archive.open(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK_SIZE)
-                    step += 1
-                    if step == 256:  # batch progress updates: 200k single steps cost time
-                        progress.advance(step)
-                        step = 0
-                progress.advance(step)
-            finally:
-                progress.finish()
-        except OSError as exc:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise disk_error(target, exc) from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise ArchiveError(f"{archive_path} is damaged: {exc}.") from None
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    return len(members)
+# Extracted files
 
 
 def _largest_image_dir(base: Path) -> Path | None:
     """The folder under ``base`` holding the most image files."""
     best: tuple[int, Path] | None = None
     for folder, _, filenames in os.walk(base):
-        n = sum(1 for f in filenames if f.lower().endswith(_IMAGE_SUFFIXES))
+        n = sum(1 for f in filenames if f.lower().endswith(IMAGE_SUFFIXES))
         if n and (best is None or n > best[0]):
             best = (n, Path(folder))
     return best[1] if best else None
 
 
-def _copy_file(src: Path, dest: Path) -> None:
-    try:
-        shutil.copyfile(src, dest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            dest.unlink()
-        if exc.filename is not None and Path(exc.filename) == src:
-            raise DownloadError(f"Cannot read {src}: {exc.strerror}.") from None
-        raise disk_error(dest, exc) from None
-
-
-def _link_or_copy_tree(src: Path, dest: Path, progress: Progress) -> None:
-    """Hard-link every image of ``src`` into a new ``dest`` (copy where links fail)."""
-    dest.mkdir(parents=True)
-    names = sorted(e.name for e in os.scandir(src) if e.is_file())
-    progress.start(f"copy {src.name}", len(names), unit="files")
-    link = True
-    try:
-        for i, name in enumerate(names, start=1):
-            if link:
-                try:
-                    os.link(src / name, dest / name)
-                except OSError:
-                    link = False  # another file system, or links not allowed: copy instead
-            if not link:
-                shutil.copy2(src / name, dest / name)
-            if i % 256 == 0:
-                progress.advance(256)
-        progress.advance(len(names) % 256)
-    finally:
-        progress.finish()
-
-
 def _is_html_file(path: Path) -> bool:
     with open(path, "rb") as f:
         return looks_like_html(f.read(512), "")
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True

@@ -21,13 +21,9 @@ import contextlib
 import json
 import os
 import shutil
-import tarfile
 import time
-import zipfile
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,14 +31,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from faceattr.attributes import WFLW_ATTRIBUTES
 from faceattr.data import BOX_COLUMNS
+from faceattr.data.archives import extract_archive, iter_images, link_or_copy_tree, unwrap_folder
 from faceattr.data.csvdata import existing_images
 from faceattr.data.download import (
-    CHUNK_SIZE,
     DEFAULT_TIMEOUT,
     HtmlPageError,
     HttpStatusError,
     TransferError,
-    check_free_space,
     disk_error,
     download_to_part,
     make_opener,
@@ -106,17 +101,11 @@ class WflwFiles:
     image_dir: Path
 
 
-def _nested(folder: Path) -> Path:
-    """``X/X/`` when an archive was extracted into a folder of its own name."""
-    inner = folder / folder.name
-    return inner if inner.is_dir() else folder
-
-
 def _annotation_candidates(root: Path) -> list[Path]:
     """Folders that may hold the two list files directly."""
     out = []
     for base in (root, root / "WFLW"):
-        ann = _nested(base / ANNOTATIONS_DIR)
+        ann = unwrap_folder(base / ANNOTATIONS_DIR)
         out += [ann / LIST_DIR, base / LIST_DIR, base]
     return out
 
@@ -138,7 +127,7 @@ def find_wflw(root: str | Path) -> WflwFiles:
             break
     image_dir = next(
         (
-            _nested(base / IMAGES_DIR)
+            unwrap_folder(base / IMAGES_DIR)
             for base in (root, root / "WFLW")
             if (base / IMAGES_DIR).is_dir()
         ),
@@ -520,7 +509,6 @@ _PARTS = ("annotations", "images")
 _ARCHIVE_FOR = {"annotations": ANNOTATIONS_ARCHIVE, "images": IMAGES_ARCHIVE}
 _DIR_FOR = {"annotations": ANNOTATIONS_DIR, "images": IMAGES_DIR}
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _annotations_ok(root: Path) -> bool:
@@ -533,7 +521,7 @@ def _images_ok(root: Path) -> bool:
     if not folder.is_dir():
         return False
     if not _annotations_ok(root):
-        return any(True for _ in _iter_images(folder))
+        return any(True for _ in iter_images(folder))
     listed = set()
     for name in ANNOTATION_FILES.values():
         with open(
@@ -541,13 +529,6 @@ def _images_ok(root: Path) -> bool:
         ) as fh:
             listed.update(line.split()[-1] for line in fh if line.strip())
     return bool(listed) and bool(existing_images(folder, np.array(sorted(listed), object)).all())
-
-
-def _iter_images(folder: Path) -> Iterator[Path]:
-    for dirpath, _, names in os.walk(folder):
-        for n in names:
-            if n.lower().endswith(_IMAGE_SUFFIXES):
-                yield Path(dirpath) / n
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -560,86 +541,6 @@ def _archive_kind(path: Path) -> str | None:
     if "image" in name:
         return "images"
     return None
-
-
-def _member_parts(name: str) -> tuple[str, ...]:
-    """A member's relative path parts, refusing absolute paths and ``..`` (path traversal)."""
-    clean = name.replace("\\", "/")
-    parts = PurePosixPath(clean).parts
-    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in parts:
-        raise DownloadError(
-            f"Refusing to extract the archive member {name!r}: its path leaves the target folder.",
-            "The archive is malformed or malicious; get it again from a trusted source.",
-        )
-    return tuple(p for p in parts if p not in ("", "."))
-
-
-def _safe_extract(archive: Path, dest: Path, progress: Progress) -> None:
-    """Extract the regular files of a tar (any compression) or zip archive into ``dest``.
-
-    Member paths are checked before each file is written: absolute paths, ``..``, links,
-    devices and other special members are refused. Tars are read in one streaming pass (a
-    ``.tar.gz`` cannot seek back cheaply). A failure removes ``dest``, which is a temporary
-    folder, so nothing of a refused archive is left behind.
-    """
-    shutil.rmtree(dest, ignore_errors=True)
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                members = [(_member_parts(i.filename), i) for i in zf.infolist() if not i.is_dir()]
-                members = [m for m in members if m[0] and m[0][0] != "__MACOSX"]
-                check_free_space(dest.parent, sum(i.file_size for _, i in members), archive.name)
-                dest.mkdir(parents=True)
-                progress.start(f"extract {archive.name}", len(members), unit="files")
-                try:
-                    for parts, info in members:
-                        _write_member(dest, parts, zf.open(info))
-                        progress.advance(1)
-                finally:
-                    progress.finish()
-            return
-        # Photos are JPEGs, which do not compress: the archive's size estimates the need.
-        check_free_space(dest.parent, archive.stat().st_size, archive.name)
-        dest.mkdir(parents=True)
-        with tarfile.open(archive, "r|*") as tf:
-            progress.start(f"extract {archive.name}", None, unit="files")
-            try:
-                for info in tf:
-                    if info.isdir():
-                        continue
-                    if not info.isfile():
-                        raise DownloadError(
-                            f"Refusing to extract {archive.name}: member {info.name!r} is a "
-                            "link or special file, which the WFLW archives do not contain.",
-                            "Get the archive again from the official source.",
-                        )
-                    parts = _member_parts(info.name)
-                    if not parts or parts[-1].startswith("._"):  # macOS resource forks
-                        continue
-                    src = tf.extractfile(info)
-                    if src is not None:
-                        _write_member(dest, parts, src)
-                    progress.advance(1)
-            finally:
-                progress.finish()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise disk_error(dest / "x", exc) from None  # disk full, no permission
-        raise DownloadError(
-            f"{archive} is not a readable archive or is damaged ({exc}).",
-            "Download it again; a partial download cannot be extracted.",
-        ) from None
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-
-
-def _write_member(dest: Path, parts: tuple[str, ...], src) -> None:
-    target = dest.joinpath(*parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with src, open(target, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK_SIZE)
 
 
 def _content_dir(base: Path, kind: str) -> Path:
@@ -664,35 +565,12 @@ def _content_dir(base: Path, kind: str) -> Path:
         key=lambda p: len(p.parts),
     )
     if named:
-        return _nested(named[0])
-    first = next(_iter_images(base), None)
+        return unwrap_folder(named[0])
+    first = next(iter_images(base), None)
     if first is None:
         raise DataError(f"No images inside {base}: this is not the WFLW image archive.")
     # photos live in <event>/<photo>.jpg: the folder above the event folder
     return first.parent.parent if first.parent != base else base
-
-
-def _link_or_copy_tree(src: Path, dest: Path, progress: Progress) -> None:
-    """Recreate ``src`` at ``dest`` with hard links where possible (copies otherwise)."""
-    files = [Path(d) / n for d, _, names in os.walk(src) for n in names]
-    progress.start(f"copy {src.name}", len(files), unit="files")
-    link = True
-    try:
-        for f in files:
-            target = dest / f.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if link:
-                try:
-                    os.link(f, target)
-                except OSError:
-                    link = False
-            if not link:
-                shutil.copy2(f, target)
-            progress.advance(1)
-    except OSError as exc:
-        raise disk_error(target, exc) from None
-    finally:
-        progress.finish()
 
 
 def _install_dir(root: Path, kind: str, content: Path) -> None:
@@ -833,7 +711,7 @@ def fetch_wflw(
                         manual_download_hint(),
                     )
                 shutil.rmtree(tmp, ignore_errors=True)
-                _link_or_copy_tree(_content_dir(src, kind), tmp / _DIR_FOR[kind], progress)
+                link_or_copy_tree(_content_dir(src, kind), tmp / _DIR_FOR[kind], progress)
                 origin = str(src)
             else:
                 if kind in found:
@@ -856,7 +734,7 @@ def fetch_wflw(
                     origin = url
                 downloaded = kind not in found
                 try:
-                    _safe_extract(archive, tmp, progress)
+                    extract_archive(archive, tmp, progress)
                 except DownloadError:
                     if downloaded:  # a damaged download must not pass for the user's file
                         archive.unlink(missing_ok=True)

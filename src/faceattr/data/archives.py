@@ -1,0 +1,263 @@
+"""Archives and folders of downloaded datasets: safe extraction, link-or-copy, image files.
+
+Both fetchers (:mod:`faceattr.data.fetch` for CelebA, :mod:`faceattr.data.fetch.wflw`) unpack
+archives from the network or from a user's downloads, so nothing in one may write outside
+its target folder: absolute member paths, drive letters and ``..`` are refused (zip-slip), and
+so are links and special members of a tar. An extraction that fails removes its target
+folder, so a refused or damaged archive leaves nothing that could pass for data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from faceattr.data.download import CHUNK_SIZE, check_free_space, disk_error
+from faceattr.errors import DownloadError
+from faceattr.progress import Progress
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+_PROGRESS_STEP = 256  # files per progress update: 200k single updates cost time
+# What reading a damaged archive raises (gzip's BadGzipFile is an OSError without errno).
+_DAMAGE = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    OSError,
+)
+
+
+class ArchiveError(DownloadError):
+    """An archive is damaged, malformed, or holds a member that would land outside its folder."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+@contextlib.contextmanager
+def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The zip archive at ``path``; an :class:`ArchiveError` when it is not a readable zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{path} is not a readable zip archive ({exc}).") from None
+
+
+def member_parts(name: str, kind: str = "zip") -> tuple[str, ...]:
+    """The relative path parts of the archive member ``name`` (``kind`` names the archive in
+    the error); an :class:`ArchiveError` for an absolute path, a drive letter or ``..``."""
+    clean = name.replace("\\", "/")
+    parts = PurePosixPath(clean).parts
+    if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean) or ".." in parts:
+        raise ArchiveError(
+            f"Refusing to extract the {kind} member {name!r}: its path leaves the target folder.",
+            "The archive is malformed or malicious; get it again from a trusted source.",
+        )
+    return parts
+
+
+def _macos_metadata(parts: tuple[str, ...]) -> bool:
+    """Finder's extras: a ``__MACOSX/`` folder (zips) or ``._name`` resource forks (tars)."""
+    return parts[0] == "__MACOSX" or parts[-1].startswith("._")
+
+
+def extract_zip(archive: Path, dest: Path, progress: Progress) -> int:
+    """Extract the files of the zip ``archive`` into ``dest`` (made afresh); how many.
+
+    Every member path is checked, and the free space too, before anything is written.
+    """
+    shutil.rmtree(dest, ignore_errors=True)
+    with open_zip(archive) as zf:
+        members = []
+        for info in zf.infolist():
+            parts = member_parts(info.filename, "zip")
+            if not info.is_dir() and parts and not _macos_metadata(parts):
+                members.append((parts, info))
+        check_free_space(dest.parent, sum(i.file_size for _, i in members), archive.name)
+        with _writing(archive, dest, progress, len(members), _zip_damaged) as out:
+            for parts, info in members:
+                out.write(parts, zf.open(info))
+    return out.count
+
+
+def extract_archive(archive: Path, dest: Path, progress: Progress) -> int:
+    """Extract a zip or a tar (any compression) into ``dest`` (made afresh); how many files.
+
+    A tar is read in one streaming pass (a ``.tar.gz`` cannot seek back cheaply), so its
+    members are checked one by one as they come; links and special files are refused.
+    """
+    if zipfile.is_zipfile(archive):
+        return extract_zip(archive, dest, progress)
+    shutil.rmtree(dest, ignore_errors=True)
+    # Dataset photos are JPEGs, which do not compress: the archive's size estimates the need.
+    check_free_space(dest.parent, archive.stat().st_size, archive.name)
+    # Opened inside the writer's block, so a file that is no tar at all counts as damaged.
+    with (
+        _writing(archive, dest, progress, None, _tar_damaged) as out,
+        tarfile.open(archive, "r|*") as tf,
+    ):
+        for info in tf:
+            if info.isdir():
+                continue
+            if not info.isfile():
+                raise ArchiveError(
+                    f"Refusing to extract {archive.name}: member {info.name!r} is a link or "
+                    "special file, which dataset archives do not contain.",
+                    "Get the archive again from the official source.",
+                )
+            parts = member_parts(info.name, "archive")
+            src = tf.extractfile(info)
+            if parts and not _macos_metadata(parts) and src is not None:
+                out.write(parts, src)
+    return out.count
+
+
+def _zip_damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(f"{archive} is damaged: {exc}.")
+
+
+def _tar_damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(
+        f"{archive} is not a readable archive or is damaged ({exc}).",
+        "Download it again; a partial download cannot be extracted.",
+    )
+
+
+class _MemberWriter:
+    """Writes members under ``dest``, counting them and reporting progress."""
+
+    def __init__(self, dest: Path, progress: Progress) -> None:
+        self.dest = dest
+        self.progress = progress
+        self.count = 0
+        self.target = dest  # the file being written, for error messages
+        self._made: set[Path] = set()
+
+    def write(self, parts: tuple[str, ...], src: IO[bytes]) -> None:
+        self.target = target = self.dest.joinpath(*parts)
+        if target.parent not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(target.parent)
+        with src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK_SIZE)
+        self.count += 1
+        if self.count % _PROGRESS_STEP == 0:
+            self.progress.advance(_PROGRESS_STEP)
+
+
+@contextlib.contextmanager
+def _writing(
+    archive: Path,
+    dest: Path,
+    progress: Progress,
+    total: int | None,
+    damaged: Callable[[Path, BaseException], ArchiveError],
+) -> Iterator[_MemberWriter]:
+    """A writer into a new ``dest``; any failure in the block removes ``dest`` and becomes a
+    disk error (disk full, no permission), ``damaged(archive, exc)``, or is re-raised."""
+    out = _MemberWriter(dest, progress)
+    try:
+        dest.mkdir(parents=True)
+        progress.start(f"extract {archive.name}", total, unit="files")
+        try:
+            yield out
+            progress.advance(out.count % _PROGRESS_STEP)
+        finally:
+            progress.finish()
+    except BaseException as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise disk_error(out.target, exc) from None
+        if isinstance(exc, _DAMAGE):
+            raise damaged(archive, exc) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Copies and folders
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest``; a failure removes ``dest`` and says which side failed."""
+    try:
+        shutil.copyfile(src, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        raise _copy_error(src, dest, exc) from None
+
+
+def _copy_error(src: Path, dest: Path, exc: OSError) -> DownloadError:
+    if exc.filename is not None and Path(exc.filename) == src:
+        return DownloadError(f"Cannot read {src}: {exc.strerror}.")
+    return disk_error(dest, exc)
+
+
+def link_or_copy_tree(src: Path, dest: Path, progress: Progress, *, recursive: bool = True) -> int:
+    """Recreate the files of ``src`` under ``dest`` as hard links, copies where links fail
+    (another file system, or links not allowed); how many. ``recursive=False`` takes only
+    the files directly in ``src``. Folders are made as files need them."""
+    if recursive:
+        files = sorted(Path(d, n).relative_to(src) for d, _, names in os.walk(src) for n in names)
+    else:
+        files = sorted(Path(e.name) for e in os.scandir(src) if e.is_file())
+    progress.start(f"copy {src.name}", len(files), unit="files")
+    made: set[Path] = set()
+    link = True
+    source, target = src, dest
+    try:
+        for i, rel in enumerate(files, start=1):
+            source, target = src / rel, dest / rel
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            if link:
+                try:
+                    os.link(source, target)
+                except OSError:
+                    link = False
+            if not link:
+                shutil.copy2(source, target)
+            if i % _PROGRESS_STEP == 0:
+                progress.advance(_PROGRESS_STEP)
+        progress.advance(len(files) % _PROGRESS_STEP)
+    except OSError as exc:
+        raise _copy_error(source, target, exc) from None
+    finally:
+        progress.finish()
+    return len(files)
+
+
+def unwrap_folder(folder: Path) -> Path:
+    """``X/X/`` when an archive was extracted into a folder of its own name, else ``X``."""
+    inner = folder / folder.name
+    return inner if inner.is_dir() else folder
+
+
+def iter_images(folder: Path) -> Iterator[Path]:
+    """The image files (by suffix) anywhere under ``folder``."""
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                yield Path(dirpath) / name
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or inside it (links resolved)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
