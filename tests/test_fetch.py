@@ -529,7 +529,8 @@ def test_from_folder_official_layouts(tmp_path, official, sums, layout):
     result = fetch_celeba(root, from_path=src, checksums=sums)
     assert result.source == "from"
     _assert_official_layout(root, official)
-    assert (src / "CelebA" / "Img" / IMAGE_ZIP).exists() or (src / IMAGE_ZIP).exists()  # untouched
+    archive = src / IMAGE_ZIP if layout == "flat" else src / "CelebA" / "Img" / IMAGE_ZIP
+    assert archive.read_bytes() == official[IMAGE_ZIP]  # extracted from, left untouched
     assert fetch_celeba(root, from_path=src, checksums=sums).up_to_date
 
 
