@@ -212,3 +212,30 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
         os.umask(old)
     for p in (path, tmp_path / "c.json"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p  # not the temp file's private 0600
+
+
+def test_run_directory_with_only_last_model(tmp_path: Path) -> None:
+    # Training writes last.safetensors every epoch and model.safetensors once it has a best
+    # model: a run directory with only the former resolves to it, the same way everywhere.
+    from faceattr.runs import resolve_model
+
+    run = tmp_path / "run"
+    model = _trained_like()
+    last = save_model_file(run / "last.safetensors", model, _info())
+    assert resolve_model(run) == last
+    loaded, info = load_model_file(run)
+    assert info == read_model_info(run) == read_model_info(last)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    best = save_model_file(run / "model.safetensors", model, _info())
+    assert resolve_model(run) == best  # the best model wins once there is one
+
+
+def test_run_directory_without_model_files(tmp_path: Path) -> None:
+    from faceattr.runs import resolve_model
+
+    (tmp_path / "config.json").write_text("{}")
+    for resolve in (resolve_model, load_model_file, read_model_info):
+        with pytest.raises(ModelError, match="no model.safetensors or last.safetensors"):
+            resolve(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -10,14 +11,23 @@ from faceattr.errors import ModelError
 
 DEFAULT_MODEL_NAME = "default"
 DEFAULT_MODEL_FILE = "default.safetensors"
+# The model files of a run directory, in the order resolve_model prefers them: the best
+# model, then the latest epoch's (training writes the best one after its first epoch).
+RUN_MODEL_FILES = ("model.safetensors", "last.safetensors")
 
 
 def default_model_path() -> Path:
+    """Where the bundled default model lives (it may be absent from a source checkout)."""
     return Path(str(resources.files("faceattr") / "assets" / DEFAULT_MODEL_FILE))
 
 
-def resolve_model(ref: str | Path | None) -> Path:
-    """A run directory, a ``.safetensors`` file or ``default`` -> the model file's path."""
+def resolve_model(ref: str | os.PathLike[str] | None) -> Path:
+    """The path of the model file a MODEL reference names; the one resolver for every command.
+
+    ``default`` (or None) is the bundled model; a run directory gives its best model,
+    ``model.safetensors``, or ``last.safetensors`` while training has not written a best one
+    yet; anything else must be an existing model file. ModelError otherwise.
+    """
     if ref is None or str(ref) == DEFAULT_MODEL_NAME:
         path = default_model_path()
         if not path.exists():
@@ -29,21 +39,19 @@ def resolve_model(ref: str | Path | None) -> Path:
         return path
     path = Path(ref).expanduser()
     if path.is_dir():
-        best = path / "model.safetensors"
-        if best.exists():
-            return best
-        last = path / "last.safetensors"
-        if last.exists():
-            return last
+        for name in RUN_MODEL_FILES:
+            if (path / name).is_file():
+                return path / name
         raise ModelError(
-            f"{path} holds no model.safetensors.",
+            f"{path} is a directory with no {' or '.join(RUN_MODEL_FILES)}.",
             "Pass a run directory written by `faceattr train` (training may not have "
             "finished an epoch yet), a .safetensors model file, or `default`.",
         )
     if not path.exists():
         raise ModelError(
-            f"Model {str(ref)!r} not found.",
-            "MODEL is a run directory, a .safetensors file, or `default`.",
+            f"Model file not found: {path}",
+            "Check the path. MODEL is a run directory written by `faceattr train`, a "
+            ".safetensors model file, or `default` (e.g. `--model default`).",
         )
     return path
 

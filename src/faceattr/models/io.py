@@ -22,6 +22,7 @@ from faceattr import __version__
 from faceattr.errors import FaceAttrError, ModelError
 from faceattr.models.head import TTA_MODES, AttributeModel
 from faceattr.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from faceattr.runs import resolve_model
 from faceattr.utils import publish
 
 METADATA_KEY = "faceattr"
@@ -109,25 +110,6 @@ class ModelInfo:
         if missing:
             raise ModelError(f"Model info lacks required field(s): {', '.join(missing)}.")
         return cls(**kwargs)
-
-
-def _resolve_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, or ``path/model.safetensors`` for a run directory."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        inner = p / "model.safetensors"
-        if inner.is_file():
-            return inner
-        raise ModelError(
-            f"{p} is a directory without model.safetensors.",
-            "Pass a .safetensors model file or a run directory written by `faceattr train`.",
-        )
-    if not p.exists():
-        raise ModelError(
-            f"Model file not found: {p}",
-            "Check the path, train one with `faceattr train`, or use `--model default`.",
-        )
-    return p
 
 
 def _state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -220,9 +202,12 @@ def _read_header(path: Path) -> dict[str, str]:
         ) from e
 
 
-def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """The :class:`ModelInfo` of a model file, reading only its header."""
-    p = _resolve_path(path)
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """The :class:`ModelInfo` of a model file, reading only its header.
+
+    ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
+    """
+    p = resolve_model(path)
     meta = _read_header(p)
     raw = meta.get(METADATA_KEY)
     if raw is None:
@@ -263,14 +248,17 @@ def _mismatch_summary(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 
 
 def load_model_file(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 ) -> tuple[AttributeModel, ModelInfo]:
-    """Rebuild the model a file describes and load its weights (float32, eval mode)."""
+    """Rebuild the model a file describes and load its weights (float32, eval mode).
+
+    ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
+    """
     from safetensors.torch import load_file
 
     from faceattr.models.registry import create_model
 
-    p = _resolve_path(path)
+    p = resolve_model(path)
     info = read_model_info(p)
     try:
         model = create_model(
