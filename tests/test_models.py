@@ -68,13 +68,6 @@ def test_head_layout() -> None:
     assert mlp(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 
 
-def test_init_output_bias_matches_prior_rates() -> None:
-    model = create_model("celebnet", 3, num_features=8)
-    model.init_output_bias([0.5, 0.9, float("nan")])
-    bias = model.classifier.bias.detach()
-    assert torch.allclose(bias, torch.tensor([0.0, torch.log(torch.tensor(9.0)).item(), 0.0]))
-
-
 def test_name_resolution_and_library_prefixes() -> None:
     assert resolve_arch("resnet50").library == "torchvision"  # clash: torchvision wins
     spec = resolve_arch("timm/resnet50")

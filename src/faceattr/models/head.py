@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -115,21 +115,6 @@ class AttributeModel(nn.Module):
     def classifier(self) -> nn.Linear:
         """The last Linear layer of the head ([.., F'] -> [.., A])."""
         return self.head[-1]
-
-    @torch.no_grad()
-    def init_output_bias(self, positive_rates: Sequence[float] | torch.Tensor) -> None:
-        """Set the output bias to logit(rate) per attribute so training starts at the priors.
-
-        Rates that are NaN (attribute never labelled) leave the bias at 0; rates are clipped
-        to [1e-4, 1 - 1e-4] so a constant attribute does not give an infinite bias.
-        """
-        rates = torch.as_tensor(positive_rates, dtype=torch.float64).flatten()
-        if rates.numel() != self.num_attributes:
-            raise ValueError(f"expected {self.num_attributes} rates, got {rates.numel()}")
-        rates = rates.clamp(1e-4, 1 - 1e-4)
-        bias = torch.log(rates / (1 - rates))
-        bias = torch.where(torch.isnan(bias), torch.zeros_like(bias), bias)
-        self.classifier.bias.copy_(bias.to(self.classifier.bias))
 
     def extra_repr(self) -> str:
         return (
