@@ -20,6 +20,7 @@ from faceattr.attributes import WFLW_ATTRIBUTES
 from faceattr.config import FULL_IMAGE, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from faceattr.data import BOX_COLUMNS, cut_box, load_split, read_dataset
 from faceattr.data.images import BACKGROUND_RGB, load_image
+from faceattr.data.synthetic import write_synthetic_wflw
 from faceattr.data.wflw import (
     ANNOTATION_FILES,
     ANNOTATIONS_DIR,
@@ -35,7 +36,6 @@ from faceattr.data.wflw import (
     parse_wflw_line,
     read_wflw,
     read_wflw_annotations,
-    write_synthetic_wflw,
 )
 from faceattr.errors import DataError, DownloadError
 

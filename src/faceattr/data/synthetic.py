@@ -1,11 +1,15 @@
-"""A small, learnable, CelebA-format dataset for tests and demos (`faceattr data fetch synthetic`).
+"""Small, learnable datasets in the real formats, for tests and demos.
 
-Files are written in the real formats (official txt, Kaggle csv, torchvision folders) so the
-readers are exercised exactly as on real data. Labels follow CelebA's positive rates, with
-CelebA's dependence on ``Male``, and every attribute is drawn into the pixels: the central
-square of each image holds an 8 x 5 grid of cells, one per attribute, and a positive
-attribute puts a bright marker of its own shape and colour in its cell, on a noisy skin-toned
-background with random jitter. A tiny CNN at 64 px learns them in a few epochs.
+:func:`write_synthetic_celeba` (`faceattr data fetch synthetic`) writes a CelebA copy in the
+official txt, Kaggle csv or torchvision layout, so the readers are exercised exactly as on
+real data. Labels follow CelebA's positive rates, with CelebA's dependence on ``Male``, and
+every attribute is drawn into the pixels: the central square of each image holds an 8 x 5
+grid of cells, one per attribute, and a positive attribute puts a bright marker of its own
+shape and colour in its cell, on a noisy skin-toned background with random jitter. A tiny CNN
+at 64 px learns them in a few epochs.
+
+:func:`write_synthetic_wflw` writes a WFLW copy in the release's layout: photos of one to a
+few faces, each face's six flags drawn as markers inside its rectangle.
 """
 
 from __future__ import annotations
@@ -15,10 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
-from faceattr.attributes import CELEBA_ATTRIBUTES
+from faceattr.attributes import CELEBA_ATTRIBUTES, WFLW_ATTRIBUTES
 from faceattr.data.celeba import LAYOUTS, CelebaFiles
+from faceattr.data.wflw import (
+    ANNOTATION_FILES,
+    ANNOTATIONS_DIR,
+    IMAGES_DIR,
+    LIST_DIR,
+    format_wflw_line,
+)
+
+# Background (CelebA) and face (WFLW) colours.
+_SKIN_RGB = ((233, 196, 170), (224, 172, 140), (198, 140, 105), (160, 110, 80), (110, 75, 55))
+
+# ---------------------------------------------------------------------------------------------
+# CelebA
 
 # (rate among men, rate among women), measured on the 202,599 official annotations; Male
 # itself is 0.417. Drawing each attribute given Male keeps CelebA's main correlations.
@@ -45,10 +62,7 @@ MALE_RATE = 0.417
 # Cells of the attribute grid inside the central square (attribute j -> divmod(j, columns)).
 GRID_ROWS, GRID_COLS = 8, 5
 _SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
-_SKIN_TONES = np.array(
-    [(233, 196, 170), (224, 172, 140), (198, 140, 105), (160, 110, 80), (110, 75, 55)],
-    dtype=np.float32,
-)
+_SKIN_TONES = np.array(_SKIN_RGB, dtype=np.float32)
 
 
 def draw_synthetic_labels(
@@ -116,7 +130,7 @@ def render_synthetic_face(
     rng: np.random.Generator,
     *,
     image_size: tuple[int, int] = (178, 218),
-    skin: Sequence[float] | None = None,
+    skin: Sequence[float] | np.ndarray | None = None,
     noise: np.ndarray | None = None,
 ) -> Image.Image:
     """Draw one image (``image_size`` is ``(width, height)``) encoding ``labels`` [40] {0, 1}.
@@ -304,4 +318,125 @@ def write_synthetic_celeba(
             y, rng, image_size=image_size, skin=_SKIN_TONES[person_skin[person]], noise=noise
         )
         img.save(files.image_dir / name, format="JPEG", quality=90)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# WFLW
+
+# Share of faces with each flag in the official test list (largepose 326, expression 314,
+# illumination 698, make-up 206, occlusion 736, blur 773 of 2,500 faces).
+SYNTHETIC_RATES: dict[str, float] = {
+    "Pose": 0.13, "Expression": 0.126, "Illumination": 0.279, "Make_Up": 0.082,
+    "Occlusion": 0.294, "Blur": 0.309,
+}  # fmt: skip
+_EVENTS = ("0--Parade", "12--Group", "20--Family_Group", "51--Dresses")
+_FLAG_COLOURS = ((230, 40, 40), (40, 200, 60), (50, 80, 235), (235, 60, 220), (250, 220, 30),
+                 (30, 220, 230))  # fmt: skip
+
+
+def _synthetic_landmarks(box: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    """98 plausible points: a jaw line (33) along the lower half of the face ellipse, the
+    rest scattered over the inner face."""
+    x0, y0, x1, y1 = box
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    t = np.linspace(np.pi, 0, 33)
+    jaw = np.stack([cx + rx * 0.95 * np.cos(t), cy + ry * 0.95 * np.sin(t)], axis=1)
+    inner = np.stack(
+        [
+            rng.uniform(x0 + 0.2 * rx, x1 - 0.2 * rx, 65),
+            rng.uniform(y0 + 0.2 * ry, cy + 0.6 * ry, 65),
+        ],
+        axis=1,
+    )
+    return np.concatenate([jaw, inner]).astype(np.float32)
+
+
+def _draw_face(
+    img: Image.Image, box: tuple[int, ...], flags: np.ndarray, rng: np.random.Generator
+) -> None:
+    """A skin-coloured face in ``box`` with one marker per raised flag (3 x 2 grid of cells),
+    plus the flag's effect where it is easy to draw: illumination darkens, blur blurs."""
+    x0, y0, x1, y1 = box
+    draw = ImageDraw.Draw(img)
+    skin = _SKIN_RGB[int(rng.integers(len(_SKIN_RGB)))]
+    draw.ellipse((x0, y0, x1, y1), fill=tuple(int(c * rng.uniform(0.9, 1.05)) for c in skin))
+    w, h = x1 - x0, y1 - y0
+    cw, ch = 0.8 * w / 3, 0.8 * h / 2
+    for j in np.flatnonzero(flags):
+        row, col = divmod(int(j), 3)
+        left, top = x0 + 0.1 * w + col * cw, y0 + 0.1 * h + row * ch
+        s = rng.uniform(0.7, 0.9)
+        mx, my = left + cw * (1 - s) / 2, top + ch * (1 - s) / 2
+        shape = (mx, my, mx + cw * s, my + ch * s)
+        colour = _FLAG_COLOURS[int(j)]
+        if j % 2:
+            draw.ellipse(shape, fill=colour)
+        else:
+            draw.rectangle(shape, fill=colour)
+    region = (x0, y0, x1, y1)
+    names = list(WFLW_ATTRIBUTES)
+    if flags[names.index("Illumination")]:
+        patch = img.crop(region).point(lambda v: int(v * 0.6))
+        img.paste(patch, region)
+    if flags[names.index("Blur")]:
+        img.paste(img.crop(region).filter(ImageFilter.GaussianBlur(1.2)), region)
+
+
+def write_synthetic_wflw(
+    root: str | Path,
+    *,
+    n_train: int = 60,
+    n_test: int = 20,
+    max_faces: int = 3,
+    seed: int = 0,
+    image_size: tuple[int, int] = (240, 160),
+    rates: dict[str, float] | None = None,
+) -> Path:
+    """Write a synthetic WFLW copy under ``root`` in the official layout; returns ``root``.
+
+    ``n_train``/``n_test`` photos (``image_size`` is ``(width, height)``) with 1 to
+    ``max_faces`` faces each, side by side. Every face's six flags are drawn into its pixels
+    (a coloured marker per raised flag inside the face rectangle), so a tiny model can learn
+    them from the face crops. Annotation lines are in the release's exact format.
+    Deterministic given ``seed``.
+    """
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise ValueError(f"photo counts must be >= 0 and not both 0, got {n_train}, {n_test}")
+    if max_faces < 1:
+        raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    p = np.array([(rates or SYNTHETIC_RATES)[a] for a in WFLW_ATTRIBUTES])
+    ann_dir = root / ANNOTATIONS_DIR / LIST_DIR
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    width, height = image_size
+    slot = width / max_faces
+    photo = 0
+    for split, n in (("train", n_train), ("test", n_test)):
+        lines = []
+        for _ in range(n):
+            photo += 1
+            event = _EVENTS[photo % len(_EVENTS)]
+            name = f"{event}/{event.split('--')[1]}_synthetic_{photo}.jpg"
+            base = np.array(_SKIN_RGB[int(rng.integers(len(_SKIN_RGB)))], np.float32) * 0.5 + 60
+            shade = np.linspace(1.1, 0.85, height, dtype=np.float32)[:, None, None]
+            noise = rng.normal(0, 10, (height, width, 3)).astype(np.float32)
+            pixels = np.clip(base * shade + noise, 0, 255).astype(np.uint8)
+            img = Image.fromarray(pixels, mode="RGB")
+            n_faces = int(rng.integers(1, max_faces + 1))
+            for k in sorted(rng.choice(max_faces, size=n_faces, replace=False).tolist()):
+                side = rng.uniform(0.6, 0.85) * min(slot, height / 1.25)
+                fw, fh = side, side * rng.uniform(1.0, 1.2)
+                x0 = k * slot + rng.uniform(0, slot - fw)
+                y0 = rng.uniform(0, height - fh)
+                box = (int(round(x0)), int(round(y0)), int(round(x0 + fw)), int(round(y0 + fh)))
+                flags = (rng.random(len(WFLW_ATTRIBUTES)) < p).astype(np.uint8)
+                _draw_face(img, box, flags, rng)
+                landmarks = _synthetic_landmarks(box, rng)
+                lines.append(format_wflw_line(landmarks, box, flags, name))
+            (root / IMAGES_DIR / event).mkdir(parents=True, exist_ok=True)
+            img.save(root / IMAGES_DIR / name, format="JPEG", quality=92)
+        with open(ann_dir / ANNOTATION_FILES[split], "w", encoding="utf-8", newline="") as out:
+            out.write("".join(line + "\n" for line in lines))
     return root
