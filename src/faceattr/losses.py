@@ -126,6 +126,8 @@ class WeightedBCELoss(nn.Module):
     The weights are a buffer, so ``.to(device)`` moves them and checkpoints keep them.
     """
 
+    pos_weight: torch.Tensor  # a registered buffer; declared for type checkers
+
     def __init__(self, pos_weight: torch.Tensor | Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("pos_weight", torch.as_tensor(pos_weight, dtype=torch.float32))
@@ -138,6 +140,8 @@ class WeightedBCELoss(nn.Module):
 
 class FocalLoss(nn.Module):
     """Masked sigmoid focal loss; :func:`focal_loss` explains gamma, alpha and pos_weight."""
+
+    pos_weight: torch.Tensor | None  # a registered buffer (None: unweighted)
 
     def __init__(
         self,

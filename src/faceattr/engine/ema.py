@@ -35,7 +35,8 @@ class ModelEma:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (4 + self.updates))
         # The copy has the same parameters and buffers in the same order.
-        own, new = list(self.module.parameters()), list(model.parameters())
+        own: list[torch.Tensor] = list(self.module.parameters())
+        new: list[torch.Tensor] = list(model.parameters())
         torch._foreach_mul_(own, d)
         torch._foreach_add_(own, new, alpha=1 - d)
         for target, value in zip(self.module.buffers(), model.buffers(), strict=True):

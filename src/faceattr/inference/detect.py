@@ -216,7 +216,8 @@ class _BaseDetector:
             if min(box[2], box[3]) < self.min_face_size:
                 continue
             points = (np.asarray(points, dtype=np.float64) / (sx, sy)).astype(np.float32)
-            faces.append(Face(tuple(float(v) for v in box), float(score), points, self.name))
+            x, y, bw, bh = (float(v) for v in box)
+            faces.append(Face((x, y, bw, bh), float(score), points, self.name))
         faces.sort(key=lambda f: f.score, reverse=True)
         return faces[: self.max_faces] if self.max_faces else faces
 

@@ -114,7 +114,10 @@ class AttributeModel(nn.Module):
     @property
     def classifier(self) -> nn.Linear:
         """The last Linear layer of the head ([.., F'] -> [.., A])."""
-        return self.head[-1]
+        layer = self.head[-1]
+        if not isinstance(layer, nn.Linear):  # build_head always ends in one
+            raise TypeError(f"the head ends in {type(layer).__name__}, not a Linear layer")
+        return layer
 
     def extra_repr(self) -> str:
         return (

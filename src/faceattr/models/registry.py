@@ -182,20 +182,23 @@ def _strip_head_module(mod: nn.Module) -> tuple[nn.Module, int]:
         return nn.Identity(), mod.in_features
     if isinstance(mod, nn.Sequential):
         layers = list(mod)
-        linear_at = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
-        if linear_at:
-            i = linear_at[-1]
+        linears = [(i, m) for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+        if linears:
+            i, last = linears[-1]
             kept = layers[:i]
             while kept and isinstance(kept[-1], nn.Dropout):  # our head has its own dropout
                 kept.pop()
-            return (nn.Sequential(*kept) if kept else nn.Identity()), layers[i].in_features
+            return (nn.Sequential(*kept) if kept else nn.Identity()), last.in_features
         convs = [m for m in layers if isinstance(m, nn.Conv2d)]
         if convs:  # squeezenet: a 1x1 conv classifier followed by global pooling
             return nn.AdaptiveAvgPool2d(1), convs[-1].in_channels
     raise TypeError(f"unsupported classifier module {type(mod).__name__}")
 
 
-def _create_torchvision(spec: ArchSpec, pretrained: bool, img_size: int | None) -> tuple:
+def _create_torchvision(
+    spec: ArchSpec, pretrained: bool, img_size: int | None
+) -> tuple[nn.Module, int]:
+    """The torchvision model without its classifier, and its feature size."""
     import torchvision
 
     name = spec.name
@@ -239,7 +242,8 @@ def _create_torchvision(spec: ArchSpec, pretrained: bool, img_size: int | None) 
     raise ModelError(f"Cannot find the classifier of torchvision model {name!r} to remove it.")
 
 
-def _create_timm(spec: ArchSpec, pretrained: bool, img_size: int | None) -> tuple:
+def _create_timm(spec: ArchSpec, pretrained: bool, img_size: int | None) -> tuple[nn.Module, int]:
+    """The timm model without its classifier (num_classes=0), and its feature size."""
     import timm
 
     kwargs: dict = {}
@@ -253,8 +257,16 @@ def _create_timm(spec: ArchSpec, pretrained: bool, img_size: int | None) -> tupl
         if pretrained:
             raise _pretrained_error(spec, e) from e
         raise
-    feature_dim = getattr(model, "head_hidden_size", None) or model.num_features
-    return model, int(feature_dim)
+    # Plain int attributes of every timm model; read with getattr as nn.Module's typing
+    # would make them tensors or modules.
+    feature_dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if not isinstance(feature_dim, int):
+        raise ModelError(
+            f"timm model {spec.name!r} does not report its feature size (num_features is "
+            f"{feature_dim!r}).",
+            "Pick another architecture, or upgrade timm.",
+        )
+    return model, feature_dim
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -361,8 +373,9 @@ def create_model(
                 "Leave out --pretrained, or pick an ImageNet architecture such as "
                 "--arch mobilenet_v2.",
             )
-        backbone: nn.Module = CelebNet()
-        feature_dim = backbone.num_features
+        celebnet = CelebNet()
+        backbone: nn.Module = celebnet
+        feature_dim = celebnet.num_features
     elif spec.library == "torchvision":
         backbone, feature_dim = _create_torchvision(spec, pretrained, img_size)
     else:
