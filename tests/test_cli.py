@@ -21,8 +21,46 @@ def invoke(*args: str, input: str | None = None):
 def test_help_lists_commands():
     result = invoke("--help")
     assert result.exit_code == 0
-    for cmd in ("train", "finetune", "eval", "predict", "data"):
-        assert cmd in result.output
+    # The first word of each row of the help's panels: the command names (and --options);
+    # the app's description mentions "eval" and "predict" too, so look at rows only.
+    rows = {line.strip("│ ").split(" ")[0] for line in result.output.splitlines()
+            if line.startswith("│ ")}  # fmt: skip
+    for cmd in ("train", "finetune", "eval", "predict", "report", "data"):
+        assert cmd in rows
+
+
+def test_bare_train_uses_the_library_defaults(tmp_path):
+    """`faceattr train --root R` restates no default: its config is the library's."""
+    from dataclasses import replace
+
+    from faceattr.config import DataConfig, TrainConfig
+
+    for extra in ((), ("--dataset", "wflw")):
+        r = invoke("train", "--root", tmp_path, *extra, "--print-config")
+        assert r.exit_code == 0, r.output
+        cfg = TrainConfig.from_dict(json.loads(r.stdout))
+        assert cfg.out.startswith("runs/")  # the default run directory
+        library = TrainConfig(data=DataConfig(root=str(tmp_path), dataset=cfg.data.dataset))
+        assert replace(cfg, out="") == library
+    assert cfg.data.dataset == "wflw" and cfg.data.crop == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_train_options_map_onto_the_config(tmp_path):
+    r = invoke("train", "--root", tmp_path, "--optimizer", "sgd", "--augment", "none",
+               "--rotation", 5, "--crop", "square", "--attributes", "male, smiling",
+               "--no-amp", "--freeze-backbone", "--out", tmp_path / "run", "--print-config")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert cfg["optim"]["optimizer"] == "sgd" and cfg["optim"]["lr"] == 0.05  # sgd's default
+    assert cfg["augment"] == {"hflip": False, "crop_scale": 0.0, "shift": 0.0, "rotation": 5.0,
+                              "brightness": 0.0, "erasing": 0.0}  # fmt: skip
+    assert cfg["data"]["crop"] == [0.0, 20 / 218, 1.0, 198 / 218]  # "square" = "band"
+    assert cfg["data"]["attributes"] == ["male", "smiling"]  # resolved when the data is read
+    assert cfg["amp"] is False and cfg["model"]["freeze_backbone"] is True
+    assert cfg["out"] == str(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # --print-config trains nothing
+    r = invoke("train", "--root", tmp_path, "--optimizer", "lion")
+    assert r.exit_code == 2 and "'lion' is not one of 'adam'" in r.output
 
 
 def test_version():

@@ -191,6 +191,14 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def field_default(key: str) -> Any:
+    """The declared default of a TrainConfig setting (``"epochs"``, ``"optim.lr"``), read from
+    the dataclasses without building one (for help texts)."""
+    section, _, name = key.rpartition(".")
+    cls = SECTIONS[section] if section else TrainConfig
+    return {f.name: f.default for f in fields(cls)}[name]
+
+
 # The nested parts of a TrainConfig, by field name.
 SECTIONS: dict[str, type] = {
     "data": DataConfig,

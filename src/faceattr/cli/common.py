@@ -6,13 +6,11 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from enum import Enum
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from faceattr.config import CELEBA_CROP, FULL_IMAGE
 from faceattr.errors import FaceAttrError
 
 # Results go to stdout (pipeable); progress, logs and errors to stderr.
@@ -20,34 +18,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CropMode(str, Enum):
-    """Part of each image the model sees (see faceattr.config.DATASET_CROPS)."""
-
-    auto = "auto"  # the dataset's default
-    square = "square"  # CelebA: the central 178x178 face square
-    full = "full"  # the whole image, squashed to a square
-
-
-CROPS = {"auto": None, "square": CELEBA_CROP, "full": FULL_IMAGE}
-
-
-class TtaMode(str, Enum):
-    """Test-time augmentation (see faceattr.models.head.AttributeModel.tta)."""
-
-    none = "none"
-    flip = "flip"
-
-
-# eval/predict: override the test-time augmentation stored in the model file.
-TtaOverride = Annotated[
-    TtaMode | None,
-    typer.Option(
-        help="Test-time augmentation: none (faster), or flip (average each face with its "
-        "mirror image). Default: the model's own setting."
-    ),
-]
 
 
 def handle_errors(fn: F) -> F:

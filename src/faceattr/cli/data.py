@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import CROPS, CropMode, err, handle_errors, out
+from faceattr.cli.common import err, handle_errors, out
+from faceattr.cli.options import CropOption, data_config
+from faceattr.config import field_default
 
 data_app = typer.Typer(
     help="Fetch, prepare and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich"
@@ -196,15 +198,14 @@ def prepare_command(
     dataset: Annotated[str, typer.Argument(help="Dataset format: celeba (or another reader's).")],
     root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
     img_size: Annotated[
-        int, typer.Option(help="Side of the square model input, pixels (as train's).", min=8)
-    ] = 128,
-    crop: Annotated[
-        CropMode,
+        int | None,
         typer.Option(
-            help="Part of each image to keep, as train's --crop: square, full, or auto "
-            "(the dataset's default)."
+            help="Side of the square model input, pixels (as train's "
+            f"[default: {field_default('data.img_size')}]).",
+            min=8,
         ),
-    ] = CropMode.auto,  # fmt: skip
+    ] = None,
+    crop: CropOption = None,
     labels: Annotated[
         Path | None, typer.Option(help="Labels file (for datasets that need one).")
     ] = None,
@@ -222,15 +223,10 @@ def prepare_command(
     elsewhere, e.g. for a read-only dataset) and is rebuilt when images change.
     """
     from faceattr.cli.common import RichProgress, print_json
-    from faceattr.config import DataConfig
     from faceattr.data.cache import prepare_cache
 
-    data = DataConfig(
-        dataset=dataset,
-        root=str(root),
-        labels=str(labels) if labels is not None else None,
-        img_size=img_size,
-        crop=CROPS[crop.value],
+    data = data_config(
+        dict(dataset=dataset, root=root, labels=labels, img_size=img_size, crop=crop)
     )
     res = prepare_cache(data, workers=workers, force=force, progress=RichProgress(quiet=as_json))
     if as_json:
@@ -300,17 +296,12 @@ def stats_command(
     Example: faceattr data stats celeba --root data/celeba --plot corr.png
     """
     from faceattr.cli.common import print_json
-    from faceattr.config import DataConfig
     from faceattr.data import read_dataset
     from faceattr.data.stats import check_plot_path, dataset_stats, plot_correlation
 
     if plot is not None:
         check_plot_path(plot)  # before reading the data: fail fast on a bad file name
-    table = read_dataset(
-        DataConfig(
-            dataset=dataset, root=str(root), labels=str(labels) if labels is not None else None
-        )
-    )
+    table = read_dataset(data_config(dict(dataset=dataset, root=root, labels=labels)))
     stats = dataset_stats(table, split, top=top)
     if plot is not None:
         stats["plot"] = str(plot_correlation(stats, plot))

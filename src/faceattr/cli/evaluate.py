@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, TtaOverride, err, handle_errors, out, pct, print_json
-from faceattr.cli.train import Cache, CacheMode
+from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.options import CacheOption, TtaOverride, data_config
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -38,7 +38,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Image decoding processes.", min=0)] = None,
-    cache: Cache = CacheMode.auto,
+    cache: CacheOption = None,
     fail_under: Annotated[
         float | None,
         typer.Option(help="Exit with code 1 when the summary metric is below this (a CI gate)."),
@@ -58,7 +58,6 @@ def eval_command(
 
     Example: faceattr eval runs/celebnet --root data/celeba --split test --json --fail-under 0.9
     """
-    from faceattr.config import DataConfig
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.evaluate import evaluate_model
     from faceattr.errors import UsageError, unknown_name_error
@@ -70,18 +69,12 @@ def eval_command(
     split = resolve_split_name(split)
     metrics = evaluate_model(
         model,
-        DataConfig(
-            dataset=dataset,
-            root=str(root),
-            labels=str(labels) if labels is not None else None,
-            workers=workers,
-            cache=cache.value,
-        ),
+        data_config(dict(dataset=dataset, root=root, labels=labels, workers=workers, cache=cache)),
         split,
         batch_size=batch_size,
         device=device,
         threshold=threshold,
-        tta=tta.value if tta else None,
+        tta=tta,
         progress=RichProgress(quiet=json_out),
     )
     if json_out:

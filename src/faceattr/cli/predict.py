@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, TtaOverride, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.options import TtaOverride
 
 
 def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
@@ -114,7 +115,7 @@ def predict_command(
         )
     predictor = Predictor(
         model, device=device, batch_size=batch_size, threshold=threshold,
-        tta=tta.value if tta else None,
+        tta=tta,
     )  # fmt: skip
     pictures = PictureWriter(save_crops, annotate)
     quiet = json_out or len(inputs) <= 5

@@ -1,24 +1,30 @@
-"""`faceattr train` and `faceattr finetune`."""
+"""`faceattr train` and `faceattr finetune`.
+
+Every option defaults to None ("not given"); :func:`faceattr.cli.options.config_changes` maps
+the given ones onto TrainConfig fields. train applies them to the library's defaults
+(:func:`faceattr.config.build_config`), finetune to its parent run's settings
+(:func:`faceattr.config.with_overrides`). No default is restated here.
+"""
 
 from __future__ import annotations
 
 import time
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import (
-    CROPS,
-    CropMode,
-    RichProgress,
-    TtaMode,
-    err,
-    handle_errors,
-    out,
-    pct,
-    print_json,
+from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.options import CacheOption, CropOption, choice, config_changes
+from faceattr.config import (
+    AUGMENT_PRESETS,
+    DEFAULT_AUGMENT,
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    THRESHOLD_METRICS,
+    TTA_MODES,
+    field_default,
 )
 
 TRAIN_HELP = "Training"
@@ -27,48 +33,7 @@ AUG_HELP = "Augmentation"
 MODEL_HELP = "Model"
 RUN_HELP = "Run"
 
-
-class Optimizer(str, Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Scheduler(str, Enum):
-    cosine = "cosine"
-    cyclic = "cyclic"
-    onecycle = "onecycle"
-    none = "none"
-
-
-class Loss(str, Enum):
-    bce = "bce"
-    weighted_bce = "weighted-bce"
-    focal = "focal"
-
-
-class AugmentPreset(str, Enum):
-    none = "none"
-    flip = "flip"
-    light = "light"
-    strong = "strong"
-
-
-class ThresholdMetric(str, Enum):
-    balanced_accuracy = "balanced_accuracy"
-    accuracy = "accuracy"
-    f1 = "f1"
-
-
-AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "none": dict(hflip=False),
-    "flip": dict(hflip=True),
-    "light": dict(hflip=True, crop_scale=0.1, shift=0.05, brightness=0.2),
-    "strong": dict(hflip=True, crop_scale=0.15, shift=0.08, rotation=15.0, brightness=0.3,
-                   erasing=0.25),
-}  # fmt: skip
-
-# Options shared by train and finetune. In finetune a None default means "as the parent run".
+# Options shared by train and finetune; in finetune "not given" means "as the parent run".
 Attributes = Annotated[
     str | None,
     typer.Option(
@@ -79,70 +44,109 @@ Attributes = Annotated[
 ]
 Sample = Annotated[
     int | None,
-    typer.Option(help="Train on a seeded random subset of N training images.",
-                 rich_help_panel=DATA_HELP, min=1),
-]  # fmt: skip
+    typer.Option(
+        help="Train on a seeded random subset of N training images.",
+        rich_help_panel=DATA_HELP,
+        min=1,
+    ),
+]
 Epochs = Annotated[
     int | None,
     typer.Option(
-        help="Epochs [train default: 10; finetune: the parent's].",
+        help=f"Epochs [train default: {field_default('epochs')}; finetune: the parent's].",
         rich_help_panel=TRAIN_HELP,
         min=1,
     ),
 ]
 BatchSize = Annotated[
     int | None,
-    typer.Option(help="Batch size [train default: 64].", rich_help_panel=TRAIN_HELP, min=1),
+    typer.Option(
+        help=f"Batch size [train default: {field_default('batch_size')}].",
+        rich_help_panel=TRAIN_HELP,
+        min=1,
+    ),
 ]
 Lr = Annotated[
     float | None,
-    typer.Option(help="Peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd).",
-                 rich_help_panel=TRAIN_HELP),
-]  # fmt: skip
+    typer.Option(
+        help="Peak learning rate [train default: 1e-3 for adam/adamw, 0.05 for sgd; "
+        "finetune: the parent's / 10].",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 Opt = Annotated[
-    Optimizer | None,
-    typer.Option(help="Optimizer [train default: adamw].", rich_help_panel=TRAIN_HELP),
+    str | None,
+    typer.Option(
+        **choice(OPTIMIZERS),
+        help=f"Optimizer [train default: {field_default('optim.optimizer')}].",
+        rich_help_panel=TRAIN_HELP,
+    ),
 ]
 Sched = Annotated[
-    Scheduler | None,
+    str | None,
     typer.Option(
-        help="Learning-rate schedule, stepped per batch [train default: cosine].",
+        **choice(SCHEDULERS),
+        help="Learning-rate schedule, stepped per batch "
+        f"[train default: {field_default('optim.scheduler')}].",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
 LossOpt = Annotated[
-    Loss | None,
-    typer.Option(help="bce, weighted-bce (class weights from training positive rates) or focal "
-                 "[train default: bce].",
-                 rich_help_panel=TRAIN_HELP),
-]  # fmt: skip
-WeightDecay = Annotated[float | None, typer.Option(rich_help_panel=TRAIN_HELP)]
+    str | None,
+    typer.Option(
+        **choice(LOSSES),
+        help="bce, weighted-bce (class weights from training positive rates) or focal "
+        f"[train default: {field_default('optim.loss')}].",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
+WeightDecay = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Weight decay [train default: {field_default('optim.weight_decay')}].",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 Warmup = Annotated[
     float | None, typer.Option(help="Warm-up epochs (cosine/onecycle).", rich_help_panel=TRAIN_HELP)
 ]
 Patience = Annotated[
     int | None,
-    typer.Option(help="Stop after N epochs without validation improvement.",
-                 rich_help_panel=TRAIN_HELP, min=1),
-]  # fmt: skip
+    typer.Option(
+        help="Stop after N epochs without validation improvement.",
+        rich_help_panel=TRAIN_HELP,
+        min=1,
+    ),
+]
 Ema = Annotated[
     float | None,
-    typer.Option(help="Keep an exponential moving average of the weights with this decay per "
-                 "step (e.g. 0.998) and validate/save it; 0 = off [train default: 0].",
-                 rich_help_panel=TRAIN_HELP, min=0.0, max=0.99999),
-]  # fmt: skip
+    typer.Option(
+        help="Keep an exponential moving average of the weights with this decay per "
+        "step (e.g. 0.998) and validate/save it; 0 = off.",
+        rich_help_panel=TRAIN_HELP,
+        min=0.0,
+        max=0.99999,
+    ),
+]
 TtaOpt = Annotated[
-    TtaMode | None,
-    typer.Option(help="Test-time augmentation stored in the model: flip averages each face "
-                 "with its mirror image (2x inference cost) [train default: none].",
-                 rich_help_panel=TRAIN_HELP),
-]  # fmt: skip
+    str | None,
+    typer.Option(
+        **choice(TTA_MODES),
+        help="Test-time augmentation stored in the model: flip averages each face "
+        f"with its mirror image (2x inference cost) [train default: {field_default('tta')}].",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 Augment = Annotated[
-    AugmentPreset | None,
-    typer.Option(help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
-                 "(+ rotation, erasing). The flags below override it [train default: light].",
-                 rich_help_panel=AUG_HELP),
-]  # fmt: skip
+    str | None,
+    typer.Option(
+        **choice(tuple(AUGMENT_PRESETS)),
+        help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
+        "(+ rotation, erasing). The flags below adjust it "
+        f"[train default: {DEFAULT_AUGMENT}; finetune: the parent's].",
+        rich_help_panel=AUG_HELP,
+    ),
+]
 Hflip = Annotated[bool | None, typer.Option("--hflip/--no-hflip", rich_help_panel=AUG_HELP)]
 RandomCrop = Annotated[
     float | None,
@@ -158,93 +162,91 @@ Rotation = Annotated[
 ]
 ColorJitter = Annotated[
     float | None,
-    typer.Option(help="Brightness/contrast/saturation jitter (0.2 = +-20%).",
-                 rich_help_panel=AUG_HELP),
-]  # fmt: skip
+    typer.Option(
+        help="Brightness/contrast/saturation jitter (0.2 = +-20%).", rich_help_panel=AUG_HELP
+    ),
+]
 Erasing = Annotated[
     float | None,
     typer.Option(
         help="Probability of a random erased patch (occlusion).", rich_help_panel=AUG_HELP
     ),
 ]
-
-
-class CacheMode(str, Enum):
-    auto = "auto"
-    off = "off"
-
-
-Cache = Annotated[
-    CacheMode,
-    typer.Option(help="auto: read pixels from a `faceattr data prepare` cache when one matches; "
-                 "off: always decode the image files.", rich_help_panel=RUN_HELP),
-]  # fmt: skip
 Device = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="auto (CUDA when present), cpu, cuda, cuda:N, mps.", rich_help_panel=RUN_HELP
+        help="auto (CUDA when present), cpu, cuda, cuda:N, mps [default: auto].",
+        rich_help_panel=RUN_HELP,
     ),
 ]
-Seed = Annotated[int | None, typer.Option(help="Random seed.", rich_help_panel=RUN_HELP)]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        help=f"Random seed [train default: {field_default('seed')}].", rich_help_panel=RUN_HELP
+    ),
+]
 Workers = Annotated[
     int | None,
-    typer.Option(help="Image decoding processes (default: min(4, CPUs)).", rich_help_panel=RUN_HELP,
-                 min=0),
-]  # fmt: skip
+    typer.Option(
+        help="Image decoding processes (default: min(4, CPUs)).", rich_help_panel=RUN_HELP, min=0
+    ),
+]
 Json = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
 ]
-Amp = Annotated[
-    bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.", rich_help_panel=RUN_HELP)
+PrintConfig = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the resolved configuration (defaults filled in) as JSON and exit "
+        "without training.",
+    ),
 ]
 BackboneLrMult = Annotated[
     float | None,
-    typer.Option(help="Backbone learning rate = lr x this (discriminative fine-tuning).",
-                 rich_help_panel=TRAIN_HELP),
-]  # fmt: skip
+    typer.Option(
+        help="Backbone learning rate = lr x this (discriminative fine-tuning).",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 TuneThresholds = Annotated[
     bool | None,
-    typer.Option("--tune-thresholds/--no-tune-thresholds",
-                 help="Tune one decision threshold per attribute on the validation split "
-                 "(stored in the model; on by default).", rich_help_panel=TRAIN_HELP),
-]  # fmt: skip
+    typer.Option(
+        "--tune-thresholds/--no-tune-thresholds",
+        help="Tune one decision threshold per attribute on the validation split "
+        "(stored in the model; on by default).",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 ThresholdDrop = Annotated[
     float | None,
-    typer.Option(help="Tuned thresholds may cost an attribute at most this much accuracy "
-                 "[train default: 0.02; 1 = no limit].", rich_help_panel=TRAIN_HELP, min=0),
-]  # fmt: skip
-ThresholdMetricOpt = Annotated[
-    ThresholdMetric | None,
-    typer.Option(help="What tuned thresholds maximise.", rich_help_panel=TRAIN_HELP),
+    typer.Option(
+        help="Tuned thresholds may cost an attribute at most this much accuracy "
+        f"[train default: {field_default('threshold_accuracy_drop')}; 1 = no limit].",
+        rich_help_panel=TRAIN_HELP,
+        min=0,
+    ),
 ]
-
-
-def _augment_changes(preset, hflip, random_crop, shift, rotation, color_jitter, erasing) -> dict:
-    values: dict[str, Any] = {}
-    if preset is not None:
-        values = {"hflip": False, "crop_scale": 0.0, "shift": 0.0, "rotation": 0.0,
-                  "brightness": 0.0, "erasing": 0.0}  # fmt: skip
-        values.update(AUGMENT_PRESETS[preset.value])
-    explicit = dict(hflip=hflip, crop_scale=random_crop, shift=shift, rotation=rotation,
-                    brightness=color_jitter, erasing=erasing)  # fmt: skip
-    values.update({k: v for k, v in explicit.items() if v is not None})
-    return values
-
-
-def _default_lr(optimizer: str) -> float:
-    return 0.05 if optimizer == "sgd" else 1e-3
+ThresholdMetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        **choice(THRESHOLD_METRICS),
+        help="What tuned thresholds maximise.",
+        rich_help_panel=TRAIN_HELP,
+    ),
+]
 
 
 @handle_errors
 def train_command(
     dataset: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="celeba (any CelebA layout; also the synthetic set), wflw, or "
-            "csv (an image folder plus --labels FILE.csv).",
+            "csv (an image folder plus --labels FILE.csv) [default: celeba].",
             rich_help_panel=DATA_HELP,
         ),
-    ] = "celeba",  # fmt: skip
+    ] = None,
     root: Annotated[
         Path | None, typer.Option(help="Dataset folder.", rich_help_panel=DATA_HELP)
     ] = None,
@@ -255,15 +257,16 @@ def train_command(
             "column per attribute; blank = unknown). Default ROOT/labels.csv.",
             rich_help_panel=DATA_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     arch: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="celebnet (small CNN from scratch), a torchvision name (mobilenet_v2, "
-            "resnet50, densenet121, ...) or any timm name. See --list-archs.",
+            "resnet50, densenet121, ...) or any timm name. See --list-archs "
+            f"[default: {field_default('model.arch')}].",
             rich_help_panel=MODEL_HELP,
         ),
-    ] = "celebnet",  # fmt: skip
+    ] = None,
     sample: Sample = None,
     attributes: Attributes = None,
     epochs: Epochs = None,
@@ -278,57 +281,62 @@ def train_command(
     ema: Ema = None,
     tta: TtaOpt = None,
     img_size: Annotated[
-        int, typer.Option(help="Input size in pixels (square).", rich_help_panel=DATA_HELP, min=16)
-    ] = 128,
+        int | None,
+        typer.Option(
+            help=f"Input size in pixels (square) [default: {field_default('data.img_size')}].",
+            rich_help_panel=DATA_HELP,
+            min=16,
+        ),
+    ] = None,
     valid_fraction: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="Validation share carved out of train when the data has no "
-            "validation split (by identity when known).",
+            "validation split (by identity when known) "
+            f"[default: {field_default('data.valid_fraction')}].",
             rich_help_panel=DATA_HELP,
         ),
-    ] = 0.1,  # fmt: skip
-    crop: Annotated[
-        CropMode,
-        typer.Option(
-            help="Part of each image the model sees: square (CelebA: the central "
-            "178x178 face square), full (the whole image, squashed to a square), or "
-            "auto (the dataset's default).",
-            rich_help_panel=DATA_HELP,
-        ),
-    ] = CropMode.auto,  # fmt: skip
+    ] = None,
+    crop: CropOption = None,
     pretrained: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--pretrained",
             help="Start from ImageNet weights (downloads; needs network).",
             rich_help_panel=MODEL_HELP,
         ),
-    ] = False,  # fmt: skip
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option(
             help="Start the backbone from a local weights file (.pth/.pt/.safetensors).",
             rich_help_panel=MODEL_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     freeze_backbone: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--freeze-backbone",
             help="Train only the head (linear probe).",
             rich_help_panel=MODEL_HELP,
         ),
-    ] = False,  # fmt: skip
+    ] = None,
     num_features: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Hidden width of the attribute head (0 = linear).",
+            help="Hidden width of the attribute head (0 = linear) "
+            f"[default: {field_default('model.num_features')}].",
             rich_help_panel=MODEL_HELP,
             min=0,
         ),
-    ] = 512,  # fmt: skip
-    dropout: Annotated[float, typer.Option(help="Head dropout.", rich_help_panel=MODEL_HELP)] = 0.2,
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Head dropout [default: {field_default('model.dropout')}].",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
     augment: Augment = None,
     hflip: Hflip = None,
     random_crop: RandomCrop = None,
@@ -339,20 +347,28 @@ def train_command(
     tune_thresholds: TuneThresholds = None,
     threshold_metric: ThresholdMetricOpt = None,
     threshold_accuracy_drop: ThresholdDrop = None,
-    device: Device = "auto",
-    amp: Amp = True,
+    device: Device = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision on CUDA [default: on].",
+            rich_help_panel=RUN_HELP,
+        ),
+    ] = None,
     channels_last: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--channels-last", help="Channels-last memory format.", rich_help_panel=RUN_HELP
         ),
-    ] = False,  # fmt: skip
+    ] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=RUN_HELP)
-    ] = False,
+        bool | None,
+        typer.Option("--compile", help="torch.compile the model.", rich_help_panel=RUN_HELP),
+    ] = None,
     seed: Seed = None,
     workers: Workers = None,
-    cache: Cache = CacheMode.auto,
+    cache: CacheOption = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -360,7 +376,7 @@ def train_command(
             help="Run directory to write (default: runs/<dataset>-<arch>-<time>).",
             rich_help_panel=RUN_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -368,10 +384,11 @@ def train_command(
             "(its config.json is used; other options are ignored).",
             rich_help_panel=RUN_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     list_archs: Annotated[
         bool, typer.Option("--list-archs", help="List the architecture names and exit.")
     ] = False,
+    print_config: PrintConfig = False,
     json_out: Json = False,
 ) -> None:
     """Train a model on a dataset, writing a run directory.
@@ -382,8 +399,8 @@ def train_command(
 
     Example: faceattr train --root data/celeba --arch densenet121 --sample 29500 --loss weighted-bce
     """
-    from faceattr.attributes import parse_attribute_list
-    from faceattr.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
+    options = dict(locals())  # every option, before anything else is defined here
+    from faceattr.config import TrainConfig, build_config
     from faceattr.engine.fit import fit
 
     if list_archs:
@@ -405,58 +422,15 @@ def train_command(
             "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
             "fetch synthetic --root data/synthetic` for a small demo set).",
         )
-    opt = (optimizer or Optimizer.adamw).value
-    aug = AugmentConfig(**_augment_changes(
-        augment or AugmentPreset.light, hflip, random_crop, shift, rotation, color_jitter, erasing
-    ))  # fmt: skip
-    cfg = TrainConfig(
-        data=DataConfig(
-            dataset=dataset,
-            root=str(root),
-            labels=str(labels) if labels is not None else None,
-            attributes=tuple(parse_attribute_list(attributes) or ()) or None,
-            sample=sample,
-            valid_fraction=valid_fraction,
-            img_size=img_size,
-            crop=CROPS[crop.value],
-            workers=workers,
-            cache=cache.value,
-        ),
-        model=ModelConfig(
-            arch=arch,
-            num_features=num_features,
-            dropout=dropout,
-            pretrained=pretrained,
-            weights=str(weights) if weights else None,
-            freeze_backbone=freeze_backbone,
-        ),
-        optim=OptimConfig(
-            optimizer=opt,
-            lr=lr if lr is not None else _default_lr(opt),
-            weight_decay=weight_decay if weight_decay is not None else 1e-4,
-            scheduler=(scheduler or Scheduler.cosine).value,
-            warmup_epochs=warmup_epochs or 0.0,
-            loss=(loss or Loss.bce).value,
-        ),
-        augment=aug,
-        epochs=epochs or 10,
-        batch_size=batch_size or 64,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        compile=compile,
-        seed=seed if seed is not None else 0,
-        patience=patience,
-        ema=ema or 0.0,
-        tta=(tta or TtaMode.none).value,
-        tune_thresholds=True if tune_thresholds is None else tune_thresholds,
-        threshold_metric=(threshold_metric or ThresholdMetric.balanced_accuracy).value,
-        threshold_accuracy_drop=0.02
-        if threshold_accuracy_drop is None
-        else threshold_accuracy_drop,
-        out=str(out_dir or _default_run_dir(dataset, arch)),
-    )
-    err.print(f"Training {arch} -> [bold]{cfg.out}[/]", highlight=False)
+    cfg = build_config(config_changes(options))
+    if not cfg.out:
+        from dataclasses import replace
+
+        cfg = replace(cfg, out=str(_default_run_dir(cfg.data.dataset, cfg.model.arch)))
+    if print_config:
+        print_json(cfg.to_dict())
+        return
+    err.print(f"Training {cfg.model.arch} -> [bold]{cfg.out}[/]", highlight=False)
     result = fit(cfg, progress=RichProgress())
     _report(result, json_out)
 
@@ -515,7 +489,7 @@ def finetune_command(
         typer.Option(
             help="Unfreeze the last N backbone stages/blocks, or 'all'.", rich_help_panel=MODEL_HELP
         ),
-    ] = "all",  # fmt: skip
+    ] = "all",
     lr: Annotated[
         float | None,
         typer.Option(
@@ -532,7 +506,7 @@ def finetune_command(
             "new ones start fresh).",
             rich_help_panel=DATA_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     sample: Sample = None,
     optimizer: Opt = None,
     scheduler: Sched = None,
@@ -552,7 +526,7 @@ def finetune_command(
     tune_thresholds: TuneThresholds = None,
     threshold_metric: ThresholdMetricOpt = None,
     threshold_accuracy_drop: ThresholdDrop = None,
-    device: Device = "auto",
+    device: Device = None,
     seed: Seed = None,
     workers: Workers = None,
     out_dir: Annotated[
@@ -562,7 +536,8 @@ def finetune_command(
             help="Run directory to write (default: RUN_DIR-finetune).",
             rich_help_panel=RUN_HELP,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
+    print_config: PrintConfig = False,
     json_out: Json = False,
 ) -> None:
     """Fine-tune a trained run: unfreeze (part of) its backbone and train on at a lower rate.
@@ -572,37 +547,13 @@ def finetune_command(
 
     Example: faceattr finetune runs/frozen --unfreeze all --epochs 3
     """
-    from faceattr.attributes import parse_attribute_list
+    options = dict(locals())  # every option, before anything else is defined here
     from faceattr.engine.finetune import finetune, finetune_config
 
-    aug = _augment_changes(augment, hflip, random_crop, shift, rotation, color_jitter, erasing)
-    attrs = parse_attribute_list(attributes)
-    cfg = finetune_config(
-        run_dir,
-        unfreeze=unfreeze,
-        data=dict(attributes=tuple(attrs) if attrs else None, sample=sample, workers=workers),
-        optim=dict(
-            lr=lr,
-            optimizer=optimizer.value if optimizer else None,
-            scheduler=scheduler.value if scheduler else None,
-            loss=loss.value if loss else None,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            backbone_lr_mult=backbone_lr_mult,
-        ),
-        augment=aug,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        ema=ema,
-        tta=tta.value if tta else None,
-        tune_thresholds=tune_thresholds,
-        threshold_metric=threshold_metric.value if threshold_metric else None,
-        threshold_accuracy_drop=threshold_accuracy_drop,
-        device=device,
-        seed=seed,
-        out=str(out_dir) if out_dir else None,
-    )
+    cfg = finetune_config(run_dir, unfreeze=unfreeze, changes=config_changes(options))
+    if print_config:
+        print_json(cfg.to_dict())
+        return
     err.print(f"Fine-tuning {run_dir} -> [bold]{cfg.out}[/] (unfreeze {unfreeze})", highlight=False)
     result = finetune(cfg, progress=RichProgress())
     _report(result, json_out)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from faceattr.config import TrainConfig
+from faceattr.config import TrainConfig, with_overrides
 from faceattr.engine.fit import BEST_FILE, CONFIG_FILE, FitResult, fit
 from faceattr.errors import UsageError
 from faceattr.progress import Progress
@@ -15,11 +16,13 @@ from faceattr.progress import Progress
 FINETUNE_LR_FACTOR = 0.1
 
 
-def finetune_config(parent_dir: Path, unfreeze: str = "all", **changes: Any) -> TrainConfig:
+def finetune_config(
+    parent_dir: Path, unfreeze: str = "all", changes: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """The parent's configuration with fine-tuning settings applied.
 
-    ``changes`` are TrainConfig fields, or ``data``/``model``/``optim``/``augment`` dicts of
-    sub-fields to override; None values mean "inherit from the parent".
+    ``changes`` are TrainConfig settings as :func:`faceattr.config.with_overrides` takes them
+    (``"optim.lr"``, ``"epochs"``, ...); None values mean "as the parent".
     """
     parent_dir = Path(parent_dir)
     if not (parent_dir / CONFIG_FILE).exists() or not (parent_dir / BEST_FILE).exists():
@@ -36,22 +39,17 @@ def finetune_config(parent_dir: Path, unfreeze: str = "all", **changes: Any) -> 
             raise UsageError(
                 f"--unfreeze must be a number of backbone groups or 'all', not {unfreeze!r}."
             ) from None
-    subs = {k: changes.pop(k) or {} for k in ("data", "model", "optim", "augment") if k in changes}
-    optim = replace(parent.optim, lr=parent.optim.lr * FINETUNE_LR_FACTOR)
+    assert parent.optim.lr is not None  # filled in when the config was built
     cfg = replace(
         parent,
         # Fine-tuning starts from the parent's weights, never from ImageNet again.
         model=replace(parent.model, pretrained=False, weights=None, freeze_backbone=False),
-        optim=optim,
+        optim=replace(parent.optim, lr=parent.optim.lr * FINETUNE_LR_FACTOR),
         parent=str(parent_dir),
         unfreeze=str(unfreeze),
         out=str(_default_out(parent_dir)),
     )
-    for name, values in subs.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        cfg = replace(cfg, **{name: replace(getattr(cfg, name), **values)})
-    top = {k: v for k, v in changes.items() if v is not None}
-    return replace(cfg, **top)
+    return with_overrides(cfg, changes or {})
 
 
 def _default_out(parent_dir: Path) -> Path:

@@ -1,0 +1,141 @@
+"""Options several commands share, and how options become a TrainConfig.
+
+Every option that sets a configuration value defaults to None ("not given");
+:func:`config_changes` turns the given ones into changes that
+:func:`faceattr.config.build_config` applies to the library's defaults (train, eval, data
+prepare) or :func:`faceattr.config.with_overrides` to a parent run's settings (finetune).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from faceattr.config import CACHE_MODES, CROP_MODES, TTA_MODES, DataConfig, build_config
+
+# Command-line option (its Python parameter name) -> the TrainConfig field it sets.
+OPTION_FIELDS: dict[str, str] = {
+    "dataset": "data.dataset",
+    "root": "data.root",
+    "labels": "data.labels",
+    "attributes": "data.attributes",
+    "sample": "data.sample",
+    "valid_fraction": "data.valid_fraction",
+    "img_size": "data.img_size",
+    "crop": "data.crop",
+    "workers": "data.workers",
+    "cache": "data.cache",
+    "arch": "model.arch",
+    "num_features": "model.num_features",
+    "dropout": "model.dropout",
+    "pretrained": "model.pretrained",
+    "weights": "model.weights",
+    "freeze_backbone": "model.freeze_backbone",
+    "optimizer": "optim.optimizer",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "scheduler": "optim.scheduler",
+    "warmup_epochs": "optim.warmup_epochs",
+    "loss": "optim.loss",
+    "backbone_lr_mult": "optim.backbone_lr_mult",
+    "augment": "augment",  # a preset; the flags below adjust it
+    "hflip": "augment.hflip",
+    "random_crop": "augment.crop_scale",
+    "shift": "augment.shift",
+    "rotation": "augment.rotation",
+    "color_jitter": "augment.brightness",
+    "erasing": "augment.erasing",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "device": "device",
+    "amp": "amp",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "seed": "seed",
+    "patience": "patience",
+    "ema": "ema",
+    "tta": "tta",
+    "tune_thresholds": "tune_thresholds",
+    "threshold_metric": "threshold_metric",
+    "threshold_accuracy_drop": "threshold_accuracy_drop",
+    "out_dir": "out",
+}
+
+
+def _attribute_tuple(text: str) -> tuple[str, ...] | None:
+    from faceattr.attributes import parse_attribute_list
+
+    names = parse_attribute_list(text)
+    return tuple(names) if names else None
+
+
+# How an option's value becomes the config's (paths are stored as strings).
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "attributes": _attribute_tuple,
+    "crop": lambda mode: CROP_MODES[mode],
+}
+
+
+def config_changes(options: Mapping[str, Any]) -> dict[str, Any]:
+    """TrainConfig changes (``"section.field" -> value``) from a command's options."""
+    changes: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in OPTION_FIELDS or value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        changes[OPTION_FIELDS[name]] = _CONVERT.get(name, lambda v: v)(value)
+    return changes
+
+
+def data_config(options: Mapping[str, Any]) -> DataConfig:
+    """The DataConfig that data options (``dataset``, ``root``, ``img_size``, ...) describe,
+    with the library's defaults for the ones not given."""
+    return build_config(config_changes(options)).data
+
+
+def choice(values: Sequence[str]) -> dict[str, Any]:
+    """``typer.Option`` settings that accept exactly ``values`` (a list the core owns, e.g.
+    ``config.OPTIMIZERS``) and show them in --help, so no command restates a list."""
+    allowed = tuple(values)
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            shown = ", ".join(repr(v) for v in allowed)
+            raise typer.BadParameter(f"{text!r} is not one of {shown}.")
+        return text
+
+    return {"parser": parse, "metavar": "[" + "|".join(allowed) + "]"}
+
+
+# Options several commands share.
+CropOption = Annotated[
+    str | None,
+    typer.Option(
+        **choice(CROP_MODES),
+        help="Part of each image the model sees: band (CelebA's face band, rows 20-198 of the "
+        "218-row aligned crop: on CelebA's 178x218 images the central 178x178 square), full "
+        "(the whole image, squashed to a square), or auto (the dataset's default). square is "
+        "the old name of band.",
+    ),
+]
+CacheOption = Annotated[
+    str | None,
+    typer.Option(
+        **choice(CACHE_MODES),
+        help="auto: read pixels from a `faceattr data prepare` cache when one matches; "
+        "off: always decode the image files.",
+    ),
+]
+# eval/predict: override the test-time augmentation stored in the model file.
+TtaOverride = Annotated[
+    str | None,
+    typer.Option(
+        **choice(TTA_MODES),
+        help="Test-time augmentation: none (faster), or flip (average each face with its "
+        "mirror image). Default: the model's own setting.",
+    ),
+]
