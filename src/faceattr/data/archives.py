@@ -254,6 +254,32 @@ def iter_images(folder: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def count_images(folder: Path, stop_at: int | None = None) -> int:
+    """How many image files lie directly in ``folder`` (counting stops at ``stop_at``); 0 for
+    a folder that cannot be read."""
+    n = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    n += 1
+                    if stop_at is not None and n >= stop_at:
+                        break
+    except OSError:
+        return 0
+    return n
+
+
+def largest_image_dir(base: Path) -> Path | None:
+    """The folder under ``base`` that directly holds the most image files."""
+    best: tuple[int, Path] | None = None
+    for folder, _, names in os.walk(base):
+        n = sum(1 for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+        if n and (best is None or n > best[0]):
+            best = (n, Path(folder))
+    return best[1] if best else None
+
+
 def is_within(path: Path, folder: Path) -> bool:
     """True when ``path`` is ``folder`` or inside it (links resolved)."""
     try:
