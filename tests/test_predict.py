@@ -98,3 +98,67 @@ def test_default_model_on_the_example_photo():
     for name in ("Smiling", "Mouth_Slightly_Open", "No_Beard"):
         assert name in face["attributes"], face["probabilities"]
     assert face["probabilities"]["Eyeglasses"] < 0.1 and face["probabilities"]["Wearing_Hat"] < 0.1
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocessing_matches_the_pixel_steps_and_the_model_file():
+    from faceattr.data import cut_box
+    from faceattr.data.transforms import Preprocessing, normalize, preprocess
+    from faceattr.models import read_model_info
+    from faceattr.runs import default_model_path
+
+    info = read_model_info(default_model_path())
+    prep = Preprocessing.from_info(info)
+    assert (prep.img_size, prep.crop) == (info.img_size, tuple(info.crop))
+    assert prep.mean == tuple(info.mean) and prep.std == tuple(info.std)
+    photo = Image.open(ASTRONAUT).convert("RGB")
+    box = (-20.0, 30.5, 180.0, 230.5)  # reaches past the left edge: grey padding
+    np.testing.assert_array_equal(prep.pixels(photo), preprocess(photo, info.img_size, info.crop))
+    expected = preprocess(cut_box(photo, box), info.img_size, info.crop)
+    np.testing.assert_array_equal(prep.pixels(photo, box), expected)
+    batch = prep.batch([photo, photo], [None, box])
+    assert batch.dtype == np.uint8 and batch.shape == (2, 3, info.img_size, info.img_size)
+    np.testing.assert_array_equal(batch[1], expected)
+    # numpy and torch normalisation agree, and both match the old function
+    import torch
+
+    x = torch.from_numpy(batch)
+    as_numpy = prep.normalize(batch)
+    assert as_numpy.dtype == np.float32
+    np.testing.assert_allclose(as_numpy, prep.normalize(x).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(prep.normalize(x), normalize(x, info.mean, info.std))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"img_size": 0}, "positive whole number"),
+        ({"crop": (0.5, 0.0, 0.5, 1.0)}, "crop .* is empty"),
+        ({"crop": (0.0, 0.0, 1.0)}, "crop must be 4 finite numbers"),
+        ({"std": (0.2, 0.0, 0.2)}, "std must be positive"),
+    ],
+)
+def test_preprocessing_rejects_bad_settings(changes, message):
+    from faceattr.data.transforms import Preprocessing
+
+    with pytest.raises(ValueError, match=message):
+        Preprocessing(**{"img_size": 64, **changes})
+
+
+def test_preprocessing_needs_no_torch():
+    """An inference path without torch (ONNX Runtime) can import and use it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from PIL import Image\n"
+        "from faceattr.data.transforms import Preprocessing\n"
+        "p = Preprocessing(32)\n"
+        "x = p.normalize(p.batch([Image.new('RGB', (50, 60))], [(0, 0, 40, 40)]))\n"
+        "assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from faceattr.data import cut_box, table_boxes
+from faceattr.data import table_boxes
 from faceattr.data.images import load_image
 from faceattr.data.table import AttributeTable
-from faceattr.data.transforms import preprocess
+from faceattr.data.transforms import Preprocessing
 from faceattr.errors import ImageReadError
 
 
@@ -33,37 +33,40 @@ class Batch:
         return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.index, self.skipped)
 
 
-class ImageDataset(Dataset):
+# What ImageDataset yields per row: (pixels [3, S, S] uint8, targets [A], row), or
+# (None, path, row) for an unreadable file.
+Item = tuple[torch.Tensor, torch.Tensor, int] | tuple[None, str, int]
+
+
+class ImageDataset(Dataset[Item]):
     """Decodes images of ``table`` and preprocesses them to uint8 ``[3, S, S]``.
 
     An unreadable image yields ``None`` (with its path) so that a corrupt file in a large
     dataset costs one sample, not the run; :func:`collate` counts and drops it. When the
     table has per-row boxes (:data:`faceattr.data.BOX_COLUMNS`, e.g. WFLW faces), each box is
-    cut out first and ``crop`` applies to that cut-out.
+    cut out first and ``crop`` applies to that cut-out (:meth:`Preprocessing.pixels`).
     """
 
     def __init__(self, table: AttributeTable, img_size: int, crop: Sequence[float]) -> None:
         self.paths = [str(p) for p in table.paths]
         self.labels = torch.from_numpy(np.ascontiguousarray(table.labels, dtype=np.float32))
-        self.img_size = img_size
-        self.crop = tuple(crop)
+        # Only the pixel steps are used here; normalisation runs batched on the device.
+        self.preprocessing = Preprocessing(img_size, tuple(crop))
         self.boxes = table_boxes(table)  # [N, 4] or None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Item:
         try:
             image = load_image(self.paths[i])
         except ImageReadError:
             return (None, self.paths[i], i)
-        if self.boxes is not None:
-            image = cut_box(image, self.boxes[i])
-        pixels = torch.from_numpy(preprocess(image, self.img_size, self.crop))
-        return (pixels, self.labels[i], i)
+        box = None if self.boxes is None else self.boxes[i]
+        return (torch.from_numpy(self.preprocessing.pixels(image, box)), self.labels[i], i)
 
 
-def collate(items: list) -> Batch:
+def collate(items: list[Item]) -> Batch:
     good = [it for it in items if it[0] is not None]
     skipped = [it[1] for it in items if it[0] is None]
     if not good:

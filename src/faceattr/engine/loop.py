@@ -7,6 +7,7 @@ normalisation run here, batched, on the training device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from faceattr.data.dataset import Batch
-from faceattr.data.transforms import BatchAugment, normalize
+from faceattr.data.transforms import BatchAugment, Preprocessing, normalize
 from faceattr.engine.ema import ModelEma
 
 
@@ -39,7 +40,26 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def _to_device(batch: Batch, device: torch.device, channels_last: bool):
+def _normalizer(
+    preprocessing: Preprocessing | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``preprocessing.normalize``, or the same made of the older ``mean``/``std`` arguments
+    (kept until every caller passes ``preprocessing``)."""
+    if preprocessing is not None:
+        return preprocessing.normalize
+    if mean is None or std is None:
+        raise TypeError(
+            "Pass preprocessing=Preprocessing.from_info(model_info) (or both mean= and std=); "
+            f"got mean={mean!r}, std={std!r}."
+        )
+    return functools.partial(normalize, mean=mean, std=std)
+
+
+def _to_device(
+    batch: Batch, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = batch.images.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
     if channels_last:
@@ -55,8 +75,9 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
-    mean: Sequence[float],
-    std: Sequence[float],
+    preprocessing: Preprocessing | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     augment: BatchAugment | None = None,
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
@@ -65,7 +86,12 @@ def train_one_epoch(
     ema: ModelEma | None = None,
     on_batch: Callable[[int, EpochStats], None] | None = None,
 ) -> EpochStats:
-    """Train for one pass over ``batches``; the scheduler (and ``ema``) step once per batch."""
+    """Train for one pass over ``batches``; the scheduler (and ``ema``) step once per batch.
+
+    ``preprocessing`` normalises the (augmented) uint8 batches; ``mean``/``std`` are the
+    older way to say the same.
+    """
+    norm = _normalizer(preprocessing, mean, std)
     model.train()
     stats = EpochStats()
     loss_sum = correct = known_total = 0.0
@@ -78,7 +104,7 @@ def train_one_epoch(
         x = images.float().div_(255.0)
         if augment is not None:
             x = augment(x, generator)
-        x = normalize(x, mean, std)
+        x = norm(x)
         mask = ~torch.isnan(targets)
         with autocast_context(device, amp_dtype):
             logits = model(x)
@@ -118,8 +144,9 @@ def predict_batches(
     batches: Iterable[Batch],
     *,
     device: torch.device,
-    mean: Sequence[float],
-    std: Sequence[float],
+    preprocessing: Preprocessing | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     on_batch: Callable[[int], None] | None = None,
@@ -127,8 +154,10 @@ def predict_batches(
     """Probabilities for every readable image.
 
     Returns ``(probs [N, A], targets [N, A], index [N], skipped)`` where ``index`` gives each
-    row's position in the dataset and ``skipped`` the unreadable files.
+    row's position in the dataset and ``skipped`` the unreadable files. ``preprocessing``
+    normalises the uint8 batches (``mean``/``std``: the older way to say the same).
     """
+    norm = _normalizer(preprocessing, mean, std)
     model.eval()
     probs, targets, index, skipped = [], [], [], []
     for batch in batches:
@@ -137,7 +166,7 @@ def predict_batches(
             continue
         images, t = _to_device(batch, device, channels_last)
         with autocast_context(device, amp_dtype):
-            logits = model(normalize(images, mean, std))
+            logits = model(norm(images))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         targets.append(t.cpu().numpy())
         index.append(batch.index.numpy())

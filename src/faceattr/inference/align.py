@@ -13,11 +13,15 @@ convention of :mod:`faceattr.inference.detect` and of PIL's affine warp.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from faceattr.errors import UsageError
+
+if TYPE_CHECKING:
+    from faceattr.inference.detect import Face
 
 CELEBA_SIZE: tuple[int, int] = (178, 218)  # (width, height) of img_align_celeba
 
@@ -131,7 +135,7 @@ def alignment_matrix(
 
 def align_face(
     image: Image.Image | np.ndarray,
-    landmarks: np.ndarray,
+    landmarks: np.ndarray | Face,
     *,
     output_size: tuple[int, int] = CELEBA_SIZE,
     template: np.ndarray | None = None,
@@ -155,7 +159,8 @@ def align_face(
         image = Image.fromarray(as_rgb_array(image))
     elif image.mode != "RGB":
         image = image.convert("RGB")
-    fwd = alignment_matrix(landmarks, output_size=(ow, oh), template=template)
+    points = _points("landmarks", landmarks, 5)  # a Face gives its .landmarks
+    fwd = alignment_matrix(points, output_size=(ow, oh), template=template)
     inv = invert_affine(fwd)  # crop pixel -> image pixel, what PIL's transform wants
 
     # Only the part of the photo the crop sees matters: cut it out first (cheap on big photos).

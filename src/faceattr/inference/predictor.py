@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from faceattr.data.images import load_image
-from faceattr.data.transforms import normalize, preprocess
+from faceattr.data.transforms import Preprocessing
 from faceattr.errors import FaceAttrError
 from faceattr.inference.align import align_face
 from faceattr.inference.detect import Detector, create_detector
@@ -48,6 +48,7 @@ class Predictor:
         self.model, self.info = load_model_file(self.path, device=str(self.device))
         if tta is not None:
             self.model.tta = tta
+        self.preprocessing = Preprocessing.from_info(self.info)
         self.attributes: list[str] = list(self.info.attributes)
         self.batch_size = batch_size
         if threshold is not None:
@@ -62,10 +63,9 @@ class Predictor:
         """``[N, A]`` probabilities for face crops laid out like CelebA's aligned images."""
         out = []
         for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start : start + self.batch_size]
-            arrays = [preprocess(c, self.info.img_size, self.info.crop) for c in chunk]
-            x = torch.from_numpy(np.stack(arrays)).to(self.device)
-            logits = self.model(normalize(x, self.info.mean, self.info.std))
+            pixels = self.preprocessing.batch(crops[start : start + self.batch_size])
+            x = torch.from_numpy(pixels).to(self.device)
+            logits = self.model(self.preprocessing.normalize(x))
             out.append(torch.sigmoid(logits.float()).cpu().numpy())
         if not out:
             return np.zeros((0, len(self.attributes)), np.float32)
