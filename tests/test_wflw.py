@@ -19,18 +19,16 @@ from typer.testing import CliRunner
 from faceattr.attributes import WFLW_ATTRIBUTES
 from faceattr.config import FULL_IMAGE, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from faceattr.data import BOX_COLUMNS, cut_box, load_split, read_dataset
+from faceattr.data.fetch.wflw import ANNOTATIONS_URL_ENV, IMAGES_URL_ENV, fetch_wflw
 from faceattr.data.images import BACKGROUND_RGB, load_image
 from faceattr.data.synthetic import write_synthetic_wflw
 from faceattr.data.wflw import (
     ANNOTATION_FILES,
     ANNOTATIONS_DIR,
-    ANNOTATIONS_URL_ENV,
     IMAGES_DIR,
-    IMAGES_URL_ENV,
     LIST_DIR,
     N_FIELDS,
     face_crop_boxes,
-    fetch_wflw,
     find_wflw,
     format_wflw_line,
     parse_wflw_line,

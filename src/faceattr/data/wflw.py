@@ -1,4 +1,4 @@
-"""WFLW (Wider Facial Landmarks in-the-wild): reader, synthetic generator and fetch.
+"""WFLW (Wider Facial Landmarks in-the-wild): finding and reading a copy.
 
 The official release is two archives that extract into::
 
@@ -13,37 +13,30 @@ faces, so the :class:`~faceattr.data.table.AttributeTable` of WFLW has one row p
 the crop box of each face in its ``box_*`` columns (:data:`faceattr.data.BOX_COLUMNS`): the
 face rectangle made square and widened by a margin. Decoding cuts that box out before the
 model's own preprocessing, which is why WFLW models use the full crop (``FULL_IMAGE``).
+
+Fetching is :mod:`faceattr.data.fetch.wflw`; a synthetic copy is written by
+:func:`faceattr.data.synthetic.write_synthetic_wflw`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from faceattr.attributes import WFLW_ATTRIBUTES
 from faceattr.data import BOX_COLUMNS
-from faceattr.data.archives import extract_archive, iter_images, link_or_copy_tree, unwrap_folder
+from faceattr.data.archives import unwrap_folder
 from faceattr.data.csvdata import existing_images
-from faceattr.data.download import (
-    DEFAULT_TIMEOUT,
-    HtmlPageError,
-    HttpStatusError,
-    TransferError,
-    disk_error,
-    download_to_part,
-    make_opener,
-)
 from faceattr.data.table import AttributeTable
-from faceattr.errors import DataError, DownloadError, UsageError
-from faceattr.progress import NullProgress, Progress
+from faceattr.errors import DataError, UsageError
+
+if TYPE_CHECKING:  # handed out by __getattr__ (at the end), for faceattr.cli.data
+    from faceattr.data.fetch.wflw import WflwFetchResult as WflwFetchResult
+    from faceattr.data.fetch.wflw import fetch_wflw as fetch_wflw
 
 ANNOTATIONS_DIR = "WFLW_annotations"
 LIST_DIR = "list_98pt_rect_attr_train_test"
@@ -54,39 +47,15 @@ ANNOTATION_FILES: dict[str, str] = {
 IMAGES_DIR = "WFLW_images"
 ANNOTATIONS_ARCHIVE = "WFLW_annotations.tar.gz"
 IMAGES_ARCHIVE = "WFLW_images.tar.gz"
-OFFICIAL_COUNTS: dict[str, int] = {"train": 7_500, "test": 2_500}  # faces per split
 
 N_LANDMARKS = 98
 N_FIELDS = 2 * N_LANDMARKS + 4 + len(WFLW_ATTRIBUTES) + 1  # 207: ... flags, image path
 DEFAULT_MARGIN = 0.25  # crop = face box made square, plus this fraction of its side each way
 
-# Where the release lives (project page: https://wywu.github.io/projects/LAB/WFLW.html). The
-# annotations are a plain HTTPS file; the images are on Google Drive and Baidu Pan only.
-ANNOTATIONS_URL = "https://wywu.github.io/projects/LAB/support/WFLW_annotations.tar.gz"
-IMAGES_DRIVE_ID = "1hzBd48JIdWTJSsATBEB_eFVvPL1bx6UC"
-IMAGES_DRIVE_PAGE = f"https://drive.google.com/file/d/{IMAGES_DRIVE_ID}/view"
-IMAGES_URL = f"https://drive.google.com/uc?id={IMAGES_DRIVE_ID}&export=download"
-IMAGES_BAIDU_PAGE = "https://pan.baidu.com/s/1paoOpusuyafHY154lqXYrA"
-# Environment variables that redirect the two downloads (tests, proxies, private mirrors).
-ANNOTATIONS_URL_ENV = "FACEATTR_WFLW_ANNOTATIONS_URL"
-IMAGES_URL_ENV = "FACEATTR_WFLW_IMAGES_URL"
-MANIFEST_NAME = ".faceattr-wflw.json"
-
 FETCH_HINT = (
     "Get WFLW with `faceattr data fetch wflw --root DIR` (or `--from FOLDER` holding "
     f"{ANNOTATIONS_ARCHIVE} and {IMAGES_ARCHIVE}) and pass that DIR as --root."
 )
-
-
-def manual_download_hint() -> str:
-    """How to get the two archives by hand (the images are behind Google Drive / Baidu)."""
-    return (
-        "Download the two WFLW archives by hand:\n"
-        f"  {ANNOTATIONS_ARCHIVE}: {ANNOTATIONS_URL}\n"
-        f"  {IMAGES_ARCHIVE}: {IMAGES_DRIVE_PAGE} (Google Drive) or {IMAGES_BAIDU_PAGE} (Baidu)\n"
-        "then run `faceattr data fetch wflw --root DIR --from FOLDER` with the folder holding "
-        "them (extracted folders work too)."
-    )
 
 
 # --------------------------------------------------------------------------- finding files
@@ -368,297 +337,11 @@ def read_wflw(
     )
 
 
-# --------------------------------------------------------------------------- fetch
+def __getattr__(name: str) -> object:
+    # faceattr.cli.data still imports fetch_wflw from here; the fetcher imports this module,
+    # so it can only be handed out lazily. Drop once callers use faceattr.data.fetch.wflw.
+    if name in ("fetch_wflw", "WflwFetchResult"):
+        from faceattr.data.fetch import wflw
 
-
-@dataclass
-class WflwFetchResult:
-    """What :func:`fetch_wflw` did. ``sources``: part (annotations/images) -> where it came
-    from; ``faces``: split -> faces listed; ``photos`` on disk; ``notes`` for the user."""
-
-    root: Path
-    sources: dict[str, str] = field(default_factory=dict)
-    faces: dict[str, int] = field(default_factory=dict)
-    photos: int = 0
-    missing_photos: int = 0
-    already_complete: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-_PARTS = ("annotations", "images")
-_ARCHIVE_FOR = {"annotations": ANNOTATIONS_ARCHIVE, "images": IMAGES_ARCHIVE}
-_DIR_FOR = {"annotations": ANNOTATIONS_DIR, "images": IMAGES_DIR}
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
-
-
-def _annotations_ok(root: Path) -> bool:
-    folder = root / ANNOTATIONS_DIR / LIST_DIR
-    return all((folder / n).is_file() for n in ANNOTATION_FILES.values())
-
-
-def _images_ok(root: Path) -> bool:
-    folder = root / IMAGES_DIR
-    if not folder.is_dir():
-        return False
-    if not _annotations_ok(root):
-        return any(True for _ in iter_images(folder))
-    listed = set()
-    for name in ANNOTATION_FILES.values():
-        with open(
-            root / ANNOTATIONS_DIR / LIST_DIR / name, encoding="utf-8", errors="replace"
-        ) as fh:
-            listed.update(line.split()[-1] for line in fh if line.strip())
-    return bool(listed) and bool(existing_images(folder, np.array(sorted(listed), object)).all())
-
-
-def _archive_kind(path: Path) -> str | None:
-    """``"annotations"`` or ``"images"`` from an archive's file name, else None."""
-    name = path.name.lower()
-    if not name.endswith(_ARCHIVE_SUFFIXES):
-        return None
-    if "annotation" in name or "list_98pt" in name:
-        return "annotations"
-    if "image" in name:
-        return "images"
-    return None
-
-
-def _content_dir(base: Path, kind: str) -> Path:
-    """The folder inside an extracted archive (or a user's folder) that is the part itself:
-    the one holding ``list_98pt_rect_attr_train_test/`` (annotations) or the event folders
-    (images). Raises a DataError when it is not there."""
-    if kind == "annotations":
-        for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath).name == LIST_DIR and any(
-                n in filenames for n in ANNOTATION_FILES.values()
-            ):
-                return Path(dirpath).parent
-            dirnames.sort()
-        raise DataError(
-            f"No {LIST_DIR}/{ANNOTATION_FILES['train']} inside {base}: this is not the WFLW "
-            "annotation archive.",
-            manual_download_hint(),
-        )
-    # images: the shallowest folder named WFLW_images, else the parent of the image files
-    named = sorted(
-        (Path(d) for d, _, _ in os.walk(base) if Path(d).name == IMAGES_DIR),
-        key=lambda p: len(p.parts),
-    )
-    if named:
-        return unwrap_folder(named[0])
-    first = next(iter_images(base), None)
-    if first is None:
-        raise DataError(f"No images inside {base}: this is not the WFLW image archive.")
-    # photos live in <event>/<photo>.jpg: the folder above the event folder
-    return first.parent.parent if first.parent != base else base
-
-
-def _install_dir(root: Path, kind: str, content: Path) -> None:
-    """Move ``content`` (inside a temp folder of ours) to ``root/<official name>``."""
-    final = root / _DIR_FOR[kind]
-    if final.exists():
-        shutil.rmtree(final)  # an incomplete earlier copy of ours
-    os.replace(content, final)
-
-
-@dataclass
-class _Found:
-    """Where a part is in a ``--from`` path: an archive or an extracted folder."""
-
-    archive: Path | None = None
-    folder: Path | None = None
-
-
-def _scan_from(path: Path) -> dict[str, _Found]:
-    """Find the annotation and image parts in ``--from`` (a folder, or one archive whose
-    folder is searched for the other)."""
-    path = path.expanduser()
-    if not path.exists():
-        raise UsageError(f"--from {path} does not exist.", manual_download_hint())
-    found: dict[str, _Found] = {}
-    if path.is_file():
-        kind = _archive_kind(path)
-        if kind is None:
-            raise UsageError(
-                f"--from {path} is not a WFLW archive (expected {ANNOTATIONS_ARCHIVE} or "
-                f"{IMAGES_ARCHIVE}).",
-                "Pass the folder holding the archives, or one archive under its official name.",
-            )
-        found[kind] = _Found(archive=path)
-        folder = path.parent
-    else:
-        folder = path
-    for kind in _PARTS:
-        if kind in found:
-            continue
-        official = folder / _ARCHIVE_FOR[kind]
-        extracted = folder / _DIR_FOR[kind]
-        if extracted.is_dir():
-            found[kind] = _Found(folder=extracted)
-        elif official.is_file():
-            found[kind] = _Found(archive=official)
-        else:
-            other = sorted(p for p in folder.iterdir() if p.is_file() and _archive_kind(p) == kind)
-            if other:
-                found[kind] = _Found(archive=other[0])
-    return found
-
-
-def _download(url: str, part: Path, progress: Progress, timeout: float, what: str) -> None:
-    """Download ``url`` to ``part`` (resumable) or raise a DownloadError that says how to get
-    the file by hand."""
-    opener, _ = make_opener()
-    try:
-        download_to_part(url, part, opener=opener, timeout=timeout, progress=progress, task=what)
-    except HtmlPageError as exc:
-        raise DownloadError(
-            f"Downloading {what} from {url} gave a web page ({exc.title!r}) instead of the file "
-            "(Google Drive asks a browser to confirm large downloads, or its quota is used "
-            "up); nothing was saved.",
-            manual_download_hint(),
-        ) from None
-    except HttpStatusError as exc:
-        raise DownloadError(f"Downloading {what} failed: {exc}.", manual_download_hint()) from None
-    except TransferError as exc:
-        kept = (
-            " The partial download is kept: run the command again to resume."
-            if part.exists()
-            else ""
-        )
-        raise DownloadError(
-            f"Downloading {what} failed: {exc}.{kept}", manual_download_hint()
-        ) from None
-
-
-def fetch_wflw(
-    root: str | Path,
-    *,
-    from_path: str | Path | None = None,
-    mirror: str | None = None,
-    progress: Progress | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    keep_archives: bool = False,
-) -> WflwFetchResult:
-    """Put WFLW under ``root`` in the official layout (``WFLW_annotations/``, ``WFLW_images/``).
-
-    Sources: ``from_path`` (a folder holding the two archives or their extracted folders, or
-    one archive), ``mirror`` (a base URL serving ``WFLW_annotations.tar.gz`` and
-    ``WFLW_images.tar.gz``), else the official locations (annotations over HTTPS; the images
-    from Google Drive, which may refuse scripted downloads: the error then says how to
-    download by hand). Archives are extracted safely into a temporary folder inside ``root``
-    and moved into place when complete; a part already in place is kept, so a second run is
-    a fast no-op. Ends by reading the result with :func:`read_wflw`.
-    """
-    progress = progress or NullProgress()
-    root = Path(root).expanduser()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise disk_error(root / "x", exc) from None
-    result = WflwFetchResult(root=root)
-    have = {"annotations": _annotations_ok(root), "images": False}
-    have["images"] = _images_ok(root)
-    if all(have.values()):
-        result.already_complete = True
-        return _finish(root, result)
-
-    if from_path is not None:
-        found = _scan_from(Path(from_path))
-    else:  # archives the user already put in root are used (and kept), not downloaded again
-        found = {
-            k: _Found(archive=root / _ARCHIVE_FOR[k])
-            for k in _PARTS
-            if (root / _ARCHIVE_FOR[k]).is_file()
-        }
-    if from_path is not None:
-        lacking = [k for k in _PARTS if not have[k] and k not in found]
-        if lacking:
-            names = " and ".join(f"{_ARCHIVE_FOR[k]} (or {_DIR_FOR[k]}/)" for k in lacking)
-            raise DataError(f"--from {from_path} has no {names}.", manual_download_hint())
-
-    for kind in ("annotations", "images"):
-        if have[kind]:
-            continue
-        tmp = root / f".{_DIR_FOR[kind]}.extracting"
-        try:
-            if kind in found and found[kind].folder is not None:
-                src = found[kind].folder
-                assert src is not None
-                if src.resolve() == (root / _DIR_FOR[kind]).resolve():
-                    raise DataError(
-                        f"{src} is incomplete: some photos listed in the annotations are "
-                        "missing from it.",
-                        manual_download_hint(),
-                    )
-                shutil.rmtree(tmp, ignore_errors=True)
-                link_or_copy_tree(_content_dir(src, kind), tmp / _DIR_FOR[kind], progress)
-                origin = str(src)
-            else:
-                if kind in found:
-                    archive = found[kind].archive
-                    assert archive is not None
-                    origin = str(archive)
-                else:
-                    url = (
-                        mirror.rstrip("/") + "/" + _ARCHIVE_FOR[kind]
-                        if mirror
-                        else os.environ.get(
-                            ANNOTATIONS_URL_ENV if kind == "annotations" else IMAGES_URL_ENV
-                        )
-                        or (ANNOTATIONS_URL if kind == "annotations" else IMAGES_URL)
-                    )
-                    archive = root / _ARCHIVE_FOR[kind]
-                    part = root / (_ARCHIVE_FOR[kind] + ".part")
-                    _download(url, part, progress, timeout, _ARCHIVE_FOR[kind])
-                    os.replace(part, archive)
-                    origin = url
-                downloaded = kind not in found
-                try:
-                    extract_archive(archive, tmp, progress)
-                except DownloadError:
-                    if downloaded:  # a damaged download must not pass for the user's file
-                        archive.unlink(missing_ok=True)
-                    raise
-                if downloaded and not keep_archives:
-                    archive.unlink()
-            content = _content_dir(tmp, kind)
-            _install_dir(root, kind, content)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        result.sources[kind] = origin
-    _write_manifest(root, result)
-    return _finish(root, result)
-
-
-def _write_manifest(root: Path, result: WflwFetchResult) -> None:
-    from faceattr.utils import atomic_write_text
-
-    path = root / MANIFEST_NAME
-    data = {}
-    if path.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-    data.setdefault("sources", {}).update(result.sources)
-    data["fetched"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _finish(root: Path, result: WflwFetchResult) -> WflwFetchResult:
-    """Read what is now under ``root`` and fill counts and notes."""
-    files = find_wflw(root)
-    table = read_wflw(files)
-    counts = table.frame["split"].value_counts()
-    result.faces = {s: int(counts.get(s, 0)) for s in ("train", "test")}
-    result.photos = int(table.frame["image"].nunique())
-    listed: set[str] = set()
-    for path in files.annotation_files.values():
-        listed.update(read_wflw_annotations(path).images.tolist())
-    result.missing_photos = len(listed) - result.photos
-    result.notes += [n for n in table.notes if "missing" in n]
-    if any(result.faces[s] != n for s, n in OFFICIAL_COUNTS.items()):
-        result.notes.append(
-            f"The annotation lists hold {result.faces['train']:,} train and "
-            f"{result.faces['test']:,} test faces; the official release has "
-            f"{OFFICIAL_COUNTS['train']:,} and {OFFICIAL_COUNTS['test']:,}."
-        )
-    return result
+        return getattr(wflw, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Fetching datasets (`faceattr data fetch NAME`).
+"""Fetching datasets (`faceattr data fetch NAME`): CelebA here, WFLW in :mod:`.wflw`.
 
 :func:`fetch_celeba` fetches CelebA (aligned and cropped) into the official layout, every
 file verified. It writes, under ``root``::
