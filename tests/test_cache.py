@@ -324,7 +324,7 @@ def test_cache_dir_env_var_keeps_caches_out_of_the_dataset(
 
 
 def test_not_enough_disk_space_is_a_clear_error(tmp_path: Path) -> None:
-    from faceattr.data.cache import _check_disk
+    from faceattr.data.cache.build import _check_disk
 
     with pytest.raises(DataError) as info:
         _check_disk(tmp_path, need=10**18, reclaimable=0, img_size=224, n=202_599)
