@@ -75,8 +75,8 @@ def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
             scaled = (arr.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1))
     else:  # "F"
         arr = np.nan_to_num(arr.astype(np.float32))
-        hi = float(arr.max()) if arr.size else 0.0
-        scaled = arr * 255.0 if hi <= 1.0 else arr
+        peak = float(arr.max()) if arr.size else 0.0
+        scaled = arr * 255.0 if peak <= 1.0 else arr
     grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
 
