@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from faceattr.progress import EpochEnd, Progress
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -55,19 +57,15 @@ def small_train_config(root: Path, out: Path, **changes):
     return replace(cfg, **changes)
 
 
-class InterruptAtLog:
-    """A training progress sink that raises KeyboardInterrupt (like Ctrl-C) when a log line
-    starts with ``prefix``, e.g. "epoch 2/3" right after epoch 2's checkpoint."""
+class InterruptAfterEpoch(Progress):
+    """A training progress sink that raises KeyboardInterrupt (like Ctrl-C) when epoch
+    ``epoch`` has ended, i.e. right after its checkpoint was written."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
 
-    def start(self, *args, **kwargs) -> None: ...
-    def advance(self, *args, **kwargs) -> None: ...
-    def finish(self) -> None: ...
-
-    def log(self, message: str) -> None:
-        if message.startswith(self.prefix):
+    def epoch_end(self, event: EpochEnd) -> None:
+        if event.epoch == self.epoch:
             raise KeyboardInterrupt
 
 

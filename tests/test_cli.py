@@ -48,7 +48,8 @@ def test_bare_train_uses_the_library_defaults(tmp_path):
 def test_train_options_map_onto_the_config(tmp_path):
     r = invoke("train", "--root", tmp_path, "--optimizer", "sgd", "--augment", "none",
                "--rotation", 5, "--crop", "square", "--attributes", "male, smiling",
-               "--no-amp", "--freeze-backbone", "--out", tmp_path / "run", "--print-config")  # fmt: skip
+               "--no-amp", "--freeze-backbone", "--weights-by-order", "--out", tmp_path / "run",
+               "--print-config")  # fmt: skip
     assert r.exit_code == 0, r.output
     cfg = json.loads(r.stdout)
     assert cfg["optim"]["optimizer"] == "sgd" and cfg["optim"]["lr"] == 0.05  # sgd's default
@@ -57,6 +58,7 @@ def test_train_options_map_onto_the_config(tmp_path):
     assert cfg["data"]["crop"] == [0.0, 20 / 218, 1.0, 198 / 218]  # "square" = "band"
     assert cfg["data"]["attributes"] == ["male", "smiling"]  # resolved when the data is read
     assert cfg["amp"] is False and cfg["model"]["freeze_backbone"] is True
+    assert cfg["model"]["weights_by_order"] is True
     assert cfg["out"] == str(tmp_path / "run")
     assert not (tmp_path / "run").exists()  # --print-config trains nothing
     r = invoke("train", "--root", tmp_path, "--optimizer", "lion")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import InterruptAtLog, small_train_config
+from conftest import InterruptAfterEpoch, small_train_config
 from faceattr.config import AugmentConfig, DataConfig
 from faceattr.engine.ema import ModelEma
 from faceattr.engine.fit import fit
@@ -69,7 +69,7 @@ def test_training_with_ema_saves_the_average_and_resumes_exactly(synthetic_root,
 
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
-        fit(cut, progress=InterruptAtLog("epoch 1/3"))
+        fit(cut, progress=InterruptAfterEpoch(1))
     fit(cut, resume=True)
     resumed = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)
     assert resumed["ema"]["updates"] == state["ema"]["updates"]

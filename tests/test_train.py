@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import InterruptAtLog
+from conftest import InterruptAfterEpoch
 from conftest import small_train_config as small_config
 from faceattr.config import AugmentConfig, DataConfig, TrainConfig
 from faceattr.engine.fit import fit
@@ -47,7 +47,7 @@ def test_resume_after_interrupt_matches_uninterrupted(synthetic_root, tmp_path):
 
     interrupted = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, progress=InterruptAtLog("epoch 2/3"))
+        fit(interrupted, progress=InterruptAfterEpoch(2))
     resumed = fit(replace(cfg, out=str(tmp_path / "cut")), resume=True)
     assert resumed.epochs_done == 3
     a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)["model"]

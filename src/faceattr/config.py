@@ -118,6 +118,9 @@ class ModelConfig:
     dropout: float = 0.2
     pretrained: bool = False  # ImageNet weights through timm/torchvision (needs network)
     weights: str | None = None  # local backbone weights file (.pth/.pt/.safetensors)
+    # Map the weights file's tensors onto the backbone by position when their names are in a
+    # layout faceattr does not recognise (the ordered shapes must agree).
+    weights_by_order: bool = False
     freeze_backbone: bool = False  # linear probe: only the head trains
 
 

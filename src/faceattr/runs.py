@@ -11,9 +11,15 @@ from faceattr.errors import ModelError
 
 DEFAULT_MODEL_NAME = "default"
 DEFAULT_MODEL_FILE = "default.safetensors"
+# The files of a run directory (see docs/formats.md).
+CONFIG_FILE = "config.json"  # the resolved TrainConfig
+BEST_FILE = "model.safetensors"  # the best epoch's model, with tuned thresholds at the end
+LAST_FILE = "last.safetensors"  # the latest epoch's model
+STATE_FILE = "train_state.pt"  # what --resume needs (weights, optimizer, counters)
+HISTORY_FILE = "history.csv"  # one row per epoch
 # The model files of a run directory, in the order resolve_model prefers them: the best
 # model, then the latest epoch's (training writes the best one after its first epoch).
-RUN_MODEL_FILES = ("model.safetensors", "last.safetensors")
+RUN_MODEL_FILES = (BEST_FILE, LAST_FILE)
 
 
 def default_model_path() -> Path:

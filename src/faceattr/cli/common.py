@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from faceattr.errors import FaceAttrError
+from faceattr.progress import EpochEnd, Progress
 
 # Results go to stdout (pipeable); progress, logs and errors to stderr.
 out = Console(soft_wrap=True)
@@ -55,7 +56,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class RichProgress:
+class RichProgress(Progress):
     """:class:`faceattr.progress.Progress` drawn with rich on stderr."""
 
     def __init__(self, quiet: bool = False) -> None:
@@ -130,6 +131,15 @@ class RichProgress:
     def log(self, message: str) -> None:
         if not self.quiet:
             err.print(message, highlight=False)
+
+    def epoch_end(self, event: EpochEnd) -> None:
+        r = event.row
+        self.log(
+            f"epoch {event.epoch}/{event.epochs}  train loss {r['train_loss']:.4f}  "
+            f"val loss {r['val_loss']:.4f}  val mean acc {r['val_mean_accuracy']:.4f}  "
+            f"strict {r['val_strict_accuracy']:.4f}  {r['images_per_second']:.0f} img/s"
+            + ("  (best)" if event.best else "")
+        )
 
 
 def _fmt_info(key: str, value: Any) -> str:

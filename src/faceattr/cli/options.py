@@ -33,6 +33,7 @@ OPTION_FIELDS: dict[str, str] = {
     "dropout": "model.dropout",
     "pretrained": "model.pretrained",
     "weights": "model.weights",
+    "weights_by_order": "model.weights_by_order",
     "freeze_backbone": "model.freeze_backbone",
     "optimizer": "optim.optimizer",
     "lr": "optim.lr",

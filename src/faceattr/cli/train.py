@@ -313,6 +313,15 @@ def train_command(
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
+    weights_by_order: Annotated[
+        bool | None,
+        typer.Option(
+            "--weights-by-order",
+            help="Map --weights onto the backbone tensor by tensor in order, for a file whose "
+            "names faceattr does not recognise (the shapes must line up).",
+            rich_help_panel=MODEL_HELP,
+        ),
+    ] = None,
     freeze_backbone: Annotated[
         bool | None,
         typer.Option(
