@@ -26,7 +26,8 @@ from faceattr.errors import DataError, UsageError
 from faceattr.metrics import metrics_report
 from faceattr.report import ReportOptions, build_report, load_runs, write_report
 from faceattr.report import analysis as an
-from faceattr.report.load import Predictions, count_parameters, run_names
+from faceattr.report import comparison as cmp
+from faceattr.report.load import Predictions, count_file_parameters, run_names
 
 runner = CliRunner()
 
@@ -354,7 +355,7 @@ def test_count_parameters_reads_only_the_header(trained_run: Path):
 
     from faceattr.models import load_model_file
 
-    total, head = count_parameters(trained_run / "model.safetensors")
+    total, head = count_file_parameters(trained_run / "model.safetensors")
     model, _ = load_model_file(trained_run / "model.safetensors")
     assert total == sum(p.numel() for p in model.parameters())
     assert head == sum(p.numel() for p in model.head.parameters())
@@ -452,7 +453,7 @@ def test_config_differences_read_naturally():
     frozen = replace(base, model=replace(base.model, freeze_backbone=True, pretrained=True))
     other = replace(base, model=replace(base.model, arch="densenet121"),
                     augment=AugmentConfig(hflip=False))  # fmt: skip
-    described = an.describe_config(frozen.to_dict())
+    described = cmp.describe_config(frozen.to_dict())
     assert described["backbone"] == "frozen (linear probe)"
     assert described["initialisation"] == "ImageNet weights"
 
@@ -460,22 +461,22 @@ def test_config_differences_read_naturally():
         def __init__(self, cfg):
             self.config = cfg.to_dict()
 
-    diff = dict(an.config_differences([R(base), R(other)]))
+    diff = dict(cmp.config_differences([R(base), R(other)]))
     assert diff == {"architecture": ["resnet50", "densenet121"], "augmentation": ["flip", "none"]}
 
 
 def test_paired_difference(runs_dir: Path):
     a, b = load_runs([runs_dir / "baseline", runs_dir / "augmented"])
-    d = an.paired_difference(a, b)
+    d = cmp.paired_difference(a, b)
     assert d is not None and d.n_images == len(a.predictions)
     assert d.half_width > 0
     assert d.delta != 0  # different models
     # the same run against itself: no difference at all
-    same = an.paired_difference(a, a)
+    same = cmp.paired_difference(a, a)
     assert same.delta == 0 and not same.significant
     from faceattr.report.build import analyze_run, comparison_findings
 
-    comp = an.compare_runs([a, a])
+    comp = cmp.compare_runs([a, a])
     assert comp.scores[0] == comp.scores[1]
     assert comparison_findings(comp, [analyze_run(a)] * 2)[0].startswith("**No run is better**")
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from faceattr.config import DataConfig
+from faceattr.data.table import AttributeTable
 from faceattr.engine.data import make_batches
 from faceattr.engine.loop import predict_batches
 from faceattr.errors import DataError
@@ -36,10 +37,12 @@ def evaluate_model(
     Preprocessing and attributes come from the model file. When the model sits in a run
     directory, the run's validation carve settings are used (so ``valid`` means the same
     held-out identities as in training) and, with ``save``, ``metrics-<split>.json`` and
-    ``predictions-<split>.npz`` (per-image probabilities) are written there. ``tta``
+    ``predictions-<split>.npz`` (per-face probabilities, see :func:`save_predictions`) are
+    written there. ``tta``
     ("none" or "flip") overrides the model's own test-time augmentation.
     """
     from faceattr.data import load_split
+    from faceattr.data.transforms import Preprocessing
     from faceattr.models import load_model_file
     from faceattr.models.head import check_tta
 
@@ -56,7 +59,8 @@ def evaluate_model(
         data = replace(
             data, valid_fraction=run_cfg.data.valid_fraction, split_seed=run_cfg.data.split_seed
         )
-    data = replace(data, img_size=info.img_size, crop=tuple(info.crop))
+    left, top, right, bottom = info.crop
+    data = replace(data, img_size=info.img_size, crop=(left, top, right, bottom))
     table = load_split(data, split)
     missing = [a for a in info.attributes if a not in table.attributes]
     if missing:
@@ -81,7 +85,7 @@ def evaluate_model(
     )
     progress.start(f"evaluating {split}", total=len(table))
     probs, targets, index, skipped = predict_batches(
-        net, batches, device=dev, mean=info.mean, std=info.std,
+        net, batches, device=dev, preprocessing=Preprocessing.from_info(info),
         on_batch=lambda n: progress.advance(n),
     )  # fmt: skip
     progress.finish()
@@ -103,15 +107,41 @@ def evaluate_model(
     run = run_dir_of(path)
     if save and run is not None:
         atomic_write_text(run / f"metrics-{split}.json", json.dumps(metrics, indent=2) + "\n")
-        images = np.asarray(table.frame["image"].to_numpy()[index], dtype=str)
-        with atomic_open(run / f"predictions-{split}.npz", "wb") as fh:
-            np.savez_compressed(
-                fh,
-                image=images,
-                probs=probs.astype(np.float16),
-                targets=np.nan_to_num(targets, nan=-1).astype(np.int8),  # -1 = unknown
-                attributes=np.asarray(info.attributes, dtype=str),
-                image_dir=np.asarray(str(table.image_dir)),
-            )
+        save_predictions(
+            run / f"predictions-{split}.npz", table, index, probs, targets, list(info.attributes)
+        )
         metrics["saved_to"] = str(run)
     return metrics
+
+
+def save_predictions(
+    path: Path,
+    table: AttributeTable,
+    index: np.ndarray,
+    probs: np.ndarray,
+    targets: np.ndarray,
+    attributes: list[str],
+) -> None:
+    """Write ``predictions-<split>.npz``: one row per evaluated face (see docs/formats.md).
+
+    ``index`` ``[N]``: each row's position in ``table`` (the evaluated split); ``probs`` and
+    ``targets`` ``[N, A]`` (NaN = unknown label). Besides the image name, each row keeps
+    its identity: ``row`` (the position in the split) and, for datasets with several faces
+    per photo, ``box`` (the face box in image pixels), so reports can tell faces apart.
+    """
+    from faceattr.data import table_boxes
+
+    # Any, not ndarray: numpy's stub types savez's **kwds as arrays *or* its allow_pickle flag.
+    arrays: dict[str, Any] = {
+        "image": np.asarray(table.frame["image"].to_numpy()[index], dtype=str),
+        "row": np.asarray(index, dtype=np.int64),
+        "probs": probs.astype(np.float16),
+        "targets": np.nan_to_num(targets, nan=-1).astype(np.int8),  # -1 = unknown
+        "attributes": np.asarray(attributes, dtype=str),
+        "image_dir": np.asarray(str(table.image_dir)),
+    }
+    boxes = table_boxes(table)
+    if boxes is not None:
+        arrays["box"] = boxes[index]  # float64 [N, 4]: exactly the box decoding cut out
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)

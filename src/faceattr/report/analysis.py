@@ -1,17 +1,21 @@
-"""The numbers behind a report: per-attribute rows, subgroup gaps, correlations, calibration,
-error ranking, configuration differences and run comparisons. numpy in, plain data out."""
+"""The numbers behind one run's report: per-attribute rows, subgroup gaps, correlations,
+calibration and error ranking, gathered by :func:`analyze_run`. numpy in, plain data out.
+(Several runs: :mod:`.comparison`.)"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faceattr.report.load import Predictions, RunData
+from faceattr.report.load import Predictions, RunData, row_identities
+from faceattr.report.options import ReportOptions
+
+if TYPE_CHECKING:
+    from faceattr.data.table import AttributeTable
 
 # Friendly names of the two sides of common grouping attributes.
 GROUP_NAMES: dict[str, tuple[str, str]] = {
@@ -195,9 +199,15 @@ class SubgroupRow:
         raw accuracy gap on Goatee says little. This difference of lifts says whether the
         model *learned* the attribute better on one side.
         """
-        if None in (self.acc_yes, self.acc_no, self.majority_yes, self.majority_no):
+        acc_yes, acc_no, maj_yes, maj_no = (
+            self.acc_yes,
+            self.acc_no,
+            self.majority_yes,
+            self.majority_no,
+        )
+        if acc_yes is None or acc_no is None or maj_yes is None or maj_no is None:
             return None
-        return (self.acc_yes - self.majority_yes) - (self.acc_no - self.majority_no)  # type: ignore[operator]
+        return (acc_yes - maj_yes) - (acc_no - maj_no)
 
 
 @dataclass
@@ -232,10 +242,11 @@ class SubgroupResult:
 def group_labels(
     run: RunData, groups: Sequence[str]
 ) -> tuple[dict[str, tuple[np.ndarray, str]], list[str]]:
-    """``[N]`` 0/1/NaN labels of each grouping attribute for the run's evaluated images.
+    """``[N]`` 0/1/NaN labels of each grouping attribute for the run's evaluated faces.
 
     From the predictions' own targets when the model has the attribute, else from the
-    dataset's label file (matched by image name). Returns ({group: (labels, source)}, notes).
+    dataset's label file (matched by row identity: image name, and face box where the
+    predictions have one). Returns ({group: (labels, source)}, notes).
     """
     pred = run.predictions
     assert pred is not None
@@ -257,8 +268,12 @@ def group_labels(
             f"({why})."
         )
         return found, notes
-    index = {str(name): i for i, name in enumerate(table.frame["image"].to_numpy())}
-    rows = np.array([index.get(str(n), -1) for n in pred.images])
+    from faceattr.data import table_boxes
+
+    # The same identities on both sides: with boxes only where the predictions have them.
+    boxes = table_boxes(table) if pred.boxes is not None else None
+    index = {k: i for i, k in enumerate(row_identities(table.frame["image"].to_numpy(), boxes))}
+    rows = np.array([index.get(k, -1) for k in pred.identities()], dtype=np.int64)
     for g in need:
         if g not in table.attributes:
             notes.append(f"Subgroups by {g} skipped: the dataset has no {g} labels.")
@@ -272,7 +287,7 @@ def group_labels(
     return found, notes
 
 
-def _dataset_table(run: RunData) -> tuple[Any, str]:
+def _dataset_table(run: RunData) -> tuple[AttributeTable | None, str]:
     from faceattr.config import TrainConfig
     from faceattr.data import read_dataset
     from faceattr.errors import FaceAttrError
@@ -495,230 +510,70 @@ def rank_errors(pred: Predictions, thresholds: np.ndarray, k: int) -> list[Image
     return out
 
 
-# ----------------------------------------------------------------------------- configuration
-
-
-def _fmt_num(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def describe_augment(aug: dict[str, Any]) -> str:
-    parts = []
-    if aug.get("hflip"):
-        parts.append("flip")
-    labels = {
-        "crop_scale": "crop",
-        "shift": "shift",
-        "rotation": "rotate",
-        "brightness": "colour",
-        "erasing": "erase",
-    }
-    for key, label in labels.items():
-        v = aug.get(key)
-        if v:
-            parts.append(f"{label} {_fmt_num(v)}")
-    return ", ".join(parts) if parts else "none"
-
-
-def describe_config(cfg: dict[str, Any]) -> dict[str, str]:
-    """A run's settings in words, in a fixed order (the rows of the configuration tables)."""
-    data, model = cfg.get("data", {}), cfg.get("model", {})
-    optim, aug = cfg.get("optim", {}), cfg.get("augment", {})
-    out: dict[str, str] = {}
-    out["architecture"] = str(model.get("arch", "?"))
-    if cfg.get("parent"):
-        init = f"fine-tuned from {cfg['parent']}"
-    elif model.get("weights"):
-        init = f"weights file {Path(str(model['weights'])).name}"
-    elif model.get("pretrained"):
-        init = "ImageNet weights"
-    else:
-        init = "from scratch"
-    out["initialisation"] = init
-    if cfg.get("unfreeze") is not None:
-        out["backbone"] = f"fine-tuned (unfrozen: {cfg['unfreeze']})"
-    elif model.get("freeze_backbone"):
-        out["backbone"] = "frozen (linear probe)"
-    else:
-        out["backbone"] = "trained"
-    nf = model.get("num_features", 0)
-    head = f"{nf} hidden units" if nf else "linear"
-    out["head"] = f"{head}, dropout {_fmt_num(model.get('dropout', 0))}"
-    out["augmentation"] = describe_augment(aug)
-    attrs = data.get("attributes")
-    out["attributes"] = "all" if not attrs else (
-        ", ".join(attrs) if len(attrs) <= 6 else f"{len(attrs)} selected"
-    )  # fmt: skip
-    out["training images"] = f"{data['sample']:,} sampled" if data.get("sample") else "all"
-    out["image size"] = f"{data.get('img_size', '?')} px"
-    out["epochs"] = str(cfg.get("epochs", "?")) + (
-        f" (early stop after {cfg['patience']})" if cfg.get("patience") else ""
-    )
-    out["batch size"] = str(cfg.get("batch_size", "?"))
-    opt = f"{optim.get('optimizer', '?')}, lr {_fmt_num(optim.get('lr', '?'))}"
-    if optim.get("weight_decay"):
-        opt += f", weight decay {_fmt_num(optim['weight_decay'])}"
-    if optim.get("backbone_lr_mult", 1.0) != 1.0:
-        opt += f", backbone lr x{_fmt_num(optim['backbone_lr_mult'])}"
-    out["optimizer"] = opt
-    out["schedule"] = str(optim.get("scheduler", "?")) + (
-        f", warm-up {_fmt_num(optim['warmup_epochs'])} epochs" if optim.get("warmup_epochs") else ""
-    )
-    loss = str(optim.get("loss", "?"))
-    if loss == "focal":
-        loss += f" (gamma {_fmt_num(optim.get('focal_gamma', 2.0))})"
-    out["loss"] = loss
-    out["thresholds"] = (
-        f"tuned for {cfg.get('threshold_metric', 'balanced_accuracy').replace('_', ' ')}"
-        if cfg.get("tune_thresholds", True)
-        else "0.5"
-    )
-    out["seed"] = str(cfg.get("seed", "?"))
-    out["dataset"] = f"{data.get('dataset', '?')} ({data.get('root', '?')})"
-    return out
-
-
-def config_differences(runs: Sequence[RunData]) -> list[tuple[str, list[str]]]:
-    """Settings whose value differs between runs: [(setting, [value per run])]."""
-    described = [describe_config(r.config) for r in runs]
-    keys = list(dict.fromkeys(k for d in described for k in d))
-    rows = []
-    for k in keys:
-        values = [d.get(k, "-") for d in described]
-        if len(set(values)) > 1:
-            rows.append((k, values))
-    return rows
-
-
-# ----------------------------------------------------------------------------- comparison
+# ----------------------------------------------------------------------------- one run
 
 
 @dataclass
-class PairedDifference:
-    """Mean-accuracy difference of two runs on the same images, with a 95% interval."""
+class RunAnalysis:
+    """Everything computed for one run (no plots): used by the report and the CLI summary."""
 
-    delta: float
-    half_width: float
-    n_images: int
-
-    @property
-    def significant(self) -> bool:
-        return abs(self.delta) > self.half_width
-
-
-def paired_difference(
-    a: RunData, b: RunData, threshold: float | None = None
-) -> PairedDifference | None:
-    """How much better ``a`` is than ``b`` in per-image accuracy, on images both evaluated.
-
-    Each image's accuracy is the fraction of its known labels (over attributes both runs
-    predict) that are right; the interval is mean +- 1.96 standard errors of the paired
-    differences. Decisions use each run's thresholds, or ``threshold`` for both. None when
-    the runs share no images or attributes.
-    """
-    pa, pb = a.predictions, b.predictions
-    if pa is None or pb is None:
-        return None
-    common = [x for x in pa.attributes if x in pb.attributes]
-    if not common:
-        return None
-    _, ia, ib = np.intersect1d(pa.images, pb.images, return_indices=True)
-    if len(ia) < 2:
-        return None
-
-    def per_image(run: RunData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = run.predictions
-        cols = [p.attributes.index(x) for x in common]
-        thr = run.thresholds if threshold is None else np.full(len(p.attributes), threshold)
-        right, known = correctness(p, thr)
-        return right[rows][:, cols], known[rows][:, cols]
-
-    ra, ka = per_image(a, ia)
-    rb, kb = per_image(b, ib)
-    known = ka & kb
-    n = known.sum(axis=1)
-    ok = n > 0
-    if ok.sum() < 2:
-        return None
-    fa = (ra & known).sum(axis=1)[ok] / n[ok]
-    fb = (rb & known).sum(axis=1)[ok] / n[ok]
-    d = fa - fb
-    se = float(d.std(ddof=1) / math.sqrt(len(d)))
-    return PairedDifference(float(d.mean()), 1.96 * se, int(ok.sum()))
-
-
-@dataclass
-class Comparison:
-    """Several runs side by side; ``runs[0]`` is the reference for deltas."""
-
-    runs: list[RunData]
-    ranking: list[int]  # run indices, best mean accuracy first
-    differences: list[tuple[str, list[str]]]
-    attributes: list[str]  # union, in first-seen order
-    accuracy: dict[str, list[float | None]]  # attribute -> accuracy per run
-    balanced: dict[str, list[float | None]]
-    paired: dict[int, PairedDifference | None] = field(default_factory=dict)  # best vs run i
-    rank_label: str = "mean accuracy"  # what ``ranking`` sorts by
-    scores: list[float] = field(default_factory=list)  # that metric, per run
-    accuracy_label: str = "accuracy"  # what ``accuracy`` holds: at 0.5 or the runs' thresholds
+    run: RunData
+    rows: list[AttributeRow]
+    subgroups: list[SubgroupResult] = field(default_factory=list)
+    reliability: Reliability | None = None
+    label_corr: np.ndarray | None = None
+    pred_corr: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
-    def best(self) -> RunData:
-        return self.runs[self.ranking[0]]
-
-    def wins(self, i: int, j: int) -> tuple[int, int]:
-        """(attributes where run i is more accurate than run j, attributes compared)."""
-        better = compared = 0
-        for accs in self.accuracy.values():
-            if accs[i] is not None and accs[j] is not None:
-                compared += 1
-                better += accs[i] > accs[j] + 1e-12
-        return better, compared
-
-    def deltas(self, i: int, j: int) -> list[tuple[str, float]]:
-        """(attribute, accuracy of run i minus run j), largest gain first."""
-        out = [
-            (a, accs[i] - accs[j])
-            for a, accs in self.accuracy.items()
-            if accs[i] is not None and accs[j] is not None
-        ]
-        return sorted(out, key=lambda t: -t[1])
+    def hardest(self) -> list[AttributeRow]:
+        return hardest(self.rows, 5)
 
 
-def compare_runs(runs: Sequence[RunData]) -> Comparison:
-    runs = list(runs)
-    attributes = list(dict.fromkeys(a for r in runs for a in r.attributes))
-    acc = {a: [r.per_attribute.get(a, {}).get("accuracy") for r in runs] for a in attributes}
-    accuracy_label = "accuracy"
-    if all(r.predictions is not None for r in runs) and any(prefers_half(r) for r in runs):
-        # Per-attribute accuracy at 0.5 for every run, so tuned and untuned runs compare fairly.
-        for i, r in enumerate(runs):
-            rows = attribute_rows(r)
-            add_accuracy_at_half(rows, r.predictions)  # type: ignore[arg-type]
-            for row in rows:
-                acc[row.name][i] = row.accuracy_half
-        accuracy_label = "accuracy at 0.5"
-    bal = {
-        a: [r.per_attribute.get(a, {}).get("balanced_accuracy") for r in runs] for a in attributes
-    }
-    # Rank by mean accuracy at 0.5 when every run has it: independent of how (or whether)
-    # each run tuned its thresholds, and the number CelebA papers report.
-    halves = [summary_at_half(r.metrics) for r in runs]
-    at_half = all(h is not None and h.get("mean_accuracy") is not None for h in halves)
-    if at_half:
-        score = [h["mean_accuracy"] for h in halves]  # type: ignore[index]
-        label = "mean accuracy at threshold 0.5"
-    else:
-        score = [r.metrics.get("mean_accuracy") or 0.0 for r in runs]
-        label = "mean accuracy"
-    ranking = sorted(range(len(runs)), key=lambda i: -score[i])
-    comp = Comparison(runs, ranking, config_differences(runs), attributes, acc, bal,
-                      rank_label=label, accuracy_label=accuracy_label)  # fmt: skip
-    comp.scores = score
-    best = ranking[0]
-    for i in range(len(runs)):
-        if i != best:
-            comp.paired[i] = paired_difference(runs[best], runs[i], 0.5 if at_half else None)
-    return comp
+def analyze_run(run: RunData, options: ReportOptions | None = None) -> RunAnalysis:
+    """Per-attribute rows, subgroup gaps, calibration and correlations of one run."""
+    options = options or ReportOptions()
+    result = RunAnalysis(run, attribute_rows(run), notes=list(run.notes))
+    pred = run.predictions
+    if pred is None or len(pred) == 0:
+        return result
+    if prefers_half(run):
+        add_accuracy_at_half(result.rows, pred)
+    thr = decision_thresholds(run)
+    groups = [g for g in options.groups if g]
+    labels, notes = group_labels(run, groups)
+    result.notes.extend(notes)
+    for g in groups:
+        if g not in labels:
+            continue
+        values, source = labels[g]
+        sub = subgroup_analysis(
+            pred, thr, g, values, source=source, gap_threshold=options.gap_threshold,
+            min_count=options.min_group_count,
+        )  # fmt: skip
+        if sub is None:
+            result.notes.append(f"Subgroups by {g} skipped: every evaluated image has the same {g}"
+                                " label.")  # fmt: skip
+        else:
+            result.subgroups.append(sub)
+    result.reliability = reliability(pred.probs, pred.targets)
+    result.label_corr = correlation_matrix(pred.targets)
+    # Probabilities rather than decisions: an attribute the model never says yes to at the
+    # threshold would otherwise have no correlation at all.
+    result.pred_corr = correlation_matrix(pred.probs.astype(np.float64))
+    return result
+
+
+# Moved to .comparison; still importable from here until every caller imports from there.
+_MOVED = frozenset({
+    "Comparison", "PairedDifference", "compare_runs", "config_differences", "describe_augment",
+    "describe_config", "paired_difference",
+})  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from faceattr.report import comparison
+
+        return getattr(comparison, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,12 +10,14 @@ import csv
 import json
 import math
 import shlex
-import struct
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
+from safetensors import SafetensorError
 
 from faceattr.errors import DataError, UsageError
 
@@ -25,12 +27,37 @@ AUTO_SPLITS = ("test", "valid", "train", "all")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def row_identities(
+    images: Sequence[str] | np.ndarray, boxes: np.ndarray | None = None
+) -> np.ndarray:
+    """``[N]`` str: an identity per evaluated face that two evaluations agree on.
+
+    The image name, plus the face box (``boxes`` ``[N, 4]``, exact) when given; a name that
+    still repeats gets ``#2``, ``#3``, ... in order, so every row has its own key (files
+    written before boxes were saved then pair the faces of a photo in the split's order).
+    """
+    keys = [str(name) for name in images]
+    if boxes is not None:  # repr of a float round-trips: equal boxes, and only they, match
+        keys = [
+            f"{k}@{','.join(repr(float(v)) for v in b)}" for k, b in zip(keys, boxes, strict=True)
+        ]
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        n = seen[k] = seen.get(k, 0) + 1
+        out.append(k if n == 1 else f"{k}#{n}")
+    return np.asarray(out, dtype=str)
+
+
 @dataclass
 class Predictions:
-    """Per-image results of ``faceattr eval`` (``predictions-<split>.npz``).
+    """Per-face results of ``faceattr eval`` (``predictions-<split>.npz``).
 
     ``probs`` ``[N, A]`` float32, ``targets`` ``[N, A]`` float32 0/1 with NaN unknown,
-    ``images`` ``[N]`` names relative to ``image_dir``.
+    ``images`` ``[N]`` names relative to ``image_dir``. ``rows`` ``[N]``: each face's
+    position in the evaluated split; ``boxes`` ``[N, 4]``: its face box (left, top, right,
+    bottom in image pixels) for datasets with several faces per photo (WFLW). Both are None
+    in files written before they were saved (and ``boxes`` for one-face-per-image data).
     """
 
     images: np.ndarray
@@ -38,12 +65,43 @@ class Predictions:
     targets: np.ndarray
     attributes: list[str]
     image_dir: Path | None
+    rows: np.ndarray | None = None
+    boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def column(self, attribute: str) -> np.ndarray:
         return self.targets[:, self.attributes.index(attribute)]
+
+    def box(self, i: int) -> tuple[float, float, float, float] | None:
+        """The face box of row ``i`` in image pixels, or None (the whole image)."""
+        if self.boxes is None:
+            return None
+        left, top, right, bottom = (float(v) for v in self.boxes[i])
+        return left, top, right, bottom
+
+    def identities(self, with_boxes: bool = True) -> np.ndarray:
+        """``[N]`` identities of the rows (:func:`row_identities`); ``with_boxes=False`` keys on
+        image names only (to pair with a file that has no boxes)."""
+        return row_identities(self.images, self.boxes if with_boxes else None)
+
+    def face_numbers(self) -> np.ndarray:
+        """``[N]`` int: k for the k-th face (from 1, in split order) of a photo with several
+        rows, 0 for a photo with one."""
+        names = [str(name) for name in self.images]
+        counts, seen = Counter(names), Counter[str]()
+        out = np.zeros(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            if counts[name] > 1:
+                seen[name] += 1
+                out[i] = seen[name]
+        return out
+
+    def names(self) -> list[str]:
+        """A label per row: the image name, with ``(face k)`` where a photo has several."""
+        faces = self.face_numbers()
+        return [f"{n} (face {k})" if k else str(n) for n, k in zip(self.images, faces, strict=True)]
 
 
 @dataclass
@@ -53,7 +111,7 @@ class RunData:
     name: str
     path: Path
     config: dict[str, Any]
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]
     split: str
     metrics: dict[str, Any]
     predictions: Predictions | None
@@ -78,25 +136,30 @@ class RunData:
     def per_attribute(self) -> dict[str, dict[str, Any]]:
         return self.metrics.get("per_attribute", {})
 
+    def _history_values(self, key: str) -> list[float]:
+        """The finite values of column ``key`` of ``history.csv``, one per epoch that has one."""
+        return [v for r in self.history if _finite(v := r.get(key))]
+
     @property
     def train_seconds(self) -> float | None:
-        values = [r.get("seconds") for r in self.history]
-        values = [v for v in values if v is not None and math.isfinite(v)]
+        values = self._history_values("seconds")
         return float(sum(values)) if values else None
 
     @property
     def images_per_second(self) -> float | None:
         """Median training throughput over epochs (the first epoch pays for warm-up)."""
-        values = [r.get("images_per_second") for r in self.history]
-        values = [v for v in values if v is not None and math.isfinite(v)]
+        values = self._history_values("images_per_second")
         return float(np.median(values)) if values else None
 
     @property
     def best_epoch(self) -> int | None:
-        scored = [r for r in self.history if _finite(r.get("val_mean_accuracy"))]
-        if not scored:
-            return None
-        return int(max(scored, key=lambda r: r["val_mean_accuracy"])["epoch"])
+        """The epoch with the highest validation mean accuracy (the first of equals)."""
+        best: tuple[float, float | None] | None = None
+        for r in self.history:
+            acc = r.get("val_mean_accuracy")
+            if _finite(acc) and (best is None or acc > best[0]):
+                best = (acc, r.get("epoch"))
+        return None if best is None or best[1] is None else int(best[1])
 
     @property
     def dataset_root(self) -> str | None:
@@ -111,18 +174,18 @@ class RunData:
         )
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
+def read_history(path: Path) -> list[dict[str, float | None]]:
     """``history.csv`` -> one dict per epoch (numbers as float, empty cells as None)."""
     if not path.exists():
         return []
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, float | None]] = []
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            parsed: dict[str, Any] = {}
+            parsed: dict[str, float | None] = {}
             for key, value in row.items():
                 try:
                     parsed[key] = float(value) if value not in ("", None) else None
@@ -132,25 +195,33 @@ def read_history(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def count_parameters(model_file: Path) -> tuple[int, int]:
-    """(all parameters, parameters of the attribute head) from a ``.safetensors`` header.
+class FileParameters(NamedTuple):
+    """Learned parameters stored in a model file: all of them, and the attribute head's."""
 
-    Only the JSON header is read (no tensors), so this is instant even for large models.
+    total: int
+    head: int
+
+
+def count_file_parameters(model_file: Path) -> FileParameters:
+    """The parameter counts of a ``.safetensors`` model file, from its header alone.
+
+    Only tensor shapes are read (no weights), so this is instant even for large models.
     Normalisation statistics (running means etc.) are buffers, not parameters, and are left
-    out.
+    out. (:func:`faceattr.models.count_parameters` counts a loaded model instead.)
     """
-    with model_file.open("rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
+    from safetensors import safe_open
+
     total = head = 0
-    for name, entry in header.items():
-        if name == "__metadata__" or name.endswith(_BUFFER_SUFFIXES):
-            continue
-        n = math.prod(entry.get("shape", []))
-        total += n
-        if name.startswith("head."):
-            head += n
-    return total, head
+    with safe_open(str(model_file), framework="numpy") as f:
+        names = f.keys()
+        for name in names:
+            if name.endswith(_BUFFER_SUFFIXES):
+                continue
+            n = math.prod(f.get_slice(name).get_shape())
+            total += n
+            if name.startswith("head."):
+                head += n
+    return FileParameters(total, head)
 
 
 def read_predictions(path: Path) -> Predictions:
@@ -159,12 +230,20 @@ def read_predictions(path: Path) -> Predictions:
         targets = z["targets"].astype(np.float32)
         targets[targets < 0] = np.nan  # -1 marks an unknown label
         image_dir = str(z["image_dir"]) if "image_dir" in z else ""
+        images = z["image"].astype(str)
+        # row and box came later: older files have neither (then images are the identity).
+        rows = z["row"].astype(np.int64) if "row" in z else None
+        boxes = z["box"].astype(np.float64) if "box" in z else None
+        if boxes is not None and boxes.shape != (len(images), 4):
+            raise ValueError(f"box has shape {boxes.shape}, expected ({len(images)}, 4)")
         return Predictions(
-            images=z["image"].astype(str),
+            images=images,
             probs=z["probs"].astype(np.float32),
             targets=targets,
             attributes=[str(a) for a in z["attributes"]],
             image_dir=Path(image_dir) if image_dir else None,
+            rows=rows,
+            boxes=boxes,
         )
 
 
@@ -272,11 +351,11 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
     parameters = trainable = None
     if model_path is not None:
         try:
-            parameters, head = count_parameters(model_path)
+            parameters, head = count_file_parameters(model_path)
             frozen = config.get("model", {}).get("freeze_backbone") and not config.get("unfreeze")
             trainable = head if frozen else parameters
-        except (OSError, ValueError, struct.error):
-            notes.append(f"Could not read the header of {model_path.name}.")
+        except (OSError, ValueError, SafetensorError) as exc:
+            notes.append(f"Could not read the header of {model_path.name} ({exc}).")
     run = RunData(
         name=name or path.resolve().name,
         path=path,

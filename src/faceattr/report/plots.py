@@ -6,20 +6,29 @@ GUI backend is touched and nothing global changes; styles are applied in an ``rc
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from faceattr.report.analysis import AttributeRow, Comparison, Reliability, SubgroupResult
+from faceattr.report.analysis import AttributeRow, Reliability, SubgroupResult
+from faceattr.report.comparison import Comparison
 from faceattr.report.document import Figure
 from faceattr.report.load import RunData
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Colour per run (colour-blind friendly, Tableau 10 order), and the report's accents.
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D")
 GOOD, BAD, NEUTRAL, MUTED = "#2E7D32", "#C62828", "#4C78A8", "#9E9E9E"
 
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.titleweight": "bold",
@@ -49,17 +58,16 @@ def _new(width: float, height: float, **kw):
     return fig
 
 
-def _styled(fn):
+def _styled(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a plotting function inside the report style."""
 
-    def wrapper(*args, **kwargs):
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         import matplotlib
 
         with matplotlib.rc_context(STYLE):
             return fn(*args, **kwargs)
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
@@ -413,11 +421,13 @@ def delta_plot(comp: Comparison, name: str = "deltas") -> Figure | None:
     y = np.arange(n)
     h = 0.8 / len(others)
     for k, i in enumerate(others):
+        # attrs all have a reference accuracy; NaN where run i has none
         d = np.array([
-            np.nan if comp.accuracy[a][i] is None else comp.accuracy[a][i] - comp.accuracy[a][ref]
+            np.nan if (acc := comp.accuracy[a][i]) is None else acc - (comp.accuracy[a][ref] or 0.0)
             for a in attrs
         ])  # fmt: skip
         offs = (k - (len(others) - 1) / 2) * h
+        colours: str | list[str]
         if len(others) == 1:
             colours = [GOOD if v >= 0 else BAD for v in np.nan_to_num(d)]
         else:
