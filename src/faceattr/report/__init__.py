@@ -6,9 +6,11 @@ Typical use::
     runs = load_runs(["runs/frozen", "runs/finetuned"])        # split: test, else valid
     write_report(build_report(runs), "report.html")
 
-The pieces: :mod:`.load` reads run directories, :mod:`.analysis` computes the numbers,
-:mod:`.plots` draws them, :mod:`.gradcam` explains a model's decisions, :mod:`.build`
-assembles format-neutral blocks, and :mod:`.html` / :mod:`.markdown` render them.
+The pieces: :mod:`.load` reads run directories; :mod:`.analysis` (one run) and
+:mod:`.comparison` (several) compute the numbers; :mod:`.plots` draws them and
+:mod:`.gradcam` explains a model's decisions; :mod:`.run_sections`, :mod:`.image_sections`
+and :mod:`.compare_sections` assemble format-neutral blocks (:mod:`.document`), which
+:mod:`.build` puts together; :mod:`.html` / :mod:`.markdown` render them.
 """
 
 from __future__ import annotations
