@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from faceattr.cli.common import err, handle_errors, out
-from faceattr.cli.options import CropOption, data_config
+from faceattr.cli.options import CropOption, choice, data_config
 from faceattr.config import field_default
+from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
 data_app = typer.Typer(
     help="Fetch, prepare and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich"
 )
 
 
-class FetchName(str, Enum):
-    celeba = "celeba"
-    wflw = "wflw"
-    synthetic = "synthetic"
-
-
-class FetchSource(str, Enum):
-    drive = "drive"
-    hf = "hf"
-    mirror = "mirror"
-    from_ = "from"
-
-
 @data_app.command("fetch")
 @handle_errors
 def fetch_command(
-    name: Annotated[FetchName, typer.Argument(help="Dataset to fetch.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            **choice(FETCHABLE, "NAME"), help=f"Dataset to fetch: {', '.join(FETCHABLE)}."
+        ),
+    ],
     root: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
     from_path: Annotated[
         Path | None,
@@ -47,10 +39,11 @@ def fetch_command(
         str | None, typer.Option(help="Base URL of a mirror serving the official file names.")
     ] = None,
     source: Annotated[
-        FetchSource | None,
+        str | None,
         typer.Option(
+            **choice(FETCH_SOURCES),
             help="Use only this source (default: --from, --mirror, else Google Drive "
-            "then the Hugging Face mirror)."
+            "then the Hugging Face mirror).",
         ),
     ] = None,  # fmt: skip
     checksums: Annotated[
@@ -81,12 +74,12 @@ def fetch_command(
     """
     from faceattr.cli.common import RichProgress, print_json
 
-    if name is FetchName.celeba:
+    if name == "celeba":
         from faceattr.data.fetch import fetch_celeba
 
         result = fetch_celeba(
             root,
-            source=source.value if source else None,
+            source=source,
             mirror=mirror,
             from_path=from_path,
             checksums=checksums,
@@ -120,12 +113,12 @@ def fetch_command(
             highlight=False,
         )
         return
-    if name is FetchName.wflw:
+    if name == "wflw":
         _fetch_wflw(root, from_path, mirror, source, checksums, timeout, keep_archive, json_out)
         return
     from faceattr.data.synthetic import write_synthetic_celeba
 
-    if name is FetchName.synthetic:
+    if name == "synthetic":
         path = write_synthetic_celeba(
             root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed
         )
@@ -141,14 +134,14 @@ def _fetch_wflw(
     root: Path,
     from_path: Path | None,
     mirror: str | None,
-    source: FetchSource | None,
+    source: str | None,
     checksums: Path | None,
     timeout: float,
     keep_archive: bool,
     json_out: bool,
 ) -> None:
     from faceattr.cli.common import RichProgress, print_json
-    from faceattr.data.wflw import fetch_wflw
+    from faceattr.data.fetch.wflw import fetch_wflw
     from faceattr.errors import UsageError
 
     if source is not None or checksums is not None:

@@ -98,9 +98,11 @@ def data_config(options: Mapping[str, Any]) -> DataConfig:
     return build_config(config_changes(options)).data
 
 
-def choice(values: Sequence[str]) -> dict[str, Any]:
-    """``typer.Option`` settings that accept exactly ``values`` (a list the core owns, e.g.
-    ``config.OPTIMIZERS``) and show them in --help, so no command restates a list."""
+def choice(values: Sequence[str], name: str | None = None) -> dict[str, Any]:
+    """``typer.Option``/``typer.Argument`` settings that accept exactly ``values`` (a list the
+    core owns, e.g. ``config.OPTIMIZERS``) and show them in --help, so no command restates a
+    list. An argument passes its ``name`` (shown instead of the list: say the choices in its
+    help)."""
     allowed = tuple(values)
 
     def parse(text: str) -> str:
@@ -109,7 +111,8 @@ def choice(values: Sequence[str]) -> dict[str, Any]:
             raise typer.BadParameter(f"{text!r} is not one of {shown}.")
         return text
 
-    return {"parser": parse, "metavar": "[" + "|".join(allowed) + "]"}
+    listed = "|".join(allowed)
+    return {"parser": parse, "metavar": name or f"[{listed}]"}
 
 
 # Options several commands share.

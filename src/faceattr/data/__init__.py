@@ -7,19 +7,21 @@ The formats are registered in :mod:`faceattr.data.registry`; :func:`read_dataset
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from faceattr.config import DataConfig
 from faceattr.data.registry import DATASETS, DatasetSpec, dataset_names, dataset_spec
-from faceattr.data.table import AttributeTable
 from faceattr.errors import UsageError
+
+if TYPE_CHECKING:  # importing this package stays light (no numpy, pandas, PIL): the CLI does
+    import numpy as np
+    from PIL import Image
+
+    from faceattr.data.table import AttributeTable
 
 __all__ = [
     "BOX_COLUMNS",
     "DATASETS",
-    "AttributeTable",
     "DatasetSpec",
     "cut_box",
     "dataset_names",
@@ -37,6 +39,8 @@ BOX_COLUMNS: tuple[str, str, str, str] = ("box_left", "box_top", "box_right", "b
 
 def table_boxes(table: AttributeTable) -> np.ndarray | None:
     """``[N, 4]`` float64 crop boxes of ``table``'s rows, or None when it has none."""
+    import numpy as np
+
     if not all(c in table.frame.columns for c in BOX_COLUMNS):
         return None
     return table.frame[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
@@ -45,6 +49,8 @@ def table_boxes(table: AttributeTable) -> np.ndarray | None:
 def cut_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
     """The pixels of ``box`` (left, top, right, bottom) of ``image``; parts of the box outside
     the image are mid-grey (the normalisation mean, so padding reads as "nothing")."""
+    from PIL import Image
+
     from faceattr.data.images import BACKGROUND_RGB
 
     left, top, right, bottom = (int(round(v)) for v in box)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,10 +32,6 @@ from faceattr.data.archives import unwrap_folder
 from faceattr.data.csvdata import existing_images
 from faceattr.data.table import AttributeTable
 from faceattr.errors import DataError, UsageError
-
-if TYPE_CHECKING:  # handed out by __getattr__ (at the end), for faceattr.cli.data
-    from faceattr.data.fetch.wflw import WflwFetchResult as WflwFetchResult
-    from faceattr.data.fetch.wflw import fetch_wflw as fetch_wflw
 
 ANNOTATIONS_DIR = "WFLW_annotations"
 LIST_DIR = "list_98pt_rect_attr_train_test"
@@ -335,13 +330,3 @@ def read_wflw(
         dataset="wflw",
         notes=notes,
     )
-
-
-def __getattr__(name: str) -> object:
-    # faceattr.cli.data still imports fetch_wflw from here; the fetcher imports this module,
-    # so it can only be handed out lazily. Drop once callers use faceattr.data.fetch.wflw.
-    if name in ("fetch_wflw", "WflwFetchResult"):
-        from faceattr.data.fetch import wflw
-
-        return getattr(wflw, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
