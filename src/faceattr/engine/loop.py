@@ -7,16 +7,15 @@ normalisation run here, batched, on the training device.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from faceattr.data.dataset import Batch
-from faceattr.data.transforms import BatchAugment, Preprocessing, normalize
+from faceattr.data.transforms import BatchAugment, Preprocessing
 from faceattr.engine.ema import ModelEma
 
 
@@ -33,28 +32,13 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
     """Mixed precision on CUDA when ``dtype`` is set; a no-op elsewhere."""
     if dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def _normalizer(
-    preprocessing: Preprocessing | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``preprocessing.normalize``, or the same made of the older ``mean``/``std`` arguments
-    (kept until every caller passes ``preprocessing``)."""
-    if preprocessing is not None:
-        return preprocessing.normalize
-    if mean is None or std is None:
-        raise TypeError(
-            "Pass preprocessing=Preprocessing.from_info(model_info) (or both mean= and std=); "
-            f"got mean={mean!r}, std={std!r}."
-        )
-    return functools.partial(normalize, mean=mean, std=std)
 
 
 def _to_device(
@@ -75,9 +59,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
-    preprocessing: Preprocessing | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    preprocessing: Preprocessing,
     augment: BatchAugment | None = None,
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
@@ -88,10 +70,9 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train for one pass over ``batches``; the scheduler (and ``ema``) step once per batch.
 
-    ``preprocessing`` normalises the (augmented) uint8 batches; ``mean``/``std`` are the
-    older way to say the same.
+    ``preprocessing`` (the model's, :meth:`Preprocessing.from_info`) normalises the
+    augmented batches.
     """
-    norm = _normalizer(preprocessing, mean, std)
     model.train()
     stats = EpochStats()
     loss_sum = correct = known_total = 0.0
@@ -104,7 +85,7 @@ def train_one_epoch(
         x = images.float().div_(255.0)
         if augment is not None:
             x = augment(x, generator)
-        x = norm(x)
+        x = preprocessing.normalize(x)
         mask = ~torch.isnan(targets)
         with autocast_context(device, amp_dtype):
             logits = model(x)
@@ -144,9 +125,7 @@ def predict_batches(
     batches: Iterable[Batch],
     *,
     device: torch.device,
-    preprocessing: Preprocessing | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    preprocessing: Preprocessing,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     on_batch: Callable[[int], None] | None = None,
@@ -155,9 +134,8 @@ def predict_batches(
 
     Returns ``(probs [N, A], targets [N, A], index [N], skipped)`` where ``index`` gives each
     row's position in the dataset and ``skipped`` the unreadable files. ``preprocessing``
-    normalises the uint8 batches (``mean``/``std``: the older way to say the same).
+    (the model's) normalises the uint8 batches.
     """
-    norm = _normalizer(preprocessing, mean, std)
     model.eval()
     probs, targets, index, skipped = [], [], [], []
     for batch in batches:
@@ -166,7 +144,7 @@ def predict_batches(
             continue
         images, t = _to_device(batch, device, channels_last)
         with autocast_context(device, amp_dtype):
-            logits = model(norm(images))
+            logits = model(preprocessing.normalize(images))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         targets.append(t.cpu().numpy())
         index.append(batch.index.numpy())
