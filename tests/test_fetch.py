@@ -21,19 +21,18 @@ import pytest
 from PIL import Image
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
-from faceattr.data import fetch
-from faceattr.data.fetch import (
+from faceattr.data.fetch import FetchResult, fetch_celeba
+from faceattr.data.fetch import release as fetch
+from faceattr.data.fetch.annotations import convert_kaggle_csv
+from faceattr.data.fetch.manifest import MANIFEST_NAME
+from faceattr.data.fetch.release import (
     ATTR_FILE,
     BBOX_FILE,
     IDENTITY_FILE,
     IMAGE_DIR,
     IMAGE_ZIP,
     LANDMARKS_FILE,
-    MANIFEST_NAME,
     PARTITION_FILE,
-    FetchResult,
-    convert_kaggle_csv,
-    fetch_celeba,
     read_checksums,
 )
 from faceattr.errors import DownloadError, UsageError

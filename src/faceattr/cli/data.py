@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from faceattr.cli.common import err, handle_errors, out
-from faceattr.cli.options import CropOption, choice, data_config
+from faceattr.cli.options import CropOption, DatasetArgument, choice, data_config
 from faceattr.config import field_default
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
@@ -188,7 +188,7 @@ def _fetch_wflw(
 @data_app.command("prepare")
 @handle_errors
 def prepare_command(
-    dataset: Annotated[str, typer.Argument(help="Dataset format: celeba (or another reader's).")],
+    dataset: DatasetArgument,
     root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
     img_size: Annotated[
         int | None,
@@ -267,7 +267,7 @@ def prepare_command(
 @data_app.command("stats")
 @handle_errors
 def stats_command(
-    dataset: Annotated[str, typer.Argument(help="Dataset format: celeba, wflw or csv.")],
+    dataset: DatasetArgument,
     root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
     labels: Annotated[
         Path | None, typer.Option(help="csv: the labels file (default ROOT/labels.csv).")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import CacheOption, TtaOverride, data_config
+from faceattr.cli.options import CacheOption, DatasetOption, TtaOverride, data_config
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -22,7 +22,7 @@ def eval_command(
     model: Annotated[
         str, typer.Argument(help="A run directory, a .safetensors model file, or 'default'.")
     ],
-    dataset: Annotated[str, typer.Option(help="Dataset kind: celeba, wflw or csv.")] = "celeba",
+    dataset: DatasetOption = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
     labels: Annotated[
         Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")

@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
-from faceattr.config import CACHE_MODES, CROP_MODES, TTA_MODES, DataConfig, build_config
+from faceattr.config import (
+    CACHE_MODES,
+    CROP_MODES,
+    TTA_MODES,
+    DataConfig,
+    build_config,
+    field_default,
+)
+from faceattr.data.registry import DATASETS, dataset_names
 
 # Command-line option (its Python parameter name) -> the TrainConfig field it sets.
 OPTION_FIELDS: dict[str, str] = {
@@ -116,6 +124,17 @@ def choice(values: Sequence[str], name: str | None = None) -> dict[str, Any]:
 
 
 # Options several commands share.
+DATASET_HELP = "Dataset format: " + "; ".join(f"{s.name}: {s.summary}" for s in DATASETS.values())
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        **choice(dataset_names()),
+        help=f"{DATASET_HELP} [default: {field_default('data.dataset')}].",
+    ),
+]
+DatasetArgument = Annotated[
+    str, typer.Argument(**choice(dataset_names(), "DATASET"), help=f"{DATASET_HELP}.")
+]
 CropOption = Annotated[
     str | None,
     typer.Option(

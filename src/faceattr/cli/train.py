@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import CacheOption, CropOption, choice, config_changes
+from faceattr.cli.options import DATASET_HELP, CacheOption, CropOption, choice, config_changes
 from faceattr.config import (
     AUGMENT_PRESETS,
     DEFAULT_AUGMENT,
@@ -26,6 +26,7 @@ from faceattr.config import (
     TTA_MODES,
     field_default,
 )
+from faceattr.data.registry import dataset_names
 
 TRAIN_HELP = "Training"
 DATA_HELP = "Data"
@@ -242,8 +243,8 @@ def train_command(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="celeba (any CelebA layout; also the synthetic set), wflw, or "
-            "csv (an image folder plus --labels FILE.csv) [default: celeba].",
+            **choice(dataset_names()),
+            help=f"{DATASET_HELP} [default: {field_default('data.dataset')}].",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,

@@ -31,74 +31,39 @@ written by :mod:`faceattr.data.synthetic`.
 
 from __future__ import annotations
 
-from faceattr.data.archives import ArchiveError
-from faceattr.data.fetch.annotations import convert_kaggle_csv
-from faceattr.data.fetch.celeba import FETCH_SOURCES, FetchResult, SourceAttempt, fetch_celeba
-from faceattr.data.fetch.manifest import MANIFEST_NAME, MANIFEST_VERSION
-from faceattr.data.fetch.release import (
-    ATTR_FILE,
-    BBOX_FILE,
-    CELEBA_FILES,
-    DRIVE_FOLDER_URL,
-    DRIVE_URL,
-    DRIVE_URL_ENV,
-    FILES_BY_NAME,
-    HF_URL,
-    HF_URL_ENV,
-    IDENTITY_FILE,
-    IMAGE_DIR,
-    IMAGE_ZIP,
-    KAGGLE_CSV,
-    KAGGLE_DATASET,
-    LANDMARKS_FILE,
-    OFFICIAL_COUNTS,
-    OFFICIAL_MD5,
-    OPTIONAL_FILES,
-    PARTITION_FILE,
-    REQUIRED_FILES,
-    CelebaFile,
-    manual_download_hint,
-    read_checksums,
-)
-from faceattr.data.fetch.remote import MAX_DRIVE_HOPS
-from faceattr.data.fetch.run import ChecksumError
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # The datasets `faceattr data fetch NAME` can fetch (synthetic: written, not downloaded).
 FETCHABLE: tuple[str, ...] = ("celeba", "wflw", "synthetic")
+# Where CelebA can come from (`--source`), in the order they are tried.
+FETCH_SOURCES: tuple[str, ...] = ("drive", "hf", "mirror", "from")
+
+if TYPE_CHECKING:
+    from faceattr.data.fetch.celeba import FetchResult, fetch_celeba
+    from faceattr.data.fetch.wflw import WflwFetchResult, fetch_wflw
+
+# The library API, imported on first use: importing this package stays light (the CLI reads
+# the two lists above at start-up; the fetchers bring the network and archive modules).
+_PUBLIC = {
+    "fetch_celeba": "celeba",
+    "FetchResult": "celeba",
+    "fetch_wflw": "wflw",
+    "WflwFetchResult": "wflw",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "ATTR_FILE",
-    "BBOX_FILE",
-    "CELEBA_FILES",
-    "DRIVE_FOLDER_URL",
-    "DRIVE_URL",
-    "DRIVE_URL_ENV",
     "FETCHABLE",
     "FETCH_SOURCES",
-    "FILES_BY_NAME",
-    "HF_URL",
-    "HF_URL_ENV",
-    "IDENTITY_FILE",
-    "IMAGE_DIR",
-    "IMAGE_ZIP",
-    "KAGGLE_CSV",
-    "KAGGLE_DATASET",
-    "LANDMARKS_FILE",
-    "MANIFEST_NAME",
-    "MANIFEST_VERSION",
-    "MAX_DRIVE_HOPS",
-    "OFFICIAL_COUNTS",
-    "OFFICIAL_MD5",
-    "OPTIONAL_FILES",
-    "PARTITION_FILE",
-    "REQUIRED_FILES",
-    "ArchiveError",
-    "CelebaFile",
-    "ChecksumError",
     "FetchResult",
-    "SourceAttempt",
-    "convert_kaggle_csv",
+    "WflwFetchResult",
     "fetch_celeba",
-    "manual_download_hint",
-    "read_checksums",
+    "fetch_wflw",
 ]

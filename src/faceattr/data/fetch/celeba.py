@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from faceattr.data.archives import ArchiveError
 from faceattr.data.download import DEFAULT_TIMEOUT, disk_error
-from faceattr.data.fetch import release
+from faceattr.data.fetch import FETCH_SOURCES, release
 from faceattr.data.fetch.annotations import scan_partition_file
 from faceattr.data.fetch.local import FromSource, adopt_local_files
 from faceattr.data.fetch.manifest import MANIFEST_NAME
@@ -31,9 +31,6 @@ from faceattr.data.fetch.remote import DriveSource, HttpSource
 from faceattr.data.fetch.run import ChecksumError, FetchRun, SourceError
 from faceattr.errors import DownloadError, UsageError, unknown_name_error
 from faceattr.progress import NullProgress, Progress
-
-# Values of ``fetch_celeba(source=...)`` and of `faceattr data fetch celeba --source`.
-FETCH_SOURCES: tuple[str, ...] = ("drive", "hf", "mirror", "from")
 
 Source = HttpSource | FromSource
 
