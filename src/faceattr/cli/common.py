@@ -6,10 +6,14 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as Bar
+    from rich.progress import TaskID
 
 from faceattr.errors import FaceAttrError
 from faceattr.progress import EpochEnd, Progress
@@ -61,8 +65,8 @@ class RichProgress(Progress):
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self._progress = None
-        self._task = None
+        self._progress: Bar | None = None  # the live bar, while one runs
+        self._task: TaskID | None = None
         # Not a terminal (a log file, CI): plain lines every 10% instead of a live bar.
         self._plain: dict[str, Any] | None = None
 
@@ -75,11 +79,11 @@ class RichProgress(Progress):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.progress import Progress as Bar  # rich's bar, not faceattr's Progress
 
         self.finish()
         if unit == "bytes":
@@ -88,7 +92,7 @@ class RichProgress(Progress):
             counts: tuple = (DownloadColumn(), TransferSpeedColumn())
         else:
             counts = (MofNCompleteColumn(),)
-        self._progress = Progress(
+        self._progress = Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             *counts,
@@ -106,13 +110,14 @@ class RichProgress(Progress):
         if self._plain is not None:
             self._advance_plain(n, info)
             return
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         text = "  ".join(_fmt_info(k, v) for k, v in info.items())
         self._progress.update(self._task, advance=n, info=text)
 
     def _advance_plain(self, n: int, info: dict[str, Any]) -> None:
         p = self._plain
+        assert p is not None
         p["done"] += n
         if not p["total"] or p["done"] / p["total"] < p["next"]:
             return

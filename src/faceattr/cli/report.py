@@ -99,7 +99,7 @@ def report_command(
         raise unknown_name_error("report format", fmt, FORMATS)
     if out_file is None and fmt is not None:
         out_file = Path(f"report.{fmt}")
-    loaded = load_runs(runs, resolve_split_name(split) if split else None)
+    loaded = load_runs(list(runs), resolve_split_name(split) if split else None)
     known = list(dict.fromkeys([*CELEBA_ATTRIBUTES, *(a for r in loaded for a in r.attributes)]))
     groups = parse_attribute_list(by)
     options = ReportOptions(
@@ -162,9 +162,9 @@ def _print_summary(runs, options) -> None:
             for col in ("attribute", f"acc {sub.label_yes}", f"acc {sub.label_no}", "gap",
                         "beyond base rates"):  # fmt: skip
                 t.add_column(col, justify="left" if col == "attribute" else "right")
-            for r in flagged[:10]:
-                gaps = (f"{100 * (g or 0):+.1f}" for g in (r.gap, r.excess_gap))
-                t.add_row(r.attribute, pct(r.acc_yes, 1), pct(r.acc_no, 1), *gaps)
+            for row in flagged[:10]:
+                gaps = (f"{100 * (g or 0):+.1f}" for g in (row.gap, row.excess_gap))
+                t.add_row(row.attribute, pct(row.acc_yes, 1), pct(row.acc_no, 1), *gaps)
             out.print(t)
         for note in a.notes:
             err.print(f"[yellow]Note:[/] {note}", highlight=False)
@@ -181,8 +181,8 @@ def _print_summary(runs, options) -> None:
         t = Table()
         for i, c in enumerate(table.columns):
             t.add_column(c or "metric", justify="left" if i == 0 else "right")
-        for row in table.rows:
-            t.add_row(*[f"[green]{c.text}[/]" if c.tone == "good" else c.text for c in row])
+        for cells in table.rows:
+            t.add_row(*[f"[green]{c.text}[/]" if c.tone == "good" else c.text for c in cells])
         out.print(t)
         if comp.differences:
             d = Table(title="what differs", title_justify="left")
