@@ -131,7 +131,6 @@ def _rich(text: str) -> str:
 
 
 def _print_summary(runs, options) -> None:
-    from faceattr.report.analysis import compare_runs
     from faceattr.report.build import (
         analyze_run,
         comparison_findings,
@@ -139,6 +138,7 @@ def _print_summary(runs, options) -> None:
         duration,
         single_run_findings,
     )
+    from faceattr.report.comparison import compare_runs
 
     analyses = [analyze_run(r, options) for r in runs]
     for a in analyses:

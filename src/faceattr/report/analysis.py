@@ -565,15 +565,3 @@ def analyze_run(run: RunData, options: ReportOptions | None = None) -> RunAnalys
 
 
 # Moved to .comparison; still importable from here until every caller imports from there.
-_MOVED = frozenset({
-    "Comparison", "PairedDifference", "compare_runs", "config_differences", "describe_augment",
-    "describe_config", "paired_difference",
-})  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from faceattr.report import comparison
-
-        return getattr(comparison, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
