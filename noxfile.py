@@ -17,9 +17,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-e", ".[dev,detect]")  # mypy needs the dependencies' types
     session.run("ruff", "check", "src", "tests", "benchmarks", "tools")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "tools")
+    session.run("mypy")  # src/faceattr, configured in pyproject.toml
 
 
 @nox.session

@@ -194,7 +194,7 @@ def prepare_command(
         int | None,
         typer.Option(
             help="Side of the square model input, pixels (as train's "
-            f"[default: {field_default('data.img_size')}]).",
+            f"(default: {field_default('data.img_size')})).",
             min=8,
         ),
     ] = None,

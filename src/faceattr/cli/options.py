@@ -129,7 +129,7 @@ DatasetOption = Annotated[
     str | None,
     typer.Option(
         **choice(dataset_names()),
-        help=f"{DATASET_HELP} [default: {field_default('data.dataset')}].",
+        help=f"{DATASET_HELP} (default: {field_default('data.dataset')}).",
     ),
 ]
 DatasetArgument = Annotated[

@@ -54,7 +54,7 @@ Sample = Annotated[
 Epochs = Annotated[
     int | None,
     typer.Option(
-        help=f"Epochs [train default: {field_default('epochs')}; finetune: the parent's].",
+        help=f"Epochs (train default: {field_default('epochs')}; finetune: the parent's).",
         rich_help_panel=TRAIN_HELP,
         min=1,
     ),
@@ -62,7 +62,7 @@ Epochs = Annotated[
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        help=f"Batch size [train default: {field_default('batch_size')}].",
+        help=f"Batch size (train default: {field_default('batch_size')}).",
         rich_help_panel=TRAIN_HELP,
         min=1,
     ),
@@ -70,8 +70,8 @@ BatchSize = Annotated[
 Lr = Annotated[
     float | None,
     typer.Option(
-        help="Peak learning rate [train default: 1e-3 for adam/adamw, 0.05 for sgd; "
-        "finetune: the parent's / 10].",
+        help="Peak learning rate (train default: 1e-3 for adam/adamw, 0.05 for sgd; "
+        "finetune: the parent's / 10).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
@@ -79,7 +79,7 @@ Opt = Annotated[
     str | None,
     typer.Option(
         **choice(OPTIMIZERS),
-        help=f"Optimizer [train default: {field_default('optim.optimizer')}].",
+        help=f"Optimizer (train default: {field_default('optim.optimizer')}).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
@@ -88,7 +88,7 @@ Sched = Annotated[
     typer.Option(
         **choice(SCHEDULERS),
         help="Learning-rate schedule, stepped per batch "
-        f"[train default: {field_default('optim.scheduler')}].",
+        f"(train default: {field_default('optim.scheduler')}).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
@@ -97,14 +97,14 @@ LossOpt = Annotated[
     typer.Option(
         **choice(LOSSES),
         help="bce, weighted-bce (class weights from training positive rates) or focal "
-        f"[train default: {field_default('optim.loss')}].",
+        f"(train default: {field_default('optim.loss')}).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
 WeightDecay = Annotated[
     float | None,
     typer.Option(
-        help=f"Weight decay [train default: {field_default('optim.weight_decay')}].",
+        help=f"Weight decay (train default: {field_default('optim.weight_decay')}).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
@@ -134,7 +134,7 @@ TtaOpt = Annotated[
     typer.Option(
         **choice(TTA_MODES),
         help="Test-time augmentation stored in the model: flip averages each face "
-        f"with its mirror image (2x inference cost) [train default: {field_default('tta')}].",
+        f"with its mirror image (2x inference cost) (train default: {field_default('tta')}).",
         rich_help_panel=TRAIN_HELP,
     ),
 ]
@@ -144,7 +144,7 @@ Augment = Annotated[
         **choice(tuple(AUGMENT_PRESETS)),
         help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
         "(+ rotation, erasing). The flags below adjust it "
-        f"[train default: {DEFAULT_AUGMENT}; finetune: the parent's].",
+        f"(train default: {DEFAULT_AUGMENT}; finetune: the parent's).",
         rich_help_panel=AUG_HELP,
     ),
 ]
@@ -176,14 +176,14 @@ Erasing = Annotated[
 Device = Annotated[
     str | None,
     typer.Option(
-        help="auto (CUDA when present), cpu, cuda, cuda:N, mps [default: auto].",
+        help="auto (CUDA when present), cpu, cuda, cuda:N, mps (default: auto).",
         rich_help_panel=RUN_HELP,
     ),
 ]
 Seed = Annotated[
     int | None,
     typer.Option(
-        help=f"Random seed [train default: {field_default('seed')}].", rich_help_panel=RUN_HELP
+        help=f"Random seed (train default: {field_default('seed')}).", rich_help_panel=RUN_HELP
     ),
 ]
 Workers = Annotated[
@@ -223,7 +223,7 @@ ThresholdDrop = Annotated[
     float | None,
     typer.Option(
         help="Tuned thresholds may cost an attribute at most this much accuracy "
-        f"[train default: {field_default('threshold_accuracy_drop')}; 1 = no limit].",
+        f"(train default: {field_default('threshold_accuracy_drop')}; 1 = no limit).",
         rich_help_panel=TRAIN_HELP,
         min=0,
     ),
@@ -244,7 +244,7 @@ def train_command(
         str | None,
         typer.Option(
             **choice(dataset_names()),
-            help=f"{DATASET_HELP} [default: {field_default('data.dataset')}].",
+            help=f"{DATASET_HELP} (default: {field_default('data.dataset')}).",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
@@ -264,7 +264,7 @@ def train_command(
         typer.Option(
             help="celebnet (small CNN from scratch), a torchvision name (mobilenet_v2, "
             "resnet50, densenet121, ...) or any timm name. See --list-archs "
-            f"[default: {field_default('model.arch')}].",
+            f"(default: {field_default('model.arch')}).",
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
@@ -284,7 +284,7 @@ def train_command(
     img_size: Annotated[
         int | None,
         typer.Option(
-            help=f"Input size in pixels (square) [default: {field_default('data.img_size')}].",
+            help=f"Input size in pixels (square) (default: {field_default('data.img_size')}).",
             rich_help_panel=DATA_HELP,
             min=16,
         ),
@@ -294,7 +294,7 @@ def train_command(
         typer.Option(
             help="Validation share carved out of train when the data has no "
             "validation split (by identity when known) "
-            f"[default: {field_default('data.valid_fraction')}].",
+            f"(default: {field_default('data.valid_fraction')}).",
             rich_help_panel=DATA_HELP,
         ),
     ] = None,
@@ -335,7 +335,7 @@ def train_command(
         int | None,
         typer.Option(
             help="Hidden width of the attribute head (0 = linear) "
-            f"[default: {field_default('model.num_features')}].",
+            f"(default: {field_default('model.num_features')}).",
             rich_help_panel=MODEL_HELP,
             min=0,
         ),
@@ -343,7 +343,7 @@ def train_command(
     dropout: Annotated[
         float | None,
         typer.Option(
-            help=f"Head dropout [default: {field_default('model.dropout')}].",
+            help=f"Head dropout (default: {field_default('model.dropout')}).",
             rich_help_panel=MODEL_HELP,
         ),
     ] = None,
@@ -362,7 +362,7 @@ def train_command(
         bool | None,
         typer.Option(
             "--amp/--no-amp",
-            help="Mixed precision on CUDA [default: on].",
+            help="Mixed precision on CUDA (default: on).",
             rich_help_panel=RUN_HELP,
         ),
     ] = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from faceattr.config import CELEBA_CROP, FULL_IMAGE, Crop
 
@@ -38,6 +38,16 @@ class DatasetSpec:
     image_dirs: Callable[[Path], list[Path]]
 
 
+def _found_image_dir(find: Callable[[Path], Any], root: Path) -> list[Path]:
+    """``[find(root).image_dir]``, or [] when ``root`` holds no such dataset (any more)."""
+    from faceattr.errors import FaceAttrError
+
+    try:
+        return [find(root).image_dir]
+    except FaceAttrError:
+        return []
+
+
 def _read_celeba(cfg: DataConfig) -> AttributeTable:
     from faceattr.data.celeba import read_celeba
 
@@ -46,12 +56,8 @@ def _read_celeba(cfg: DataConfig) -> AttributeTable:
 
 def _celeba_images(root: Path) -> list[Path]:
     from faceattr.data.celeba import find_celeba
-    from faceattr.errors import FaceAttrError
 
-    try:
-        return [find_celeba(root).image_dir]
-    except FaceAttrError:
-        return []
+    return _found_image_dir(find_celeba, root)
 
 
 def _read_wflw(cfg: DataConfig) -> AttributeTable:
@@ -62,12 +68,8 @@ def _read_wflw(cfg: DataConfig) -> AttributeTable:
 
 def _wflw_images(root: Path) -> list[Path]:
     from faceattr.data.wflw import find_wflw
-    from faceattr.errors import FaceAttrError
 
-    try:
-        return [find_wflw(root).image_dir]
-    except FaceAttrError:
-        return []
+    return _found_image_dir(find_wflw, root)
 
 
 def _read_csv(cfg: DataConfig) -> AttributeTable:

@@ -27,6 +27,7 @@ from faceattr.data import cut_box
 if TYPE_CHECKING:
     import torch
 
+# The normalisation of ImageNet-trained backbones (and of faceattr's own CNN).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from faceattr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceattr.errors import ModelError, UsageError, unknown_name_error
 from faceattr.models.celebnet import CELEBNET_MIN_SIZE, CelebNet
 from faceattr.models.head import AttributeModel
 
 CELEBNET = "celebnet"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _TIMM_PREFIX = "timm/"
 _TV_PREFIXES = ("tv/", "torchvision/")
