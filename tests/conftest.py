@@ -57,6 +57,20 @@ def small_train_config(root: Path, out: Path, **changes):
     return replace(cfg, **changes)
 
 
+def perturb_head(model_file: Path, seed: int = 0) -> None:
+    """Make a second, different model cheaply: jitter the attribute head's output layer."""
+    import torch
+
+    from faceattr.models import load_model_file, save_model_file
+
+    model, info = load_model_file(model_file)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.classifier.weight
+        w.add_(0.5 * w.std() * torch.randn(w.shape, generator=gen))
+    save_model_file(model_file, model, info)
+
+
 class InterruptAfterEpoch(Progress):
     """A training progress sink that raises KeyboardInterrupt (like Ctrl-C) when epoch
     ``epoch`` has ended, i.e. right after its checkpoint was written."""

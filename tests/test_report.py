@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import perturb_head
 from faceattr.cli.app import app
 from faceattr.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from faceattr.engine.fit import write_history
@@ -41,20 +42,6 @@ def _evaluate(run: Path, root: Path, split: str = "test", **kw) -> None:
     evaluate_model(run, DataConfig(root=str(root), workers=0), split, batch_size=64, **kw)
 
 
-def _perturb_head(model_file: Path, seed: int = 0) -> None:
-    """Make a second, different model cheaply: jitter the attribute head's output layer."""
-    import torch
-
-    from faceattr.models import load_model_file, save_model_file
-
-    model, info = load_model_file(model_file)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w = model.classifier.weight
-        w.add_(0.5 * w.std() * torch.randn(w.shape, generator=gen))
-    save_model_file(model_file, model, info)
-
-
 @pytest.fixture(scope="module")
 def runs_dir(trained_run: Path, synthetic_root: Path, tmp_path_factory) -> Path:
     """Two evaluated copies of the trained run: ``baseline`` (tuned thresholds) and
@@ -69,7 +56,7 @@ def runs_dir(trained_run: Path, synthetic_root: Path, tmp_path_factory) -> Path:
     cfg = TrainConfig.load(b / "config.json")
     cfg = replace(cfg, augment=AugmentConfig(hflip=True, rotation=10.0), out=str(b))
     cfg.save(b / "config.json")
-    _perturb_head(b / "model.safetensors")
+    perturb_head(b / "model.safetensors")
     _evaluate(b, synthetic_root, threshold=0.5)
     return base
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import perturb_head
 from faceattr.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from faceattr.data import BOX_COLUMNS, cut_box, load_split
 from faceattr.data.images import load_image
@@ -29,20 +30,6 @@ from faceattr.report.document import Gallery
 from faceattr.report.load import read_predictions
 
 PHOTO_SIZE = (180, 100)  # (width, height): wide photos, square face boxes
-
-
-def _perturb_head(model_file: Path, seed: int = 0) -> None:
-    """A second, different model: jitter the attribute head's output layer."""
-    import torch
-
-    from faceattr.models import load_model_file, save_model_file
-
-    model, info = load_model_file(model_file)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w = model.classifier.weight
-        w.add_(0.5 * w.std() * torch.randn(w.shape, generator=gen))
-    save_model_file(model_file, model, info)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +51,7 @@ def wflw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     )
     fit(replace(cfg, augment=replace(cfg.augment, hflip=False)))
     shutil.copytree(base / "a", base / "b")
-    _perturb_head(base / "b" / "model.safetensors")
+    perturb_head(base / "b" / "model.safetensors")
     for run in ("a", "b"):
         evaluate_model(base / run, data, "test", batch_size=64)
     return root, base / "a", base / "b"
