@@ -11,13 +11,13 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[dev,detect]")
+    session.install("-e", ".[train,detect,dev]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("-e", ".[dev,detect]")  # mypy needs the dependencies' types
+    session.install("-e", ".[train,detect,dev]")  # mypy needs the dependencies' types
     session.run("ruff", "check", "src", "tests", "benchmarks", "tools")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "tools")
     session.run("mypy")  # src/faceattr, configured in pyproject.toml
@@ -25,5 +25,5 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[train,dev]")
     session.run("python", "benchmarks/run_all.py", *session.posargs)

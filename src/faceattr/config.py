@@ -36,6 +36,12 @@ LOSSES: tuple[str, ...] = ("bce", "weighted-bce", "focal")
 THRESHOLD_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1")
 TTA_MODES: tuple[str, ...] = ("none", "flip")  # test-time augmentation (AttributeModel.tta)
 CACHE_MODES: tuple[str, ...] = ("auto", "off")
+# How predict/eval run a model: auto (ONNX Runtime for .onnx files and the default model,
+# PyTorch for run directories and .safetensors files), onnx, or torch.
+BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
+# Faces per model call in predict; chosen by measurement on a 2-core CPU
+# (benchmarks/bench_predict.py): larger batches were no faster per image.
+PREDICT_BATCH_SIZE = 16
 
 
 def default_lr(optimizer: str) -> float:

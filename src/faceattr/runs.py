@@ -10,7 +10,8 @@ from faceattr.config import TrainConfig
 from faceattr.errors import ModelError
 
 DEFAULT_MODEL_NAME = "default"
-DEFAULT_MODEL_FILE = "default.safetensors"
+DEFAULT_MODEL_FILE = "default.safetensors"  # for PyTorch: fine-tuning, Grad-CAM, --backend torch
+DEFAULT_ONNX_FILE = "default.onnx"  # the same model exported for ONNX Runtime (predict, eval)
 # The files of a run directory (see docs/formats.md).
 CONFIG_FILE = "config.json"  # the resolved TrainConfig
 BEST_FILE = "model.safetensors"  # the best epoch's model, with tuned thresholds at the end
@@ -22,20 +23,24 @@ HISTORY_FILE = "history.csv"  # one row per epoch
 RUN_MODEL_FILES = (BEST_FILE, LAST_FILE)
 
 
-def default_model_path() -> Path:
-    """Where the bundled default model lives (it may be absent from a source checkout)."""
-    return Path(str(resources.files("faceattr") / "assets" / DEFAULT_MODEL_FILE))
+def default_model_path(*, onnx: bool = False) -> Path:
+    """Where the bundled default model lives (``onnx``: its ONNX export); either may be absent
+    from a source checkout."""
+    name = DEFAULT_ONNX_FILE if onnx else DEFAULT_MODEL_FILE
+    return Path(str(resources.files("faceattr") / "assets" / name))
 
 
-def resolve_model(ref: str | os.PathLike[str] | None) -> Path:
+def resolve_model(ref: str | os.PathLike[str] | None, *, onnx: bool = False) -> Path:
     """The path of the model file a MODEL reference names; the one resolver for every command.
 
-    ``default`` (or None) is the bundled model; a run directory gives its best model,
+    ``default`` (or None) is the bundled model (``onnx``: its ``.onnx`` export, which
+    :func:`faceattr.inference.backends.resolve_backend` picks for prediction); a run
+    directory gives its best model,
     ``model.safetensors``, or ``last.safetensors`` while training has not written a best one
     yet; anything else must be an existing model file. ModelError otherwise.
     """
     if ref is None or str(ref) == DEFAULT_MODEL_NAME:
-        path = default_model_path()
+        path = default_model_path(onnx=onnx)
         if not path.exists():
             raise ModelError(
                 "This installation of faceattr has no bundled default model.",

@@ -1,13 +1,15 @@
-"""Small shared helpers: atomic file writes, device choice, seeding."""
+"""Small shared helpers: atomic file writes, device choice, seeding, a threaded map."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 
 def _umask() -> int:
@@ -100,3 +102,32 @@ def seed_everything(seed: int) -> None:
 
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
+    """``map(fn, items)`` run by ``workers`` threads, at most ``ahead`` items in flight,
+    results in input order. ``workers=0`` maps in the calling thread."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    source = iter(items)
+    pending: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="faceattr-prepare") as pool:
+        try:
+            for item in source:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                for item in source:  # keep the pool fed: one in, one out
+                    pending.append(pool.submit(fn, item))
+                    break
+                yield result
+        finally:
+            for future in pending:  # stopped early (an error, or the consumer left)
+                future.cancel()

@@ -9,6 +9,7 @@ import typer
 from faceattr import __version__
 from faceattr.cli.data import data_app
 from faceattr.cli.evaluate import eval_command
+from faceattr.cli.export import export_command
 from faceattr.cli.predict import predict_command
 from faceattr.cli.report import report_command
 from faceattr.cli.train import finetune_command, train_command
@@ -28,6 +29,7 @@ app.command("finetune")(finetune_command)
 app.command("eval")(eval_command)
 app.command("predict")(predict_command)
 app.command("report")(report_command)
+app.command("export")(export_command)
 
 
 def _version(value: bool) -> None:
@@ -47,4 +49,7 @@ def _main(
 
 
 def main() -> None:
+    from faceattr.malloc import tune_allocator
+
+    tune_allocator()  # before torch allocates anything (see faceattr.malloc)
     app()

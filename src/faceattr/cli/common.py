@@ -33,15 +33,31 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FaceAttrError as exc:
-            err.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                err.print(exc.hint, highlight=False)
+            report_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            # A package of an extra the light install leaves out (torch, matplotlib, ...).
+            from faceattr.extras import EXTRA_OF, missing_extra_error
+
+            if (exc.name or "").split(".")[0] not in EXTRA_OF:
+                raise
+            error = missing_extra_error(exc.name or "")
+            report_error(error)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]Interrupted.[/]")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def report_error(exc: FaceAttrError) -> None:
+    """The red "Error:" line and the hint (printed literally: no rich markup in them)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
+    if exc.hint:
+        err.print(escape(exc.hint), highlight=False)
 
 
 def print_json(data: Any) -> None:

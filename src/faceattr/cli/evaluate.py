@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import CacheOption, DatasetOption, TtaOverride, data_config
+from faceattr.cli.options import (
+    BackendOption,
+    CacheOption,
+    DatasetOption,
+    TtaOverride,
+    WorkersOption,
+    data_config,
+)
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -20,8 +27,10 @@ SUMMARY_METRICS = (
 @handle_errors
 def eval_command(
     model: Annotated[
-        str, typer.Argument(help="A run directory, a .safetensors model file, or 'default'.")
+        str,
+        typer.Argument(help="A run directory, a .safetensors or .onnx model file, or 'default'."),
     ],
+    backend: BackendOption = "auto",
     dataset: DatasetOption = None,
     root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
     labels: Annotated[
@@ -35,9 +44,9 @@ def eval_command(
         ),
     ] = None,  # fmt: skip
     tta: TtaOverride = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images per model call (64).", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="Image decoding processes.", min=0)] = None,
+    workers: WorkersOption = None,
     cache: CacheOption = None,
     fail_under: Annotated[
         float | None,
@@ -71,6 +80,7 @@ def eval_command(
         model,
         data_config(dict(dataset=dataset, root=root, labels=labels, workers=workers, cache=cache)),
         split,
+        backend=backend,
         batch_size=batch_size,
         device=device,
         threshold=threshold,

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from faceattr.config import (
+    BACKENDS,
     CACHE_MODES,
     CROP_MODES,
     TTA_MODES,
@@ -160,5 +161,23 @@ TtaOverride = Annotated[
         **choice(TTA_MODES),
         help="Test-time augmentation: none (faster), or flip (average each face with its "
         "mirror image). Default: the model's own setting.",
+    ),
+]
+# predict/eval: which engine runs the model.
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        **choice(BACKENDS),
+        help="auto: ONNX Runtime for .onnx files and the default model, PyTorch for run "
+        "directories and .safetensors files; onnx or torch to choose (torch needs "
+        '`pip install "faceattr\\[train]"`).',
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Threads that decode (and detect and align) images ahead of the model; 0: none "
+        "(default: one per core, at most 4).",
+        min=0,
     ),
 ]

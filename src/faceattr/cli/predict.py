@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import TtaOverride
+from faceattr.cli.options import BackendOption, TtaOverride, WorkersOption
+from faceattr.config import PREDICT_BATCH_SIZE
 
 
 def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
@@ -43,8 +44,10 @@ def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
 def predict_command(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders, or - for stdin.")],
     model: Annotated[
-        str, typer.Option(help="A run directory, a .safetensors file, or 'default'.")
+        str,
+        typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'."),
     ] = "default",
+    backend: BackendOption = "auto",
     threshold: Annotated[
         float | None,
         typer.Option(help="One decision threshold for all attributes (default: the model's)."),
@@ -88,7 +91,10 @@ def predict_command(
         bool, typer.Option("--recursive", "-r", help="Recurse into folders.")
     ] = False,
     top: Annotated[int, typer.Option(help="Rows per face in the table (0 = all).", min=0)] = 0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help=f"Faces per model call ({PREDICT_BATCH_SIZE}).", min=1)
+    ] = PREDICT_BATCH_SIZE,
+    workers: WorkersOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     max_pixels: Annotated[
         int | None, typer.Option(help="Refuse images larger than this many pixels.", min=1)
@@ -114,7 +120,7 @@ def predict_command(
             detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
         )
     predictor = Predictor(
-        model, device=device, batch_size=batch_size, threshold=threshold,
+        model, backend=backend, device=device, batch_size=batch_size, threshold=threshold,
         tta=tta,
     )  # fmt: skip
     pictures = PictureWriter(save_crops, annotate)
@@ -128,6 +134,7 @@ def predict_command(
             progress=RichProgress(quiet=quiet),
             total=len(inputs),
             on_image=pictures if pictures.wanted else None,
+            workers=workers,
         )
     )
     if csv_file is not None:

@@ -1,4 +1,8 @@
-"""Evaluate a trained model on a dataset split: metrics, and per-image probabilities saved."""
+"""Evaluate a trained model on a dataset split: metrics, and per-image probabilities saved.
+
+Runs on either backend (ONNX Runtime or PyTorch) through the same
+:class:`~faceattr.inference.predictor.Predictor` that `predict` uses; imports no torch itself.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +14,25 @@ from typing import Any
 import numpy as np
 
 from faceattr.config import DataConfig
+from faceattr.data.batches import iter_pixel_batches
 from faceattr.data.table import AttributeTable
-from faceattr.engine.data import make_batches
-from faceattr.engine.loop import predict_batches
 from faceattr.errors import DataError
+from faceattr.inference.predictor import Predictor
 from faceattr.metrics import metrics_report
+from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import resolve_model, run_config, run_dir_of
-from faceattr.utils import atomic_open, atomic_write_text, resolve_device
+from faceattr.runs import run_config, run_dir_of
+from faceattr.utils import atomic_open, atomic_write_text
 
 
-def evaluate_model(
-    model: str | Path | None,
-    data: DataConfig,
-    split: str = "test",
-    *,
-    batch_size: int = 128,
-    device: str = "auto",
-    threshold: float | None = None,
-    tta: str | None = None,
-    progress: Progress | None = None,
-    save: bool = True,
-) -> dict[str, Any]:
-    """Metrics of ``model`` on ``split`` of the dataset ``data`` describes.
+def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> AttributeTable:
+    """Split ``split`` of the dataset ``data`` describes, with the model's attributes.
 
-    Preprocessing and attributes come from the model file. When the model sits in a run
-    directory, the run's validation carve settings are used (so ``valid`` means the same
-    held-out identities as in training) and, with ``save``, ``metrics-<split>.json`` and
-    ``predictions-<split>.npz`` (per-face probabilities, see :func:`save_predictions`) are
-    written there. ``tta``
-    ("none" or "flip") overrides the model's own test-time augmentation.
+    When the model file sits in a run directory, the run's validation carve settings are
+    used, so ``valid`` means the same held-out identities as in training.
     """
     from faceattr.data import load_split
-    from faceattr.data.transforms import Preprocessing
-    from faceattr.models import load_model_file
-    from faceattr.models.head import check_tta
 
-    if tta is not None:
-        check_tta(tta)  # before the model is loaded
-    progress = progress or NullProgress()
-    path = resolve_model(model)
-    dev = resolve_device(device)
-    net, info = load_model_file(path, device=str(dev))
-    if tta is not None:
-        net.tta = tta
     run_cfg = run_config(path)
     if run_cfg is not None:
         data = replace(
@@ -69,28 +48,75 @@ def evaluate_model(
             + ", ".join(missing[:5]),
             "Evaluate on a dataset with the attributes the model was trained on.",
         )
-    table = table.select_attributes(list(info.attributes))
-    for note in table.notes:
-        progress.log(note)
+    return table.select_attributes(list(info.attributes))
 
-    batches = make_batches(
+
+def predict_table(
+    predictor: Predictor,
+    table: AttributeTable,
+    data: DataConfig | None,
+    *,
+    progress: Progress,
+    description: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(probs [N, A], targets [N, A], index [N], skipped)`` of every readable image of
+    ``table`` (``data``: where a prepared cache may be found)."""
+    batches = iter_pixel_batches(
         table,
-        img_size=info.img_size,
-        crop=info.crop,
-        batch_size=batch_size,
-        workers=data.workers,
-        pin_memory=dev.type == "cuda",
-        data=data,  # a matching `data prepare` cache is used when there is one
+        predictor.preprocessing,
+        batch_size=predictor.batch_size,
+        workers=None if data is None else data.workers,
+        data=data,
         progress=progress,
     )
-    progress.start(f"evaluating {split}", total=len(table))
-    probs, targets, index, skipped = predict_batches(
-        net, batches, device=dev, preprocessing=Preprocessing.from_info(info),
-        on_batch=lambda n: progress.advance(n),
-    )  # fmt: skip
+    progress.start(description, total=len(table))
+    probs, targets, index, skipped = [], [], [], []
+    for batch in batches:
+        skipped.extend(batch.skipped)
+        if len(batch):
+            probs.append(predictor.probabilities_of_pixels(batch.images))
+            targets.append(batch.targets)
+            index.append(batch.index)
+        progress.advance(len(batch) + len(batch.skipped))
     progress.finish()
-    if len(index) == 0:
-        raise DataError(f"None of the {len(table)} images of split {split!r} could be read.")
+    if not probs:
+        raise DataError(f"None of the {len(table)} images of {description} could be read.")
+    return np.concatenate(probs), np.concatenate(targets), np.concatenate(index), skipped
+
+
+def evaluate_model(
+    model: str | Path | None,
+    data: DataConfig,
+    split: str = "test",
+    *,
+    backend: str = "auto",
+    batch_size: int = 64,
+    device: str = "auto",
+    threshold: float | None = None,
+    tta: str | None = None,
+    progress: Progress | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``split`` of the dataset ``data`` describes.
+
+    ``model`` is anything :class:`~faceattr.inference.predictor.Predictor` loads (an
+    ``.onnx`` file runs through ONNX Runtime, a run directory or ``.safetensors`` file
+    through PyTorch unless ``backend`` says otherwise). Preprocessing and attributes come
+    from the model file. When the model sits in a run directory, the run's validation carve
+    settings are used (so ``valid`` means the same held-out identities as in training) and,
+    with ``save``, ``metrics-<split>.json`` and ``predictions-<split>.npz`` (per-face
+    probabilities, see :func:`save_predictions`) are written there. ``tta`` ("none" or
+    "flip") overrides the model's own test-time augmentation.
+    """
+    progress = progress or NullProgress()
+    predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size, tta=tta)
+    path, info = predictor.path, predictor.info
+    table = split_table(path, info, data, split)
+    for note in table.notes:
+        progress.log(note)
+    probs, targets, index, skipped = predict_table(
+        predictor, table, data, progress=progress, description=f"evaluating {split}"
+    )
     thresholds = threshold if threshold is not None else info.thresholds
     metrics = metrics_report(
         probs, targets, list(info.attributes), thresholds, info.train_positive_rates
@@ -98,9 +124,10 @@ def evaluate_model(
     metrics.update(
         split=split,
         model=str(path),
+        backend=predictor.backend.name,
         dataset=data.dataset,
         root=str(data.root),
-        tta=net.tta,
+        tta=predictor.tta,
         skipped_images=len(skipped),
         notes=list(table.notes),
     )

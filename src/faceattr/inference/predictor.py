@@ -1,53 +1,69 @@
 """Predict attributes of face images: the engine behind ``faceattr predict`` and
-:func:`faceattr.predict`."""
+:func:`faceattr.predict`.
+
+:class:`Predictor` holds a loaded model (ONNX Runtime or PyTorch, see
+:mod:`faceattr.inference.backends`) with its preprocessing, test-time augmentation and
+thresholds. :func:`iter_predictions` is a pipeline: worker threads decode, detect and align the
+next images while the model runs on the current batch (Pillow, OpenCV and ONNX Runtime
+release the GIL, so threads are enough).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from faceattr.config import PREDICT_BATCH_SIZE
 from faceattr.data.images import load_image
 from faceattr.data.transforms import Preprocessing
 from faceattr.errors import FaceAttrError
 from faceattr.inference.align import align_face
+from faceattr.inference.backends import check_finite, open_backend
 from faceattr.inference.detect import Detector, create_detector
+from faceattr.models.info import check_tta
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import resolve_model
-from faceattr.utils import resolve_device
+from faceattr.utils import default_workers, ordered_map
+
+DEFAULT_BATCH_SIZE = PREDICT_BATCH_SIZE
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings for large |x|."""
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
 class Predictor:
-    """A loaded model with its preprocessing and decision thresholds.
+    """A loaded model with its preprocessing, test-time augmentation and thresholds.
 
-    ``threshold`` overrides the per-attribute thresholds stored in the model file, ``tta``
-    ("none" or "flip") the model's test-time augmentation.
+    ``model``: ``default``, a run directory, a ``.safetensors`` or an ``.onnx`` file;
+    ``backend``: ``auto`` (ONNX Runtime for ``.onnx`` files and the default model, PyTorch
+    otherwise), ``onnx`` or ``torch``. ``threshold`` overrides the per-attribute thresholds
+    stored in the model file, ``tta`` ("none" or "flip") the model's test-time augmentation.
     """
 
     def __init__(
         self,
         model: str | Path | None = None,
         *,
+        backend: str = "auto",
         device: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         threshold: float | None = None,
         tta: str | None = None,
+        threads: int | None = None,
     ) -> None:
-        from faceattr.models import load_model_file
-        from faceattr.models.head import check_tta
-
         if tta is not None:
             check_tta(tta)  # before the model is loaded
-        self.path = resolve_model(model)
-        self.device = resolve_device(device)
-        self.model, self.info = load_model_file(self.path, device=str(self.device))
-        if tta is not None:
-            self.model.tta = tta
+        self.backend = open_backend(model, backend, device=device, threads=threads)
+        self.path = self.backend.path
+        self.info = self.backend.info
+        self.tta = tta if tta is not None else self.info.tta
         self.preprocessing = Preprocessing.from_info(self.info)
         self.attributes: list[str] = list(self.info.attributes)
         self.batch_size = batch_size
@@ -58,18 +74,33 @@ class Predictor:
         else:
             self.thresholds = np.full(len(self.attributes), 0.5)
 
-    @torch.no_grad()
-    def probabilities(self, crops: Sequence[Image.Image]) -> np.ndarray:
-        """``[N, A]`` probabilities for face crops laid out like CelebA's aligned images."""
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            pixels = self.preprocessing.batch(crops[start : start + self.batch_size])
-            x = torch.from_numpy(pixels).to(self.device)
-            logits = self.model(self.preprocessing.normalize(x))
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels ``[B, 3, S, S]`` (:meth:`Preprocessing.batch`) -> logits ``[B, A]``.
+
+        With flip TTA each image and its mirror image go through the model in one batch of
+        2B and their logits are averaged (as :class:`~faceattr.models.AttributeModel` does).
+        """
+        n = len(pixels)
+        if self.tta == "flip":
+            pixels = np.concatenate([pixels, pixels[..., ::-1]])
+        out = check_finite(self.backend.logits(self.preprocessing.normalize(pixels)), self.path)
+        if self.tta == "flip":
+            out = (out[:n] + out[n:]) / 2
+        return out
+
+    def probabilities_of_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """``[B, A]`` probabilities for uint8 pixels ``[B, 3, S, S]``, in batches."""
+        out = [
+            sigmoid(self.logits(pixels[start : start + self.batch_size]))
+            for start in range(0, len(pixels), self.batch_size)
+        ]
         if not out:
             return np.zeros((0, len(self.attributes)), np.float32)
         return np.concatenate(out)
+
+    def probabilities(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """``[N, A]`` probabilities for face crops laid out like CelebA's aligned images."""
+        return self.probabilities_of_pixels(self.preprocessing.batch(crops))
 
     def describe(self, probs: np.ndarray) -> dict[str, Any]:
         """One face's ``probabilities`` (name -> p) and present ``attributes`` (by probability)."""
@@ -89,6 +120,7 @@ class _Face:
     score: float
     crop: Image.Image
     landmarks: list[list[float]] | None = None
+    pixels: np.ndarray | None = None  # the model's input, made by the worker thread
 
 
 @dataclass
@@ -123,6 +155,45 @@ def _load(source: str | Path | Image.Image, max_pixels: int | None) -> tuple[str
     return str(source), load_image(source, max_pixels=max_pixels)
 
 
+class _Prepare:
+    """One source -> an :class:`_Item` with its faces found, aligned and preprocessed; runs
+    in the worker threads. Detectors that are not thread-safe run under a lock."""
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        detector: Detector | None,
+        max_pixels: int | None,
+        keep_picture: bool,
+    ) -> None:
+        self.preprocessing = preprocessing
+        self.detector = detector
+        self.max_pixels = max_pixels
+        self.keep_picture = keep_picture
+        safe = detector is None or getattr(detector, "thread_safe", False)
+        self.lock: threading.Lock | None = None if safe else threading.Lock()
+
+    def _detect(self, image: Image.Image) -> list[_Face]:
+        if self.detector is None:
+            return faces_whole_image(image)
+        if self.lock is None:
+            return faces_detected(image, self.detector)
+        with self.lock:
+            return faces_detected(image, self.detector)
+
+    def __call__(self, source: str | Path | Image.Image) -> _Item:
+        try:
+            name, image = _load(source, self.max_pixels)
+        except FaceAttrError as exc:
+            return _Item(image=str(source), error=exc.message)
+        item = _Item(image=name, size=(image.width, image.height), faces=self._detect(image))
+        for face in item.faces:
+            face.pixels = self.preprocessing.pixels(face.crop)
+        if self.keep_picture:
+            item.picture = image
+        return item
+
+
 # Called once per image with (result, the decoded image or None, aligned crops per face).
 OnImage = Callable[[dict[str, Any], Image.Image | None, list[Image.Image]], None]
 
@@ -136,52 +207,49 @@ def iter_predictions(
     progress: Progress | None = None,
     total: int | None = None,
     on_image: OnImage | None = None,
+    workers: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one result dict per source, in order, batching faces across images.
 
     With a ``detector`` every face found is aligned and predicted; without one the whole
     image is taken as an aligned face crop. An unreadable source yields an entry with
-    ``error`` set instead of raising.
+    ``error`` set instead of raising. ``workers`` threads (default: one per core, at most 4;
+    0: none) prepare the next images while the model runs.
     """
     progress = progress or NullProgress()
     progress.start("predicting", total=total)
+    workers = default_workers() if workers is None else workers
+    prepare = _Prepare(predictor.preprocessing, detector, max_pixels, on_image is not None)
     pending: list[_Item] = []
     n_faces = 0
 
     def flush() -> Iterator[dict[str, Any]]:
-        probs = predictor.probabilities([f.crop for item in pending for f in item.faces])
+        faces = [f for item in pending for f in item.faces]
+        if faces:
+            pixels = np.stack([f.pixels for f in faces if f.pixels is not None])
+            probs = predictor.probabilities_of_pixels(pixels)
         k = 0
         for item in pending:
-            faces = []
+            entries = []
             for face in item.faces:
                 entry: dict[str, Any] = {"box": face.box, "score": face.score}
                 if face.landmarks is not None:
                     entry["landmarks"] = face.landmarks
                 entry.update(predictor.describe(probs[k]))
-                faces.append(entry)
+                entries.append(entry)
                 k += 1
             result: dict[str, Any] = {"image": item.image}
             if item.size is not None:
                 result["width"], result["height"] = item.size
-            result.update(faces=faces, error=item.error)
+            result.update(faces=entries, error=item.error)
             if on_image is not None:
                 on_image(result, item.picture, [f.crop for f in item.faces])
             yield result
         progress.advance(len(pending))
         pending.clear()
 
-    for source in sources:
-        try:
-            name, image = _load(source, max_pixels)
-        except FaceAttrError as exc:
-            pending.append(_Item(image=str(source), error=exc.message))
-            continue
-        item = _Item(image=name, size=(image.width, image.height))
-        item.faces = faces_whole_image(image) if detector is None else faces_detected(
-            image, detector
-        )  # fmt: skip
-        if on_image is not None:
-            item.picture = image
+    ahead = max(2 * predictor.batch_size, 4 * workers)
+    for item in ordered_map(prepare, sources, workers, ahead):
         pending.append(item)
         n_faces += len(item.faces)
         if n_faces >= predictor.batch_size or len(pending) >= 4 * predictor.batch_size:
@@ -201,9 +269,11 @@ def predict(
     min_score: float | None = None,
     min_face_size: float = 20.0,
     max_faces: int | None = None,
+    backend: str = "auto",
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     tta: str | None = None,
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Attributes of the faces in ``images`` (paths or PIL images).
 
@@ -211,15 +281,18 @@ def predict(
     like CelebA's crops; ``detect=False`` takes each whole image as an aligned crop.
     Returns one dict per image: ``{"image", "width", "height", "faces": [{"box": [x, y, w,
     h], "score", "landmarks": [[x, y] x 5], "probabilities": {attribute: p}, "attributes":
-    [present, most probable first]}], "error"}``. ``tta`` ("none" or "flip") overrides the
-    model's test-time augmentation.
+    [present, most probable first]}], "error"}``. ``backend`` is ``auto`` (ONNX Runtime for
+    ``.onnx`` files and the default model), ``onnx`` or ``torch``; ``tta`` ("none" or
+    "flip") overrides the model's test-time augmentation.
     """
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
-    predictor = Predictor(model, device=device, batch_size=batch_size, threshold=threshold, tta=tta)
+    predictor = Predictor(
+        model, backend=backend, device=device, batch_size=batch_size, threshold=threshold, tta=tta
+    )
     found = None
     if detect:
         found = create_detector(
             detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
         )
-    return list(iter_predictions(images, predictor, detector=found))
+    return list(iter_predictions(images, predictor, detector=found, workers=workers))

@@ -9,15 +9,9 @@ import torch
 from torch import nn
 
 from faceattr.config import TTA_MODES  # AttributeModel.tta, the model file's "tta", --tta
+from faceattr.models.info import check_tta
 
-
-def check_tta(mode: str) -> str:
-    """``mode`` if it is one of :data:`TTA_MODES`, else a UsageError listing them."""
-    if mode not in TTA_MODES:
-        from faceattr.errors import unknown_name_error
-
-        raise unknown_name_error("test-time augmentation", str(mode), TTA_MODES)
-    return mode
+__all__ = ["TTA_MODES", "AttributeModel", "build_head", "check_tta"]
 
 
 def build_head(

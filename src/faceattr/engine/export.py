@@ -1,0 +1,412 @@
+"""`faceattr export`: a model as one self-describing ONNX file, fp32 or int8.
+
+The ONNX graph maps normalised pixels ``[B, 3, S, S]`` to logits ``[B, A]`` (dynamic batch);
+the model's :class:`~faceattr.models.info.ModelInfo` (attributes, preprocessing, thresholds,
+TTA, licence) goes into the file's metadata with the export's provenance, so the file alone is
+enough to predict and evaluate. Test-time augmentation stays outside the graph (the Predictor
+applies it), so ``--tta`` works on an exported model as on the original.
+
+After writing, the export checks itself on real images: the largest probability change
+against PyTorch and how many decisions flip at the model's thresholds. int8 (static
+quantization, QDQ, per-channel, calibrated on real aligned faces) is also compared with fp32
+on a held-out split when one is given, and refused when it loses more than
+``max_accuracy_drop`` points of mean accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceattr.config import DataConfig
+from faceattr.errors import FaceAttrError, UsageError
+from faceattr.extras import require
+from faceattr.metrics import compute_metrics
+from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta, is_onnx
+from faceattr.progress import NullProgress, Progress
+from faceattr.runs import DEFAULT_MODEL_NAME, resolve_model, run_dir_of
+from faceattr.utils import publish
+
+FORMATS = ("onnx",)
+OPSET = 18
+DEFAULT_CALIBRATION_IMAGES = 300
+DEFAULT_MAX_ACCURACY_DROP = 0.2  # points of mean accuracy int8 may lose against fp32
+# How many held-out images the self-check and the int8 comparison use at most by default.
+DEFAULT_CHECK_IMAGES = 2000
+
+
+class ExportRefused(FaceAttrError):
+    """int8 lost too much accuracy: nothing was written (exit code 1)."""
+
+
+def default_output(model: str | os.PathLike[str], source: Path, int8: bool) -> Path:
+    """RUN/model.onnx (model-int8.onnx) for a run directory, FILE.onnx beside a file."""
+    if str(model) == DEFAULT_MODEL_NAME:
+        raise UsageError(
+            "Exporting the default model needs --out FILE.onnx (it would land inside the "
+            "installed package otherwise)."
+        )
+    stem = source.stem + ("-int8" if int8 else "")
+    return source.with_name(stem + ".onnx")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _torch_to_onnx(source: Path, dest: Path, tta: str) -> ModelInfo:
+    """Write the fp32 graph of ``source`` to ``dest`` (metadata added later); its info."""
+    import torch
+
+    from faceattr.models.io import load_model_file
+
+    model, info = load_model_file(source, device="cpu")
+    model.tta = "none"  # TTA stays outside the graph
+    x = torch.zeros(2, 3, info.img_size, info.img_size)
+    batch = torch.export.Dim("batch", min=1)
+    chatter = io.StringIO()  # the exporter prints its steps on stdout
+    with contextlib.redirect_stdout(chatter), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (x,),
+            str(dest),
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+    return replace(info, tta=tta)
+
+
+def _set_metadata(path: Path, entries: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "faceattr"
+    onnx.save(model, str(path))
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over normalised pixel batches."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"pixels": batch}
+
+
+def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on ``pixels``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from faceattr.data.transforms import Preprocessing
+
+    prep = Preprocessing.from_info(info)
+    if info.tta == "flip":  # calibrate on what the model will see: both orientations
+        pixels = np.concatenate([pixels, pixels[..., ::-1]])
+    batches = [prep.normalize(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
+    quantize_static(
+        str(fp32),
+        str(dest),
+        _Calibration(batches),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def _sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def _table_pixels(table: Any, info: ModelInfo, data: DataConfig, progress: Progress,
+                  what: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """uint8 pixels and targets of every readable image of ``table``."""
+    from faceattr.data.batches import iter_pixel_batches
+    from faceattr.data.transforms import Preprocessing
+
+    pixels, targets = [], []
+    progress.start(what, total=len(table))
+    for batch in iter_pixel_batches(
+        table, Preprocessing.from_info(info), batch_size=64, workers=data.workers, data=data
+    ):
+        pixels.append(batch.images)
+        targets.append(batch.targets)
+        progress.advance(len(batch) + len(batch.skipped))
+    progress.finish()
+    if not pixels or not sum(len(p) for p in pixels):
+        raise UsageError(f"None of the images for {what} could be read.")
+    return np.concatenate(pixels), np.concatenate(targets)
+
+
+def _bundled_faces(info: ModelInfo) -> np.ndarray:
+    """The face(s) of the bundled example photo, aligned, and their mirror images."""
+    from importlib import resources
+
+    from faceattr.data.images import load_image
+    from faceattr.data.transforms import Preprocessing
+    from faceattr.inference.detect import create_detector
+    from faceattr.inference.predictor import faces_detected
+
+    photo = load_image(Path(str(resources.files("faceattr") / "assets" / "astronaut.jpg")))
+    crops = [f.crop for f in faces_detected(photo, create_detector(None))]
+    pixels = Preprocessing.from_info(info).batch(crops)
+    return np.concatenate([pixels, pixels[..., ::-1]])
+
+
+def _mean_accuracies(probs: np.ndarray, targets: np.ndarray, info: ModelInfo) -> dict[str, Any]:
+    at_half = compute_metrics(probs, targets, info.attributes, thresholds=0.5)
+    tuned = compute_metrics(probs, targets, info.attributes, thresholds=info.thresholds or 0.5)
+    return {"at_0.5": at_half, "tuned": tuned}
+
+
+def compare_int8(fp32: np.ndarray, int8: np.ndarray, targets: np.ndarray, info: ModelInfo,
+                 split: str) -> dict[str, Any]:  # fmt: skip
+    """Mean accuracy of fp32 and int8 (at 0.5 and at the model's thresholds), in points, and
+    the attribute whose accuracy drops most."""
+    a, b = _mean_accuracies(fp32, targets, info), _mean_accuracies(int8, targets, info)
+    out: dict[str, Any] = {"split": split, "images": len(targets)}
+    for key in ("at_0.5", "tuned"):
+        fa, ia = a[key]["mean_accuracy"] * 100, b[key]["mean_accuracy"] * 100
+        out[key] = {"fp32": round(fa, 3), "int8": round(ia, 3), "drop": round(fa - ia, 3)}
+    drops = {
+        name: (a["tuned"]["per_attribute"][name]["accuracy"] or 0.0)
+        - (b["tuned"]["per_attribute"][name]["accuracy"] or 0.0)
+        for name in info.attributes
+    }
+    worst = max(drops, key=lambda n: drops[n])
+    out["worst_attribute"] = {"name": worst, "drop": round(drops[worst] * 100, 3)}
+    return out
+
+
+def self_check(reference: np.ndarray, exported: np.ndarray, thresholds: np.ndarray,
+               source: str) -> dict[str, Any]:  # fmt: skip
+    """How far the exported model's probabilities are from PyTorch's on the same images."""
+    return {
+        "images": int(len(reference)),
+        "source": source,
+        "max_abs_probability_diff": float(np.abs(reference - exported).max()),
+        "decisions_differ": int(((reference >= thresholds) != (exported >= thresholds)).sum()),
+        "decisions": int(reference.size),
+    }
+
+
+def export_model(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    fmt: str = "onnx",
+    int8: bool = False,
+    data: DataConfig | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    eval_split: str | None = None,
+    eval_images: int | None = DEFAULT_CHECK_IMAGES,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    tta: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` (a run directory, a ``.safetensors`` file or ``default``) to ONNX.
+
+    ``data`` names the real images used for int8 calibration (``calibration_images`` of its
+    train split) and, with ``eval_split`` (e.g. ``valid``: the run's held-out identities),
+    for the self-check and the fp32-vs-int8 comparison. Returns a JSON-ready summary.
+    Nothing is written when a check fails: the file appears complete or not at all.
+    """
+    require("torch", "onnx", "onnxscript", what="faceattr export")
+    if fmt not in FORMATS:
+        from faceattr.errors import unknown_name_error
+
+        raise unknown_name_error("export format", fmt, FORMATS)
+    if tta is not None:
+        check_tta(tta)
+    if int8 and data is None:
+        raise UsageError(
+            "--int8 needs real face images to calibrate on.",
+            "Pass --calibration-root DIR (with --dataset, default celeba): a few hundred "
+            "aligned faces of its train split are used.",
+        )
+    if eval_split is not None and data is None:
+        raise UsageError("--eval-split needs --calibration-root DIR (the dataset to use).")
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    source = resolve_model(model)
+    if is_onnx(source):
+        raise UsageError(f"{source} is already an ONNX file; export a .safetensors model.")
+    out_path = Path(out) if out is not None else default_output(model, source, int8)
+    if out_path.suffix.lower() != ".onnx":
+        raise UsageError(f"--out must end in .onnx, got {out_path}.")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    tmp = [out_path.parent / f".{out_path.name}.{secrets.token_hex(4)}.{k}.onnx"
+           for k in ("fp32", "int8", "final")]  # fmt: skip
+    try:
+        return _export(
+            model, source, out_path, tmp, int8=int8, data=data,
+            calibration_images=calibration_images, eval_split=eval_split,
+            eval_images=eval_images, max_accuracy_drop=max_accuracy_drop, tta=tta,
+            progress=progress, started=started,
+        )  # fmt: skip
+    finally:
+        for t in tmp:
+            t.unlink(missing_ok=True)
+
+
+def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: bool,
+            data: DataConfig | None, calibration_images: int, eval_split: str | None,
+            eval_images: int | None, max_accuracy_drop: float, tta: str | None,
+            progress: Progress, started: float) -> dict[str, Any]:  # fmt: skip
+    from faceattr.engine.evaluate import split_table
+    from faceattr.inference.predictor import Predictor
+    from faceattr.models.info import read_model_info
+
+    fp32_tmp, int8_tmp, final_tmp = tmp
+    base_info = read_model_info(source)
+    info = replace(base_info, tta=tta or base_info.tta)
+
+    # Real images: calibration (train split) and the held-out check split.
+    calib = calib_note = None
+    check = check_targets = None
+    check_source = ""
+    if data is not None:
+        if int8:
+            table = split_table(source, info, data, "train")
+            rows = _sample_rows(len(table), calibration_images)
+            calib, _ = _table_pixels(table.subset(rows), info, data, progress,
+                                     "reading calibration images")  # fmt: skip
+            calib_note = {"dataset": data.dataset, "split": "train", "images": int(len(calib))}
+        if eval_split is not None:
+            table = split_table(source, info, data, eval_split)
+            if eval_images is not None:
+                table = table.subset(_sample_rows(len(table), eval_images))
+            check, check_targets = _table_pixels(table, info, data, progress,
+                                                 f"reading the {eval_split} split")  # fmt: skip
+            check_source = f"{data.dataset} {eval_split} split"
+        elif calib is not None:
+            check, check_source = calib, f"{data.dataset} calibration images"
+    if check is None:
+        check, check_source = _bundled_faces(info), "the bundled example photo"
+
+    progress.log(f"Exporting {source} to ONNX (opset {OPSET})...")
+    _torch_to_onnx(source, fp32_tmp, info.tta)
+    stub = {METADATA_KEY: info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
+    _set_metadata(fp32_tmp, stub)
+    written = fp32_tmp
+    if int8:
+        assert calib is not None
+        progress.log(f"Quantizing to int8, calibrated on {len(calib)} real faces...")
+        _quantize(fp32_tmp, int8_tmp, calib, info)
+        _set_metadata(int8_tmp, stub)
+        written = int8_tmp
+
+    reference = Predictor(source, backend="torch", device="cpu", tta=info.tta)
+    exported = Predictor(written, backend="onnx", device="cpu")
+    ref_probs = reference.probabilities_of_pixels(check)
+    out_probs = exported.probabilities_of_pixels(check)
+    summary: dict[str, Any] = {
+        "model": str(source),
+        "out": str(out_path),
+        "format": "onnx",
+        "precision": "int8" if int8 else "fp32",
+        "opset": OPSET,
+        "tta": info.tta,
+        "check": self_check(ref_probs, out_probs, reference.thresholds, check_source),
+    }
+    if int8 and check_targets is not None:
+        fp32_probs = Predictor(fp32_tmp, backend="onnx", device="cpu").probabilities_of_pixels(
+            check
+        )
+        comparison = compare_int8(fp32_probs, out_probs, check_targets, info, str(eval_split))
+        summary["int8_vs_fp32"] = comparison
+        worst = max(comparison["at_0.5"]["drop"], comparison["tuned"]["drop"])
+        if worst > max_accuracy_drop:
+            raise ExportRefused(
+                f"int8 loses {worst:.2f} points of mean accuracy against fp32 on "
+                f"{comparison['images']} {eval_split} images (at 0.5: "
+                f"{comparison['at_0.5']['drop']:.2f}, tuned: {comparison['tuned']['drop']:.2f}; "
+                f"--max-accuracy-drop {max_accuracy_drop}); nothing was written.",
+                "Export fp32 (without --int8), calibrate on more images "
+                "(--calibration-images), or allow more with --max-accuracy-drop.",
+            )
+    elif int8:
+        summary["int8_vs_fp32"] = None  # no held-out split given: not measured
+
+    provenance = {
+        "source": source.name,
+        "source_sha256": _sha256(source),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "precision": summary["precision"],
+        "opset": OPSET,
+        "calibration": calib_note,
+        "check": summary["check"],
+        "int8_vs_fp32": summary.get("int8_vs_fp32"),
+    }
+    final_info = replace(info, extra={**info.extra, "export": provenance})
+    if run_dir_of(source) is not None:
+        final_info.extra["export"]["run"] = run_dir_of(source).name  # type: ignore[union-attr]
+    os.replace(written, final_tmp)
+    _set_metadata(final_tmp, {METADATA_KEY: final_info.to_json(),
+                              "faceattr_format": str(FORMAT_VERSION)})  # fmt: skip
+    with open(final_tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    publish(final_tmp, out_path)
+    summary["bytes"] = out_path.stat().st_size
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def iter_summary_lines(summary: dict[str, Any]) -> Iterator[str]:
+    """Human-readable lines of an export summary (for the CLI)."""
+    c = summary["check"]
+    size = summary["bytes"] / 1e6
+    yield (
+        f"Wrote {summary['out']} ({summary['precision']}, {size:.1f} MB, opset "
+        f"{summary['opset']}, TTA {summary['tta']}) in {summary['seconds']} s."
+    )
+    yield (
+        f"Check against PyTorch on {c['images']} images ({c['source']}): largest probability "
+        f"change {c['max_abs_probability_diff']:.2e}; {c['decisions_differ']} of "
+        f"{c['decisions']} decisions differ at the model's thresholds."
+    )
+    cmp = summary.get("int8_vs_fp32", "absent")
+    if cmp is None:
+        yield (
+            "int8 accuracy not measured: pass --eval-split valid (held-out images) to compare "
+            "it with fp32."
+        )
+    elif cmp != "absent":
+        for key, label in (("at_0.5", "at 0.5"), ("tuned", "at the tuned thresholds")):
+            v = cmp[key]
+            yield (
+                f"Mean accuracy {label} on {cmp['images']} {cmp['split']} images: fp32 "
+                f"{v['fp32']:.2f}, int8 {v['int8']:.2f} (drop {v['drop']:.2f} points)."
+            )
+        w = cmp["worst_attribute"]
+        yield f"Worst attribute: {w['name']} (drop {w['drop']:.2f} points)."

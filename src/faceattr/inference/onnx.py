@@ -1,0 +1,122 @@
+"""Running an exported ``.onnx`` model with ONNX Runtime (no torch needed).
+
+An ONNX file written by `faceattr export` maps normalised pixels ``[B, 3, S, S]`` (float32,
+input ``pixels``) to logits ``[B, A]`` (output ``logits``), with a dynamic batch axis, and
+carries the model's :class:`~faceattr.models.info.ModelInfo` as JSON in its metadata under
+``"faceattr"``, so the one file is enough to predict and evaluate.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceattr.errors import ModelError, UsageError
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+
+
+def _ort() -> Any:
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: its warnings are not for our users
+    return ort
+
+
+def session_options(threads: int | None = None) -> Any:
+    """Session options for a small CPU: all graph optimisations, threads that sleep when idle
+    (spinning threads steal the cores that decode and detect the next images)."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+def providers_for(device: str) -> list[Any]:
+    """ONNX Runtime execution providers for ``--device`` (auto: CUDA when this onnxruntime
+    build has it, else the CPU)."""
+    ort = _ort()
+    available = ort.get_available_providers()
+    name = (device or "auto").lower()
+    if name == "cpu":
+        return ["CPUExecutionProvider"]
+    if name == "auto":
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    if name.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise UsageError(
+                f"--device {device} was requested, but this onnxruntime has no CUDA support "
+                f"(providers: {', '.join(available)}).",
+                "Use --device cpu, or install onnxruntime-gpu on a CUDA machine.",
+            )
+        index = int(name.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise UsageError(
+        f"--device {device} is not available with the ONNX backend.",
+        "Use --device auto, cpu or cuda[:N], or --backend torch.",
+    )
+
+
+def open_session(
+    path: str | os.PathLike[str], *, device: str = "auto", threads: int | None = None
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``path``; ModelError for a damaged file."""
+    ort = _ort()
+    p = Path(path)
+    try:
+        return ort.InferenceSession(
+            str(p), session_options(threads), providers=providers_for(device)
+        )
+    except UsageError:
+        raise
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"{p} is not a readable ONNX model (truncated or corrupt?): {first[:300]}",
+            "Export it again with `faceattr export MODEL --format onnx`, or use `--model default`.",
+        ) from e
+
+
+def session_metadata(session: Any) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map or {})
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata (``metadata_props``) of an ONNX file."""
+    return session_metadata(open_session(path, device="cpu", threads=1))
+
+
+def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> str:
+    """The input name, after checking the graph has one image input and ``[B, A]`` logits."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problems = []
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        problems.append(f"expected one [B, 3, {img_size}, {img_size}] input")
+    if len(outputs) < 1 or len(outputs[0].shape) != 2:
+        problems.append("expected a [B, attributes] output")
+    elif isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] != num_attributes:
+        problems.append(
+            f"its output has {outputs[0].shape[1]} values but the metadata names "
+            f"{num_attributes} attributes"
+        )
+    if problems:
+        raise ModelError(
+            f"{path} does not look like a faceattr model: {'; '.join(problems)}.",
+            "Export it with `faceattr export MODEL --format onnx`.",
+        )
+    return str(inputs[0].name)
+
+
+def run_logits(session: Any, input_name: str, x: np.ndarray) -> np.ndarray:
+    """Logits ``[B, A]`` (float32) for normalised pixels ``x``."""
+    return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)

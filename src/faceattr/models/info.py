@@ -1,0 +1,177 @@
+"""What a model file says about itself: :class:`ModelInfo`, read without importing torch.
+
+Both model formats carry the same JSON under the key ``"faceattr"``: a ``.safetensors`` file
+in its header metadata, an ``.onnx`` file (from `faceattr export`) in its ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from faceattr import __version__
+from faceattr.config import TTA_MODES
+from faceattr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceattr.errors import ModelError
+
+METADATA_KEY = "faceattr"
+# Bumped only when a reader of the old layout would misread the new one.
+FORMAT_VERSION = 1
+ONNX_SUFFIX = ".onnx"
+
+
+def check_tta(mode: str) -> str:
+    """``mode`` if it is one of :data:`TTA_MODES`, else a UsageError listing them."""
+    if mode not in TTA_MODES:
+        from faceattr.errors import unknown_name_error
+
+        raise unknown_name_error("test-time augmentation", str(mode), TTA_MODES)
+    return mode
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ModelInfo:
+    """Everything besides the weights that a model file needs to rebuild and use the model.
+
+    ``crop`` is (left, top, right, bottom) as fractions of the image width/height, applied
+    before resizing to ``img_size``; ``mean``/``std`` normalise RGB in [0, 1].
+    ``thresholds`` are per-attribute decision thresholds on probabilities (None: 0.5).
+    """
+
+    arch: str
+    attributes: list[str]
+    num_features: int = 512
+    dropout: float = 0.2
+    img_size: int = 224
+    crop: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 1.0])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    thresholds: list[float] | None = None
+    tta: str = "none"  # test-time augmentation in eval mode: none | flip
+    train_positive_rates: list[float] | None = None
+    dataset: str = "unknown"
+    license: str | None = None
+    faceattr_version: str = __version__
+    created: str = field(default_factory=_now)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Normalise tuples / numpy values so the JSON round trip is exact.
+        self.attributes = [str(a) for a in self.attributes]
+        self.crop = [float(v) for v in self.crop]
+        self.mean = [float(v) for v in self.mean]
+        self.std = [float(v) for v in self.std]
+        if self.thresholds is not None:
+            self.thresholds = [float(v) for v in self.thresholds]
+        if self.train_positive_rates is not None:
+            self.train_positive_rates = [float(v) for v in self.train_positive_rates]
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    def validate(self) -> None:
+        """ModelError when the fields contradict each other."""
+        a = len(self.attributes)
+        problems = []
+        if a == 0:
+            problems.append("no attributes")
+        if len(self.crop) != 4:
+            problems.append(f"crop has {len(self.crop)} values, expected 4")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append("mean/std need 3 values (RGB)")
+        if self.tta not in TTA_MODES:
+            problems.append(f"tta is {self.tta!r}, expected one of {TTA_MODES}")
+        for name in ("thresholds", "train_positive_rates"):
+            values = getattr(self, name)
+            if values is not None and len(values) != a:
+                problems.append(f"{name} has {len(values)} values for {a} attributes")
+        if problems:
+            raise ModelError(f"Invalid model info for arch {self.arch!r}: {'; '.join(problems)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Build from a dict, ignoring unknown keys (files from newer versions) and filling
+        defaults for missing ones (files from older versions)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        missing = [k for k in ("arch", "attributes") if k not in kwargs]
+        if missing:
+            raise ModelError(f"Model info lacks required field(s): {', '.join(missing)}.")
+        return cls(**kwargs)
+
+
+def is_onnx(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def info_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> ModelInfo:
+    """The validated :class:`ModelInfo` in a model file's string metadata (``kind`` names the
+    format in messages: "a safetensors file", "an ONNX file")."""
+    raw = metadata.get(METADATA_KEY)
+    if raw is None:
+        how = (
+            "Export one with `faceattr export RUN --format onnx`"
+            if kind.endswith("ONNX file")
+            else "Train one with `faceattr train`"
+        )
+        raise ModelError(
+            f"{path} is {kind} but not a faceattr model file (no {METADATA_KEY!r} metadata).",
+            f"{how}, or use `--model default`. To start training from a backbone's weights "
+            "file, pass it with `--weights FILE` instead.",
+        )
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ModelError(f"{path}: the faceattr metadata is not valid JSON ({e}).") from e
+    info = ModelInfo.from_dict(data)
+    info.validate()
+    return info
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (numpy reader: no torch needed)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type for any malformed header
+        raise ModelError(
+            f"{path} is not a safetensors file (or it is truncated/corrupt): {e}",
+            "Pass a model file written by `faceattr train` (model.safetensors) or "
+            "`faceattr export` (.onnx), or use `--model default`.",
+        ) from e
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """The :class:`ModelInfo` of a model file (``.safetensors`` or ``.onnx``), reading only
+    its metadata.
+
+    ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
+    """
+    from faceattr.runs import resolve_model
+
+    p = resolve_model(path)
+    if is_onnx(p):
+        from faceattr.inference.onnx import read_onnx_metadata
+
+        return info_from_metadata(read_onnx_metadata(p), p, "an ONNX file")
+    return info_from_metadata(read_safetensors_metadata(p), p, "a safetensors file")

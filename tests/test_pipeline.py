@@ -1,0 +1,97 @@
+"""predict's pipeline (worker threads ahead of the model), the light default path, malloc."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faceattr.utils import ordered_map
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def test_ordered_map_keeps_order_and_runs_in_threads():
+    seen: set[str] = set()
+
+    def slow(i: int) -> int:
+        seen.add(threading.current_thread().name)
+        time.sleep(0.002 * (i % 3))  # finish out of order
+        return i * i
+
+    assert list(ordered_map(slow, range(40), workers=3, ahead=8)) == [i * i for i in range(40)]
+    assert len(seen) > 1 and all(n.startswith("faceattr-prepare") for n in seen)
+    assert list(ordered_map(slow, range(5), workers=0, ahead=1)) == [0, 1, 4, 9, 16]
+
+
+def test_ordered_map_stops_early_and_raises_in_order():
+    def fail_at_5(i: int) -> int:
+        if i == 5:
+            raise ValueError("five")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="five"):
+        for v in ordered_map(fail_at_5, range(100), workers=2, ahead=4):
+            got.append(v)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_workers_do_not_change_results(trained_run, synthetic_root, tmp_path):
+    """Threads or none, the same results in the same order, errors in their place."""
+    from faceattr.inference.detect import available_detectors, create_detector
+    from faceattr.inference.predictor import Predictor, iter_predictions
+
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    images = sorted((synthetic_root / "img_align_celeba").glob("*.jpg"))[:30]
+    sources = [*images[:10], tmp_path / "broken.jpg", *images[10:]]
+    predictor = Predictor(trained_run, batch_size=8)
+    plain = list(iter_predictions(sources, predictor, workers=0))
+    threaded = list(iter_predictions(sources, predictor, workers=3))
+    assert plain == threaded
+    assert [r["image"] for r in plain] == [str(s) for s in sources]
+    assert plain[10]["error"] and not plain[11]["error"]
+    if available_detectors():
+        photos = [EXAMPLES / "astronaut.jpg", EXAMPLES / "two-portraits.jpg"] * 3
+        detector = create_detector(None)
+        a = list(iter_predictions(photos, predictor, detector=detector, workers=0))
+        b = list(iter_predictions(photos, predictor, detector=detector, workers=3))
+        assert a == b and [len(r["faces"]) for r in a] == [1, 2] * 3
+
+
+def test_default_predict_imports_no_torch():
+    """The path most users run: the bundled ONNX model, no torch, torchvision or timm."""
+    from faceattr.runs import default_model_path
+
+    if not default_model_path(onnx=True).exists():
+        pytest.skip("no bundled default.onnx in this checkout")
+    code = (
+        "import json, sys\n"
+        "from faceattr.cli.app import main\n"
+        f"sys.argv = ['faceattr', 'predict', {str(EXAMPLES / 'astronaut.jpg')!r}, '--json']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules)\n"
+        "print(json.dumps({'heavy': heavy, 'code': code}), file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    status = json.loads(r.stderr.strip().splitlines()[-1])
+    assert status == {"heavy": [], "code": 0}, r.stderr
+    [entry] = json.loads(r.stdout)
+    assert len(entry["faces"]) == 1 and "Smiling" in entry["faces"][0]["attributes"]
+
+
+def test_allocator_tuning_and_its_opt_out():
+    code = "from faceattr.malloc import tune_allocator; print(tune_allocator())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "FACEATTR_MALLOC": "default"})  # fmt: skip
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION")
+    assert on.stdout.strip() == ("True" if glibc else "False")
+    assert off.stdout.strip() == "False"
