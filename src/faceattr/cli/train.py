@@ -410,6 +410,9 @@ def train_command(
     Example: faceattr train --root data/celeba --arch densenet121 --sample 29500 --loss weighted-bce
     """
     options = dict(locals())  # every option, before anything else is defined here
+    from faceattr.extras import require
+
+    require("torch", what="faceattr train")
     from faceattr.config import TrainConfig, build_config
     from faceattr.engine.fit import fit
 
@@ -558,6 +561,9 @@ def finetune_command(
     Example: faceattr finetune runs/frozen --unfreeze all --epochs 3
     """
     options = dict(locals())  # every option, before anything else is defined here
+    from faceattr.extras import require
+
+    require("torch", what="faceattr finetune")
     from faceattr.engine.finetune import finetune, finetune_config
 
     cfg = finetune_config(run_dir, unfreeze=unfreeze, changes=config_changes(options))

@@ -121,7 +121,10 @@ class _Calibration:
 
 def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> None:
     """Static int8 quantization (QDQ, per-channel weights) calibrated on ``pixels``."""
+    import logging
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from faceattr.data.transforms import Preprocessing
 
@@ -129,16 +132,26 @@ def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> No
     if info.tta == "flip":  # calibrate on what the model will see: both orientations
         pixels = np.concatenate([pixels, pixels[..., ::-1]])
     batches = [prep.normalize(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
-    quantize_static(
-        str(fp32),
-        str(dest),
-        _Calibration(batches),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    pre = dest.with_name(dest.name + ".pre.onnx")
+    # The quantizer logs advice on the root logger; faceattr prints its own summary.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quant_pre_process(str(fp32), str(pre))  # shape inference + clean-up, as ORT advises
+        quantize_static(
+            str(pre),
+            str(dest),
+            _Calibration(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        root.setLevel(level)
+        pre.unlink(missing_ok=True)
 
 
 def _sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
