@@ -65,25 +65,42 @@ def test_workers_do_not_change_results(trained_run, synthetic_root, tmp_path):
         assert a == b and [len(r["faces"]) for r in a] == [1, 2] * 3
 
 
-def test_default_predict_imports_no_torch():
-    """The path most users run: the bundled ONNX model, no torch, torchvision or timm."""
+NO_TORCH_RUN = """
+import json, sys
+from faceattr.cli.app import main
+sys.argv = ["faceattr", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "torchvision", "timm") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "code": code}), file=sys.stderr)
+"""
+
+
+def _run_without_torch_check(*args: str) -> tuple[dict, str]:
+    r = subprocess.run([sys.executable, "-c", NO_TORCH_RUN, *args], capture_output=True,
+                       text=True, timeout=180)  # fmt: skip
+    return json.loads(r.stderr.strip().splitlines()[-1]), r.stdout
+
+
+def test_default_model_predicts_and_evaluates_without_torch(synthetic_root):
+    """The path most users run (the bundled ONNX model) imports no torch, torchvision or
+    timm: predict on a photo, and eval (the CI gate) on a dataset."""
     from faceattr.runs import default_model_path
 
     if not default_model_path(onnx=True).exists():
         pytest.skip("no bundled default.onnx in this checkout")
-    code = (
-        "import json, sys\n"
-        "from faceattr.cli.app import main\n"
-        f"sys.argv = ['faceattr', 'predict', {str(EXAMPLES / 'astronaut.jpg')!r}, '--json']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules)\n"
-        "print(json.dumps({'heavy': heavy, 'code': code}), file=sys.stderr)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    status = json.loads(r.stderr.strip().splitlines()[-1])
-    assert status == {"heavy": [], "code": 0}, r.stderr
-    [entry] = json.loads(r.stdout)
+    status, stdout = _run_without_torch_check("predict", str(EXAMPLES / "astronaut.jpg"), "--json")
+    assert status == {"heavy": [], "code": 0}
+    [entry] = json.loads(stdout)
     assert len(entry["faces"]) == 1 and "Smiling" in entry["faces"][0]["attributes"]
+    status, stdout = _run_without_torch_check(
+        "eval", "default", "--root", str(synthetic_root), "--split", "test", "--json"
+    )
+    assert status == {"heavy": [], "code": 0}
+    metrics = json.loads(stdout)
+    assert metrics["backend"] == "onnx" and metrics["n_images"] == 150
 
 
 def test_allocator_tuning_and_its_opt_out():

@@ -37,7 +37,7 @@ def phi_matrix(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     an attribute is constant over those rows), and how many rows that is. Three matrix
     products instead of a loop over pairs, so 200k x 40 labels take a fraction of a second.
     """
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    from threadpoolctl import threadpool_limits
 
     known = (~np.isnan(labels)).astype(np.float64)
     x = np.nan_to_num(labels.astype(np.float64), nan=0.0)  # 0 where unknown
