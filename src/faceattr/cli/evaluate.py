@@ -133,4 +133,4 @@ def render_metrics(m: dict) -> None:
         summary.add_row(*row)
     out.print(summary)
     if m.get("saved_to"):
-        err.print(f"Saved metrics-{m['split']}.json to {m['saved_to']}", highlight=False)
+        err.print(f"Saved {m['saved_as']} to {m['saved_to']}", highlight=False)

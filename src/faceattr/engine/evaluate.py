@@ -21,7 +21,7 @@ from faceattr.inference.predictor import Predictor
 from faceattr.metrics import metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import run_config, run_dir_of
+from faceattr.runs import RUN_MODEL_FILES, run_config, run_dir_of
 from faceattr.utils import atomic_open, atomic_write_text
 
 
@@ -133,11 +133,17 @@ def evaluate_model(
     )
     run = run_dir_of(path)
     if save and run is not None:
-        atomic_write_text(run / f"metrics-{split}.json", json.dumps(metrics, indent=2) + "\n")
+        # The run's own model writes metrics-<split>.json (what `report` reads); another file
+        # in the run (an export such as model-int8.onnx) gets its name appended.
+        tag = "" if path.name in RUN_MODEL_FILES else f"-{path.stem}"
+        metrics_file = run / f"metrics-{split}{tag}.json"
+        atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
         save_predictions(
-            run / f"predictions-{split}.npz", table, index, probs, targets, list(info.attributes)
-        )
+            run / f"predictions-{split}{tag}.npz", table, index, probs, targets,
+            list(info.attributes),
+        )  # fmt: skip
         metrics["saved_to"] = str(run)
+        metrics["saved_as"] = metrics_file.name
     return metrics
 
 

@@ -30,8 +30,6 @@ from faceattr.models.info import check_tta
 from faceattr.progress import NullProgress, Progress
 from faceattr.utils import default_workers, ordered_map
 
-DEFAULT_BATCH_SIZE = PREDICT_BATCH_SIZE
-
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function without overflow warnings for large |x|."""
@@ -53,7 +51,7 @@ class Predictor:
         *,
         backend: str = "auto",
         device: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = PREDICT_BATCH_SIZE,
         threshold: float | None = None,
         tta: str | None = None,
         threads: int | None = None,
@@ -271,7 +269,7 @@ def predict(
     max_faces: int | None = None,
     backend: str = "auto",
     device: str = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = PREDICT_BATCH_SIZE,
     tta: str | None = None,
     workers: int | None = None,
 ) -> list[dict[str, Any]]:
