@@ -309,11 +309,12 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
     check = check_targets = None
     check_source = ""
     if data is not None:
-        if int8:
+        if int8 or eval_split is None:  # without a held-out split, these are the check too
             table = split_table(source, info, data, "train")
             rows = _sample_rows(len(table), calibration_images)
-            calib, _ = _table_pixels(table.subset(rows), info, data, progress,
-                                     "reading calibration images")  # fmt: skip
+            what = "reading calibration images" if int8 else "reading images to check on"
+            calib, _ = _table_pixels(table.subset(rows), info, data, progress, what)
+        if int8 and calib is not None:
             calib_note = {"dataset": data.dataset, "split": "train", "images": int(len(calib))}
         if eval_split is not None:
             table = split_table(source, info, data, eval_split)
@@ -323,7 +324,7 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
                                                  f"reading the {eval_split} split")  # fmt: skip
             check_source = f"{data.dataset} {eval_split} split"
         elif calib is not None:
-            check, check_source = calib, f"{data.dataset} calibration images"
+            check, check_source = calib, f"{data.dataset} train images"
     if check is None:
         check, check_source = _bundled_faces(info), "the bundled example photo"
 
