@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import pick_root  # benchmarks/common.py
 
 from faceattr.config import CELEBA_CROP, AugmentConfig, DataConfig
 from faceattr.data import read_dataset
@@ -43,21 +44,6 @@ from faceattr.utils import default_workers
 
 BATCH = 64
 LIGHT = AugmentConfig(hflip=True, crop_scale=0.1, shift=0.05, brightness=0.2)
-
-
-def pick_root(arg: str | None, tmp: Path, n_synthetic: int) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), "given"
-    real = os.environ.get("FACEATTR_REAL_DATA")
-    if real and (Path(real) / "celeba-sample").is_dir():
-        return Path(real) / "celeba-sample", "real CelebA sample"
-    from faceattr.data.synthetic import write_synthetic_celeba
-
-    n_valid = n_test = max(1, n_synthetic // 10)
-    root = write_synthetic_celeba(
-        tmp / "synthetic", n_train=n_synthetic - 2 * n_valid, n_valid=n_valid, n_test=n_test
-    )
-    return root, "synthetic (generated)"
 
 
 def warm_files(table: AttributeTable) -> int:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import pick_root  # benchmarks/common.py
 
 from faceattr.config import DataConfig
 from faceattr.data import read_dataset
@@ -90,21 +91,6 @@ if malloc is not None and malloc._state.get("applied"):
 if problems:
     sys.exit("old-path child: " + "; ".join(problems))
 """
-
-
-def pick_root(arg: str | None, tmp: Path, n_synthetic: int) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), "given"
-    real = os.environ.get("FACEATTR_REAL_DATA")
-    if real and (Path(real) / "celeba-sample").is_dir():
-        return Path(real) / "celeba-sample", "real CelebA sample"
-    from faceattr.data.synthetic import write_synthetic_celeba
-
-    n_valid = n_test = max(1, n_synthetic // 10)
-    root = write_synthetic_celeba(
-        tmp / "synthetic", n_train=n_synthetic, n_valid=n_valid, n_test=n_test
-    )
-    return root, "synthetic (generated)"
 
 
 def link_crops(paths: Sequence[Path], folder: Path) -> list[Path]:

@@ -39,6 +39,7 @@ CACHE_MODES: tuple[str, ...] = ("auto", "off")
 # How predict/eval run a model: auto (ONNX Runtime for .onnx files and the default model,
 # PyTorch for run directories and .safetensors files), onnx, or torch.
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
+EXPORT_FORMATS: tuple[str, ...] = ("onnx",)  # `faceattr export --format`
 # Faces per model call in predict; chosen by measurement on a 2-core CPU
 # (benchmarks/bench_predict.py): larger batches were no faster per image.
 PREDICT_BATCH_SIZE = 16

@@ -16,8 +16,7 @@ from faceattr.cli.options import (
     choice,
     data_config,
 )
-
-FORMATS = ("onnx",)  # the engine checks the same list (faceattr.engine.export.FORMATS)
+from faceattr.config import EXPORT_FORMATS
 
 
 @handle_errors
@@ -26,7 +25,7 @@ def export_command(
         str, typer.Argument(help="A run directory, a .safetensors model file, or 'default'.")
     ],
     fmt: Annotated[
-        str, typer.Option("--format", **choice(FORMATS), help="Output format (onnx).")
+        str, typer.Option("--format", **choice(EXPORT_FORMATS), help="Output format (onnx).")
     ] = "onnx",
     int8: Annotated[
         bool,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.config import DataConfig
+from faceattr.config import EXPORT_FORMATS, DataConfig
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
 from faceattr.metrics import compute_metrics
@@ -38,7 +38,6 @@ from faceattr.progress import NullProgress, Progress
 from faceattr.runs import DEFAULT_MODEL_NAME, resolve_model, run_dir_of
 from faceattr.utils import publish
 
-FORMATS = ("onnx",)
 OPSET = 18
 DEFAULT_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_ACCURACY_DROP = 0.2  # points of mean accuracy int8 may lose against fp32
@@ -254,10 +253,10 @@ def export_model(
     Nothing is written when a check fails: the file appears complete or not at all.
     """
     require("torch", "onnx", "onnxscript", what="faceattr export")
-    if fmt not in FORMATS:
+    if fmt not in EXPORT_FORMATS:
         from faceattr.errors import unknown_name_error
 
-        raise unknown_name_error("export format", fmt, FORMATS)
+        raise unknown_name_error("export format", fmt, EXPORT_FORMATS)
     if tta is not None:
         check_tta(tta)
     if int8 and data is None:

@@ -1,0 +1,23 @@
+"""What several benchmarks share (imported as ``common``: the scripts run from this folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def pick_root(arg: str | None, tmp: Path, n_synthetic: int) -> tuple[Path, str]:
+    """The dataset to measure on, and where it came from: ``--root``, else
+    ``$FACEATTR_REAL_DATA/celeba-sample``, else ``n_synthetic`` synthetic images in ``tmp``."""
+    if arg:
+        return Path(arg), "given"
+    real = os.environ.get("FACEATTR_REAL_DATA")
+    if real and (Path(real) / "celeba-sample").is_dir():
+        return Path(real) / "celeba-sample", "real CelebA sample"
+    from faceattr.data.synthetic import write_synthetic_celeba
+
+    n_valid = n_test = max(1, n_synthetic // 10)
+    root = write_synthetic_celeba(
+        tmp / "synthetic", n_train=n_synthetic - 2 * n_valid, n_valid=n_valid, n_test=n_test
+    )
+    return root, "synthetic (generated)"
