@@ -53,7 +53,8 @@ def test_every_train_option_sets_a_config_field():
     from faceattr.cli.train import finetune_command, train_command
     from faceattr.config import field_default
 
-    not_settings = {"resume", "list_archs", "print_config", "json_out", "run_dir", "unfreeze"}
+    not_settings = {"resume", "list_archs", "print_config", "json_out", "run_dir", "unfreeze",
+                    "nproc"}  # fmt: skip
     for command in (train_command, finetune_command):
         params = set(inspect.signature(command).parameters) - not_settings
         assert params <= set(OPTION_FIELDS), params - set(OPTION_FIELDS)

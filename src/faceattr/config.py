@@ -161,6 +161,10 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the device supports it (CUDA)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # distributed on CUDA: batch-norm statistics over all processes
+    # Processes the run trained with (torchrun); recorded by fit(). --batch-size is per
+    # process, so the global batch is batch_size * world_size.
+    world_size: int = 1
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without validation improvement
     # Exponential moving average of the weights (decay per optimiser step, e.g. 0.998; 0 = off);

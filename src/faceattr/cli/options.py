@@ -64,6 +64,7 @@ OPTION_FIELDS: dict[str, str] = {
     "amp": "amp",
     "channels_last": "channels_last",
     "compile": "compile",
+    "sync_bn": "sync_bn",
     "seed": "seed",
     "patience": "patience",
     "ema": "ema",

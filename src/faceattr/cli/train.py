@@ -376,6 +376,24 @@ def train_command(
         bool | None,
         typer.Option("--compile", help="torch.compile the model.", rich_help_panel=RUN_HELP),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="Train with N processes on this machine (distributed data parallel: one per "
+            "GPU, or CPU processes with gloo) by starting torchrun for you. --batch-size is "
+            "per process. On a cluster run torchrun yourself (docs/distributed.md).",
+            min=1,
+            rich_help_panel=RUN_HELP,
+        ),
+    ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--sync-bn",
+            help="Distributed on CUDA: batch-norm statistics over all processes.",
+            rich_help_panel=RUN_HELP,
+        ),
+    ] = None,
     seed: Seed = None,
     workers: Workers = None,
     cache: CacheOption = None,
@@ -414,7 +432,11 @@ def train_command(
 
     require("torch", what="faceattr train")
     from faceattr.config import TrainConfig, build_config
+    from faceattr.engine import distributed
     from faceattr.engine.fit import fit
+
+    if nproc is not None and nproc > 1 and not distributed.launched():
+        _launch_torchrun(nproc)  # runs this same command in N processes, then exits
 
     if list_archs:
         from faceattr.models import list_archs as _list
@@ -425,7 +447,8 @@ def train_command(
     if resume is not None:
         cfg = TrainConfig(out=str(resume))
         result = fit(cfg, progress=RichProgress(), resume=True)
-        _report(result, json_out)
+        if distributed.init(cfg.device).is_main:
+            _report(result, json_out)
         return
     if root is None:
         from faceattr.errors import UsageError
@@ -439,13 +462,40 @@ def train_command(
     if not cfg.out:
         from dataclasses import replace
 
-        cfg = replace(cfg, out=str(_default_run_dir(cfg.data.dataset, cfg.model.arch)))
+        # Distributed, every rank must use rank 0's folder (the name has a time stamp).
+        ctx = distributed.init(cfg.device) if distributed.launched() else distributed.Dist()
+        default_dir = str(_default_run_dir(cfg.data.dataset, cfg.model.arch))
+        cfg = replace(cfg, out=str(distributed.broadcast(ctx, default_dir)))
     if print_config:
         print_json(cfg.to_dict())
         return
-    err.print(f"Training {cfg.model.arch} -> [bold]{cfg.out}[/]", highlight=False)
+    ctx = distributed.init(cfg.device)
+    if ctx.is_main:
+        where = f" on {ctx.world_size} processes, global batch {cfg.batch_size * ctx.world_size}"
+        err.print(f"Training {cfg.model.arch} -> [bold]{cfg.out}[/]"
+                  + (where if ctx.enabled else ""), highlight=False)  # fmt: skip
     result = fit(cfg, progress=RichProgress())
-    _report(result, json_out)
+    if ctx.is_main:
+        _report(result, json_out)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Run the command line of this process again under ``torchrun --standalone
+    --nproc_per_node=N`` (without ``--nproc``) and exit with its status."""
+    import subprocess
+    import sys
+
+    from faceattr.engine.distributed import torchrun_command
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    raise typer.Exit(subprocess.call(torchrun_command(nproc, args)))
 
 
 def _default_run_dir(dataset: str, arch: str) -> Path:
@@ -466,6 +516,8 @@ def _report(result, json_out: bool) -> None:
                 "stopped_early": result.stopped_early,
                 "skipped_images": result.skipped_images,
                 "history": result.history,
+                "world_size": result.world_size,
+                "global_batch_size": result.global_batch_size,
                 "valid": m,
             }
         )

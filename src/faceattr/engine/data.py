@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -27,6 +28,7 @@ def make_batches(
     drop_last: bool = False,
     data: DataConfig | None = None,
     progress: Progress | None = None,
+    order: Sequence[int] | np.ndarray | None = None,
 ) -> Iterable[Batch]:
     """Batches of ``table``: uint8 images ``[B, 3, S, S]``, targets ``[B, A]``.
 
@@ -34,7 +36,8 @@ def make_batches(
     cache of ``data.root`` at this ``img_size``/``crop`` is read in the main process (same
     pixels and, with the same ``generator``, the same batches as decoding); otherwise image
     files are decoded by ``workers`` processes. ``progress`` gets one line saying whether the
-    cache is used, or why not.
+    cache is used, or why not. ``order`` (table rows, e.g. one rank's share of a seeded
+    permutation) replaces ``shuffle``: exactly those rows, in that order.
     """
     if data is not None:
         from faceattr.data.cache import CachedBatches, find_cache
@@ -52,13 +55,15 @@ def make_batches(
                 generator=generator,
                 drop_last=drop_last,
                 pin_memory=pin_memory,
+                order=order,
             )
     workers = default_workers() if workers is None else workers
     dataset = ImageDataset(table, img_size, crop)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and order is None,
+        sampler=None if order is None else [int(i) for i in order],
         generator=generator,
         num_workers=workers,
         collate_fn=collate,

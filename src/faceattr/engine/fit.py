@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -30,7 +31,9 @@ from faceattr.config import TrainConfig
 from faceattr.data.registry import DATASETS
 from faceattr.data.table import AttributeTable
 from faceattr.data.transforms import BatchAugment, Preprocessing
+from faceattr.engine import distributed
 from faceattr.engine.data import make_batches
+from faceattr.engine.distributed import Dist
 from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.engine.optim import Scheduler, amp_setup, make_optimizer, make_scheduler
@@ -40,7 +43,7 @@ from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
 from faceattr.models import AttributeModel, ModelInfo
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE
-from faceattr.utils import atomic_open, atomic_write_text, resolve_device
+from faceattr.utils import atomic_open, atomic_write_text
 
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",
@@ -60,6 +63,8 @@ class FitResult:
     skipped_images: int = 0
     already_finished: bool = False
     stopped_early: bool = False
+    world_size: int = 1  # processes that trained (torchrun)
+    global_batch_size: int = 0  # batch_size * world_size
 
 
 @dataclass
@@ -85,6 +90,8 @@ class Training:
     preprocessing: Preprocessing
     steps_per_epoch: int
     valid_batches: Any  # an iterable of Batch, re-read every epoch
+    dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job
+    valid_rows: np.ndarray | None = None  # distributed: this rank's rows of the valid split
     # Progress through the run: what train_state.pt keeps besides the state dicts.
     history: list[dict[str, float]] = field(default_factory=list)
     best_metric: float = -1.0  # validation mean accuracy of the best epoch
@@ -118,14 +125,17 @@ def fit(
     Progress, log lines and one :class:`~faceattr.progress.EpochEnd` per epoch go to
     ``progress``.
     """
-    progress = progress or NullProgress()
+    ctx = distributed.init(cfg.device)
+    progress = (progress or NullProgress()) if ctx.is_main else NullProgress()
     cfg, state = open_run(cfg, resume)
+    distributed.barrier(ctx)  # every rank has looked at the folder before rank 0 writes
     if state is not None and state.get("finished"):
         return _finished_result(Path(cfg.out), state)
-    t = setup(cfg, progress, init_from=init_from if state is None else None)
+    cfg = replace(cfg, world_size=ctx.world_size)
+    t = setup(cfg, progress, init_from=init_from if state is None else None, ctx=ctx)
     if state is not None:
         restore(t, state, progress)
-    else:
+    elif ctx.is_main:
         t.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(t.run_dir / CONFIG_FILE)
     stopped_early = False
@@ -238,12 +248,20 @@ def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndar
     )
 
 
-def setup(cfg: TrainConfig, progress: Progress, *, init_from: str | Path | None) -> Training:
-    """Read the data, build the model, loss, optimizer and schedule of a run."""
+def setup(
+    cfg: TrainConfig,
+    progress: Progress,
+    *,
+    init_from: str | Path | None,
+    ctx: Dist | None = None,
+) -> Training:
+    """Read the data, build the model, loss, optimizer and schedule of a run (``ctx``: this
+    process's rank when distributed: its device, its share of validation, DDP)."""
     from faceattr.engine.finetune import start_from_parent
     from faceattr.models.head import check_tta
 
-    device = resolve_device(cfg.device)
+    ctx = ctx or Dist()
+    device = distributed.device_for(ctx, cfg.device)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     train_table, valid_table = load_train_valid(cfg)
     notes = list(dict.fromkeys(train_table.notes + valid_table.notes))
@@ -257,20 +275,28 @@ def setup(cfg: TrainConfig, progress: Progress, *, init_from: str | Path | None)
     if init_from is not None:
         progress.log(start_from_parent(model, init_from, attributes))
     info = model_info_for(cfg, attributes, train_rates)
+    if cfg.sync_bn:
+        if not (ctx.enabled and device.type == "cuda"):
+            raise UsageError("--sync-bn needs a distributed run on CUDA (torchrun, NCCL).")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = distributed.wrap(ctx, model, device)  # DDP averages gradients over ranks
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
 
     pos_weight = None
     if cfg.optim.loss == "weighted-bce":
         pos_weight = pos_weight_from_rates(torch.as_tensor(train_rates)).to(device)
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = max(1, len(train_table) // cfg.batch_size)  # drop_last when it fits
+    # drop_last when it fits; distributed, each rank takes len // world_size of the rows.
+    steps_per_epoch = max(1, len(train_table) // (cfg.batch_size * ctx.world_size))
     amp_dtype, scaler = amp_setup(cfg, device)
+    valid_rows = ctx.shard(np.arange(len(valid_table))) if ctx.enabled else None
     valid_batches = make_batches(
-        valid_table,
+        valid_table if valid_rows is None else valid_table.subset(valid_rows),
         img_size=cfg.data.img_size,
         crop=info.crop,
         batch_size=cfg.batch_size * 2,
@@ -288,7 +314,7 @@ def setup(cfg: TrainConfig, progress: Progress, *, init_from: str | Path | None)
         notes=notes,
         info=info,
         model=model,
-        train_model=train_model,  # type: ignore[arg-type]  # torch.compile returns a callable
+        train_model=train_model,
         ema=ema,
         loss_fn=make_loss(cfg.optim.loss, pos_weight=pos_weight, gamma=cfg.optim.focal_gamma),
         optimizer=optimizer,
@@ -299,6 +325,8 @@ def setup(cfg: TrainConfig, progress: Progress, *, init_from: str | Path | None)
         preprocessing=Preprocessing.from_info(info),
         steps_per_epoch=steps_per_epoch,
         valid_batches=valid_batches,
+        dist=ctx,
+        valid_rows=valid_rows,
     )
 
 
@@ -306,7 +334,20 @@ def restore(t: Training, state: dict[str, Any], progress: Progress) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, EMA and the run's counters."""
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
-    if t.scheduler is not None and state.get("scheduler") is not None:
+    saved_world = int(state.get("world_size", 1))
+    if t.scheduler is not None and saved_world != t.dist.world_size:
+        # Another number of processes: other steps per epoch. Rebuild the schedule's
+        # position from the epochs done instead of the saved step count.
+        progress.log(
+            f"Resuming with {t.dist.world_size} process(es) a run that used {saved_world}: "
+            f"the schedule continues from epoch {state['epoch']} at {t.steps_per_epoch} "
+            "steps per epoch."
+        )
+        with warnings.catch_warnings():  # stepping a schedule without optimizer steps is the point
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state["epoch"] * t.steps_per_epoch):
+                t.scheduler.step()
+    elif t.scheduler is not None and state.get("scheduler") is not None:
         t.scheduler.load_state_dict(state["scheduler"])
     if t.scaler is not None and state.get("scaler") is not None:
         t.scaler.load_state_dict(state["scaler"])
@@ -324,20 +365,28 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 
 def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
     """One pass over the training split, with this epoch's seeded shuffle and augmentation."""
-    cfg = t.cfg
-    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc. of this epoch
+    cfg, ctx = t.cfg, t.dist
+    # Dropout etc. of this epoch (and of this rank: ranks see different images).
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * ctx.rank)
+    order, rows = None, len(t.train_table)
+    if ctx.enabled:
+        # The same permutation on every rank; each trains on its share, all shares equal.
+        perm = torch.randperm(rows, generator=_epoch_generator(cfg.seed, epoch, 1)).numpy()
+        rows = rows // ctx.world_size
+        order = ctx.shard(perm)[:rows]
     batches = make_batches(
         t.train_table,
         img_size=cfg.data.img_size,
         crop=t.info.crop,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        shuffle=order is None,
         generator=_epoch_generator(cfg.seed, epoch, 1),
         workers=cfg.data.workers,
         pin_memory=t.device.type == "cuda",
-        drop_last=len(t.train_table) >= cfg.batch_size,
+        drop_last=rows >= cfg.batch_size,
         data=cfg.data,
         progress=progress if epoch == t.next_epoch else None,  # say it once per session
+        order=order,
     )
     progress.start(f"epoch {epoch}/{cfg.epochs}", total=t.steps_per_epoch * cfg.batch_size)
 
@@ -353,7 +402,7 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
         device=t.device,
         preprocessing=t.preprocessing,
         augment=t.augment,
-        generator=_epoch_generator(cfg.seed, epoch, 2),
+        generator=_epoch_generator(cfg.seed, epoch, 2 + 1000 * ctx.rank),
         amp_dtype=t.amp_dtype,
         scaler=t.scaler,
         channels_last=cfg.channels_last,
@@ -377,8 +426,9 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
 
 def validate(t: Training, model: torch.nn.Module, progress: Progress) -> np.ndarray:
     """``[N, A]`` probabilities of ``model`` on the validation split (labels kept in ``t``)."""
-    progress.start("validating", total=len(t.valid_table))
-    probs, targets, _, _ = predict_batches(
+    mine = len(t.valid_table) if t.valid_rows is None else len(t.valid_rows)
+    progress.start("validating", total=mine)
+    probs, targets, index, _ = predict_batches(
         model,
         t.valid_batches,
         device=t.device,
@@ -388,6 +438,12 @@ def validate(t: Training, model: torch.nn.Module, progress: Progress) -> np.ndar
         on_batch=lambda n: progress.advance(n),
     )
     progress.finish()
+    if t.valid_rows is not None:  # distributed: every rank's share, back in split order
+        parts = distributed.gather(t.dist, (t.valid_rows[index], probs, targets))
+        rows = np.concatenate([p[0] for p in parts])
+        order = np.argsort(rows, kind="stable")
+        probs = np.concatenate([p[1] for p in parts])[order]
+        targets = np.concatenate([p[2] for p in parts])[order]
     t.valid_targets = targets
     return probs
 
@@ -396,6 +452,9 @@ def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
     """Train epoch ``epoch``, validate, checkpoint, and tell ``progress``."""
     lr = t.optimizer.param_groups[0]["lr"]
     stats = train_epoch(t, epoch, progress)
+    distributed.sync_buffers(t.dist, t.model)  # one model on every rank (running statistics)
+    if t.ema is not None:
+        distributed.sync_buffers(t.dist, t.ema.module)
     start = time.perf_counter()
     probs = validate(t, t.eval_model, progress)
     assert t.valid_targets is not None
@@ -431,6 +490,9 @@ def save_checkpoint(t: Training, epoch: int, best: bool) -> None:
     and the resume state, each written atomically."""
     from faceattr.models import save_model_file
 
+    if not t.dist.is_main:  # only rank 0 writes; the others wait until the files are there
+        distributed.barrier(t.dist)
+        return
     info = replace(t.info, extra={"epoch": epoch})
     if best:
         save_model_file(t.run_dir / BEST_FILE, t.eval_model, info)
@@ -449,9 +511,11 @@ def save_checkpoint(t: Training, epoch: int, best: bool) -> None:
             "best_metric": t.best_metric,
             "best_epoch": t.best_epoch,
             "bad_epochs": t.bad_epochs,
+            "world_size": t.dist.world_size,
             "finished": False,  # set after thresholds are stored
         },
     )
+    distributed.barrier(t.dist)
 
 
 def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
@@ -479,13 +543,15 @@ def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
             max_accuracy_drop=cfg.threshold_accuracy_drop,
         )
         info = replace(info, thresholds=[float(x) for x in thresholds])
-    save_model_file(t.run_dir / BEST_FILE, best_model, info)
     metrics = metrics_report(probs, targets, attributes, thresholds, train_rates)
     metrics.update(split="valid", model=str(t.run_dir / BEST_FILE))
-    atomic_write_text(t.run_dir / "metrics-valid.json", json.dumps(metrics, indent=2) + "\n")
-    final_state = torch.load(t.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    final_state["finished"] = True
-    _save_state(t.run_dir / STATE_FILE, final_state)
+    if t.dist.is_main:
+        save_model_file(t.run_dir / BEST_FILE, best_model, info)
+        atomic_write_text(t.run_dir / "metrics-valid.json", json.dumps(metrics, indent=2) + "\n")
+        final_state = torch.load(t.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        final_state["finished"] = True
+        _save_state(t.run_dir / STATE_FILE, final_state)
+    distributed.barrier(t.dist)
     return FitResult(
         run_dir=t.run_dir,
         best_epoch=t.best_epoch,
@@ -496,6 +562,8 @@ def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
         notes=t.notes,
         skipped_images=t.skipped_images,
         stopped_early=stopped_early,
+        world_size=t.dist.world_size,
+        global_batch_size=cfg.batch_size * t.dist.world_size,
     )
 
 

@@ -101,7 +101,8 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
-            ema.update(getattr(model, "_orig_mod", model))  # unwrap torch.compile
+            inner = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+            ema.update(getattr(inner, "module", inner))  # and DistributedDataParallel
 
         with torch.no_grad():
             n_known = float(mask.sum())

@@ -165,6 +165,7 @@ class CachedBatches:
         generator: Any = None,
         drop_last: bool = False,
         pin_memory: bool = False,
+        order: Any = None,
     ) -> None:
         import torch
 
@@ -181,13 +182,20 @@ class CachedBatches:
         self.generator = generator
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        # Explicit table rows (one rank's share of an epoch) instead of shuffle.
+        self.order = None if order is None else np.asarray(order, dtype=np.int64)
 
     def __len__(self) -> int:
-        n = len(self.rows)
+        n = len(self.rows) if self.order is None else len(self.order)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _order(self) -> Iterator[list[int]]:
         import torch
+
+        if self.order is not None:
+            n = len(self) * self.batch_size if self.drop_last else len(self.order)
+            rows = self.order[:n].tolist()
+            return iter([rows[i : i + self.batch_size] for i in range(0, n, self.batch_size)])
         from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
         n = len(self.rows)
