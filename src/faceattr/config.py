@@ -159,7 +159,9 @@ class TrainConfig:
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # mixed precision where the device supports it (CUDA)
-    channels_last: bool = False
+    # Channels-last memory format; None: on for the CPU and CUDA, where it measured faster
+    # (EfficientNet-Lite0 training on a 2-core CPU: 2x), off elsewhere.
+    channels_last: bool | None = None
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # distributed on CUDA: batch-norm statistics over all processes
     # Processes the run trained with (torchrun); recorded by fit(). --batch-size is per

@@ -369,7 +369,10 @@ def train_command(
     channels_last: Annotated[
         bool | None,
         typer.Option(
-            "--channels-last", help="Channels-last memory format.", rich_help_panel=RUN_HELP
+            "--channels-last/--no-channels-last",
+            help="Channels-last memory format (default: on for the CPU and CUDA, where it is "
+            "faster).",
+            rich_help_panel=RUN_HELP,
         ),
     ] = None,
     compile: Annotated[

@@ -90,6 +90,7 @@ class Training:
     preprocessing: Preprocessing
     steps_per_epoch: int
     valid_batches: Any  # an iterable of Batch, re-read every epoch
+    channels_last: bool = False  # cfg.channels_last resolved for the device
     dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job
     valid_rows: np.ndarray | None = None  # distributed: this rank's rows of the valid split
     # Progress through the run: what train_state.pt keeps besides the state dicts.
@@ -248,6 +249,11 @@ def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndar
     )
 
 
+def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """``--channels-last`` as given, or (None) on for the CPU and CUDA."""
+    return device.type in ("cpu", "cuda") if setting is None else bool(setting)
+
+
 def setup(
     cfg: TrainConfig,
     progress: Progress,
@@ -280,7 +286,8 @@ def setup(
             raise UsageError("--sync-bn needs a distributed run on CUDA (torchrun, NCCL).")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if cfg.channels_last:
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = distributed.wrap(ctx, model, device)  # DDP averages gradients over ranks
     if cfg.compile:
@@ -327,6 +334,7 @@ def setup(
         valid_batches=valid_batches,
         dist=ctx,
         valid_rows=valid_rows,
+        channels_last=channels_last,
     )
 
 
@@ -405,7 +413,7 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
         generator=_epoch_generator(cfg.seed, epoch, 2 + 1000 * ctx.rank),
         amp_dtype=t.amp_dtype,
         scaler=t.scaler,
-        channels_last=cfg.channels_last,
+        channels_last=t.channels_last,
         ema=t.ema,
         on_batch=on_batch,
     )
@@ -434,7 +442,7 @@ def validate(t: Training, model: torch.nn.Module, progress: Progress) -> np.ndar
         device=t.device,
         preprocessing=t.preprocessing,
         amp_dtype=t.amp_dtype,
-        channels_last=t.cfg.channels_last,
+        channels_last=t.channels_last,
         on_batch=lambda n: progress.advance(n),
     )
     progress.finish()
@@ -469,7 +477,8 @@ def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
         "val_loss": _val_loss(probs, t.valid_targets),
         "val_mean_accuracy": val["mean_accuracy"],
         "val_strict_accuracy": val["strict_accuracy"],
-        "images_per_second": stats.images_per_second,
+        # All processes together (each trains an equal share of the epoch).
+        "images_per_second": stats.images_per_second * t.dist.world_size,
         "seconds": stats.seconds + (time.perf_counter() - start),
     }
     t.history.append(row)

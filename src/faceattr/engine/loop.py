@@ -18,6 +18,8 @@ from faceattr.data.dataset import Batch
 from faceattr.data.transforms import BatchAugment, Preprocessing
 from faceattr.engine.ema import ModelEma
 
+SYNC_EVERY = 10  # training steps between reads of the running loss and accuracy
+
 
 @dataclass
 class EpochStats:
@@ -39,6 +41,12 @@ def autocast_context(
     if dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _read_sums(stats: EpochStats, sums: torch.Tensor) -> None:
+    loss_sum, correct, known = (float(v) for v in sums.tolist())
+    stats.loss = loss_sum / max(known, 1.0)
+    stats.accuracy = correct / max(known, 1.0)
 
 
 def _to_device(
@@ -75,8 +83,11 @@ def train_one_epoch(
     """
     model.train()
     stats = EpochStats()
-    loss_sum = correct = known_total = 0.0
+    # Running sums stay on the device: reading them (a host sync) happens only every
+    # SYNC_EVERY steps, for the progress line, so the GPU is never waited for per step.
+    sums = torch.zeros(3, device=device)  # loss * known labels, correct, known labels
     start = time.perf_counter()
+    step = 0
     for batch in batches:
         stats.skipped.extend(batch.skipped)
         if len(batch) == 0:
@@ -105,17 +116,17 @@ def train_one_epoch(
             ema.update(getattr(inner, "module", inner))  # and DistributedDataParallel
 
         with torch.no_grad():
-            n_known = float(mask.sum())
-            pred = logits.detach() > 0
-            correct += float(((pred == (targets > 0.5)) & mask).sum())
-            known_total += n_known
-            loss_sum += float(loss.detach()) * n_known
+            known = mask.sum()
+            correct = (((logits.detach() > 0) == (targets > 0.5)) & mask).sum()
+            sums += torch.stack([loss.detach() * known, correct, known]).float()
         stats.images += len(batch)
-        stats.seconds = time.perf_counter() - start
-        stats.loss = loss_sum / max(known_total, 1.0)
-        stats.accuracy = correct / max(known_total, 1.0)
+        step += 1
         if on_batch is not None:
+            if step % SYNC_EVERY == 1 or SYNC_EVERY == 1:
+                _read_sums(stats, sums)
+            stats.seconds = time.perf_counter() - start
             on_batch(len(batch), stats)
+    _read_sums(stats, sums)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -82,7 +82,11 @@ def describe_config(cfg: dict[str, Any]) -> dict[str, str]:
     out["epochs"] = str(cfg.get("epochs", "?")) + (
         f" (early stop after {cfg['patience']})" if cfg.get("patience") else ""
     )
-    out["batch size"] = str(cfg.get("batch_size", "?"))
+    world = int(cfg.get("world_size", 1) or 1)
+    batch = cfg.get("batch_size", "?")
+    out["batch size"] = (
+        f"{batch} x {world} processes" if world > 1 else str(batch)
+    )  # per process x processes: the global batch
     opt = f"{optim.get('optimizer', '?')}, lr {_fmt_num(optim.get('lr', '?'))}"
     if optim.get("weight_decay"):
         opt += f", weight decay {_fmt_num(optim['weight_decay'])}"

@@ -1,0 +1,155 @@
+"""Training speed: faceattr's own loop against a bare PyTorch loop, and against the old settings.
+
+    python benchmarks/bench_train.py [--arch efficientnet_lite0] [--img-size 160]
+        [--batch-size 64] [--images 640] [--device cpu] [--quick]
+
+Each row runs in its own process (so the allocator setting is exactly the row's) on a synthetic
+CelebA-format set of ``--images`` training images written to a temporary folder (178x218
+JPEGs, like CelebA's crops), measured side by side in one run:
+
+- **bare loop**: the same network (``create_model``), batch and input size, AdamW, uint8
+  batches already in memory, normalised and pushed through forward + backward + step, nothing
+  else (channels-last and the tuned allocator, like faceattr's defaults);
+- **faceattr, cache**: ``fit()`` with its defaults, reading the prepared cache (`data
+  prepare`): batching, the light augmentation, the loss over known labels, metrics,
+  progress;
+- **faceattr, JPEGs**: the same, decoding the JPEG files with worker processes;
+- **faceattr, before**: ``fit()`` as it ran before channels-last became the default on the
+  CPU and the allocator was tuned (``--no-channels-last``, ``FACEATTR_MALLOC=default``).
+
+faceattr's rate is its training loop's img/s in the last of 3 epochs (the first two warm up:
+the allocator's heap grows to its working size; validation is not counted); the bare loop
+times the same number of steps after 3 warm-up steps. Ratios: faceattr / bare loop (target
+>= 0.9 on the cache path) and faceattr / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+args = json.loads(sys.argv[1])
+if args["row"] == "bare":
+    from faceattr.malloc import tune_allocator
+    tune_allocator()
+    import torch
+    from faceattr.data.transforms import Preprocessing
+    from faceattr.models import create_model
+    device = torch.device(args["device"])
+    torch.manual_seed(0)
+    model = create_model(args["arch"], 40, img_size=args["img_size"]).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    prep = Preprocessing(args["img_size"])
+    b, s = args["batch_size"], args["img_size"]
+    images = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device)
+    targets = torch.randint(0, 2, (b, 40), device=device).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        x = prep.normalize(images.contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(model(x), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    n = args["steps"]
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print(json.dumps({"ips": n * b / (time.perf_counter() - start)}))
+else:
+    from faceattr.config import AUGMENT_PRESETS, DataConfig, ModelConfig, TrainConfig
+    from faceattr.engine.fit import fit
+    cfg = TrainConfig(
+        data=DataConfig(root=args["root"], img_size=args["img_size"], cache=args["cache"]),
+        model=ModelConfig(arch=args["arch"]),
+        augment=AUGMENT_PRESETS["light"],
+        epochs=3,
+        batch_size=args["batch_size"],
+        device=args["device"],
+        channels_last=args["channels_last"],
+        tune_thresholds=False,
+        out=args["out"],
+    )
+    result = fit(cfg)
+    print(json.dumps({"ips": result.history[-1]["images_per_second"]}))
+"""
+
+
+def run_row(row: str, common: dict, env_extra: dict[str, str] | None = None, **kw) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "FACEATTR_MALLOC"))}
+    env.update(env_extra or {})
+    args = json.dumps({**common, "row": row, **kw})
+    r = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"row {row} failed:\n{r.stderr[-3000:]}")
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["ips"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--images", type=int, default=640)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="celebnet at 64 px, 256 images")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.arch, args.img_size, args.images, args.batch_size = "celebnet", 64, 256, 32
+
+    from faceattr.config import DataConfig
+    from faceattr.data.cache import prepare_cache
+    from faceattr.data.synthetic import write_synthetic_celeba
+
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    cpu = platform.processor() or platform.machine()
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load}; device {args.device}")
+    with tempfile.TemporaryDirectory(prefix="faceattr-bench-train-") as tmp:
+        root = write_synthetic_celeba(Path(tmp) / "data", n_train=args.images, n_valid=64,
+                                      n_test=0)  # fmt: skip
+        prepare_cache(DataConfig(root=str(root), img_size=args.img_size))
+        steps = args.images // args.batch_size
+        common = {"arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size,
+                  "device": args.device, "root": str(root), "steps": steps}  # fmt: skip
+        rows = {}
+        for name, kw, env in (
+            ("bare loop", {"row": "bare"}, None),
+            ("faceattr, cache", {"row": "fit", "cache": "auto", "channels_last": None}, None),
+            ("faceattr, JPEGs", {"row": "fit", "cache": "off", "channels_last": None}, None),
+            ("faceattr, before (NCHW, default allocator), cache",
+             {"row": "fit", "cache": "auto", "channels_last": False},
+             {"FACEATTR_MALLOC": "default"}),
+        ):  # fmt: skip
+            row = kw.pop("row")
+            rows[name] = run_row(row, common, env, out=str(Path(tmp) / name.replace(" ", "_")),
+                                 **kw)  # fmt: skip
+            print(f"  {name}: {rows[name]:.1f} img/s", file=sys.stderr, flush=True)
+
+    bare, before = rows["bare loop"], rows["faceattr, before (NCHW, default allocator), cache"]
+    print(f"\n### {args.arch}, {args.img_size} px, batch {args.batch_size}, {steps} steps an "
+          f"epoch ({args.images} images)\n")  # fmt: skip
+    print("| path | img/s | / bare loop | / before |\n|---|---:|---:|---:|")
+    for name, ips in rows.items():
+        print(f"| {name} | {ips:.1f} | {ips / bare:.2f} | {ips / before:.2f} |")
+    print(f"\nLoad average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
