@@ -1,7 +1,7 @@
 """Training speed: faceattr's own loop against a bare PyTorch loop, and against the old settings.
 
-    python benchmarks/bench_train.py [--arch efficientnet_lite0] [--img-size 160]
-        [--batch-size 64] [--images 640] [--device cpu] [--quick]
+    python benchmarks/bench_train.py [--archs efficientnet_lite0,resnet50] [--sizes 128,160]
+        [--batch-size 64] [--images 640] [--device cpu|cuda] [--compile] [--quick]
 
 Each row runs in its own process (so the allocator setting is exactly the row's) on a synthetic
 CelebA-format set of ``--images`` training images written to a temporary folder (178x218
@@ -84,6 +84,7 @@ else:
         batch_size=args["batch_size"],
         device=args["device"],
         channels_last=args["channels_last"],
+        compile=args.get("compile", False),
         tune_thresholds=False,
         out=args["out"],
     )
@@ -102,52 +103,65 @@ def run_row(row: str, common: dict, env_extra: dict[str, str] | None = None, **k
     return float(json.loads(r.stdout.strip().splitlines()[-1])["ips"])
 
 
+def measure(arch: str, size: int, args: argparse.Namespace, root: Path, tmp: Path) -> None:
+    """One table: every row for ``arch`` at ``size`` px."""
+    from faceattr.config import DataConfig
+    from faceattr.data.cache import prepare_cache
+
+    prepare_cache(DataConfig(root=str(root), img_size=size))
+    steps = args.images // args.batch_size
+    common = {"arch": arch, "img_size": size, "batch_size": args.batch_size,
+              "device": args.device, "root": str(root), "steps": steps}  # fmt: skip
+    before_name = "faceattr, before (NCHW, default allocator), cache"
+    plan: list[tuple[str, dict, dict | None]] = [
+        ("bare loop", {"row": "bare"}, None),
+        ("faceattr, cache", {"row": "fit", "cache": "auto", "channels_last": None}, None),
+        ("faceattr, JPEGs", {"row": "fit", "cache": "off", "channels_last": None}, None),
+        (before_name, {"row": "fit", "cache": "auto", "channels_last": False},
+         {"FACEATTR_MALLOC": "default"}),
+    ]  # fmt: skip
+    if args.compile:
+        plan.append(("faceattr, cache, --compile",
+                     {"row": "fit", "cache": "auto", "channels_last": None, "compile": True},
+                     None))  # fmt: skip
+    rows = {}
+    for name, kw, env in plan:
+        row = kw.pop("row")
+        out = str(tmp / f"{arch}-{size}-{name}".replace(" ", "_").replace(",", ""))
+        rows[name] = run_row(row, common, env, out=out, **kw)
+        print(f"  {arch} {size} px, {name}: {rows[name]:.1f} img/s", file=sys.stderr, flush=True)
+    bare, before = rows["bare loop"], rows[before_name]
+    print(f"\n### {arch}, {size} px, batch {args.batch_size}, {steps} steps an epoch "
+          f"({args.images} images), {args.device}\n")  # fmt: skip
+    print("| path | img/s | / bare loop | / before |\n|---|---:|---:|---:|")
+    for name, ips in rows.items():
+        print(f"| {name} | {ips:.1f} | {ips / bare:.2f} | {ips / before:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="efficientnet_lite0")
-    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--archs", default="efficientnet_lite0", help="comma-separated")
+    p.add_argument("--sizes", default="160", help="comma-separated input sizes, pixels")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--images", type=int, default=640)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="add a row with torch.compile")
     p.add_argument("--quick", action="store_true", help="celebnet at 64 px, 256 images")
     args = p.parse_args(argv)
     if args.quick:
-        args.arch, args.img_size, args.images, args.batch_size = "celebnet", 64, 256, 32
+        args.archs, args.sizes, args.images, args.batch_size = "celebnet", "64", 256, 32
 
-    from faceattr.config import DataConfig
-    from faceattr.data.cache import prepare_cache
     from faceattr.data.synthetic import write_synthetic_celeba
 
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     cpu = platform.processor() or platform.machine()
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load}; device {args.device}")
-    with tempfile.TemporaryDirectory(prefix="faceattr-bench-train-") as tmp:
-        root = write_synthetic_celeba(Path(tmp) / "data", n_train=args.images, n_valid=64,
-                                      n_test=0)  # fmt: skip
-        prepare_cache(DataConfig(root=str(root), img_size=args.img_size))
-        steps = args.images // args.batch_size
-        common = {"arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size,
-                  "device": args.device, "root": str(root), "steps": steps}  # fmt: skip
-        rows = {}
-        for name, kw, env in (
-            ("bare loop", {"row": "bare"}, None),
-            ("faceattr, cache", {"row": "fit", "cache": "auto", "channels_last": None}, None),
-            ("faceattr, JPEGs", {"row": "fit", "cache": "off", "channels_last": None}, None),
-            ("faceattr, before (NCHW, default allocator), cache",
-             {"row": "fit", "cache": "auto", "channels_last": False},
-             {"FACEATTR_MALLOC": "default"}),
-        ):  # fmt: skip
-            row = kw.pop("row")
-            rows[name] = run_row(row, common, env, out=str(Path(tmp) / name.replace(" ", "_")),
-                                 **kw)  # fmt: skip
-            print(f"  {name}: {rows[name]:.1f} img/s", file=sys.stderr, flush=True)
-
-    bare, before = rows["bare loop"], rows["faceattr, before (NCHW, default allocator), cache"]
-    print(f"\n### {args.arch}, {args.img_size} px, batch {args.batch_size}, {steps} steps an "
-          f"epoch ({args.images} images)\n")  # fmt: skip
-    print("| path | img/s | / bare loop | / before |\n|---|---:|---:|---:|")
-    for name, ips in rows.items():
-        print(f"| {name} | {ips:.1f} | {ips / bare:.2f} | {ips / before:.2f} |")
+    with tempfile.TemporaryDirectory(prefix="faceattr-bench-train-") as name:
+        tmp = Path(name)
+        root = write_synthetic_celeba(tmp / "data", n_train=args.images, n_valid=64, n_test=0)
+        for arch in args.archs.split(","):
+            for size in (int(v) for v in args.sizes.split(",")):
+                measure(arch.strip(), size, args, root, tmp)
     print(f"\nLoad average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
