@@ -112,3 +112,36 @@ def test_allocator_tuning_and_its_opt_out():
     glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION")
     assert on.stdout.strip() == ("True" if glibc else "False")
     assert off.stdout.strip() == "False"
+
+
+def test_prefetch_keeps_order_raises_and_stops():
+    from faceattr.utils import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for v in prefetch(failing()):
+            got.append(v)
+    assert got == [1, 2]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for v in prefetch(endless(), depth=2):
+        if v == 5:
+            break
+    time.sleep(0.3)
+    assert len(produced) <= 5 + 4  # the producer stopped a few items ahead
+    assert not any(t.name == "faceattr-prefetch" for t in threading.enumerate())

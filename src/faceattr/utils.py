@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 
 def _umask() -> int:
@@ -131,3 +131,51 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: i
         finally:
             for future in pending:  # stopped early (an error, or the consumer left)
                 future.cancel()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` produced by a background thread up to ``depth`` ahead, in order.
+
+    For the training loop on a GPU: the next batch is read out of the prepared cache (and
+    pinned) while the device works on this one. An exception in the producer is raised here,
+    at the item it failed on; leaving the loop early stops the producer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer
+            q.put((_DONE, exc))
+
+    thread = threading.Thread(target=produce, name="faceattr-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)

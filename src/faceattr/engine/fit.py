@@ -43,7 +43,7 @@ from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
 from faceattr.models import AttributeModel, ModelInfo
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE
-from faceattr.utils import atomic_open, atomic_write_text
+from faceattr.utils import atomic_open, atomic_write_text, prefetch
 
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",
@@ -396,6 +396,8 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
         progress=progress if epoch == t.next_epoch else None,  # say it once per session
         order=order,
     )
+    if t.device.type == "cuda":  # read (and pin) the next batch while the GPU trains
+        batches = prefetch(batches)
     progress.start(f"epoch {epoch}/{cfg.epochs}", total=t.steps_per_epoch * cfg.batch_size)
 
     def on_batch(n: int, s: EpochStats) -> None:
