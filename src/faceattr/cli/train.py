@@ -438,7 +438,7 @@ def train_command(
     from faceattr.engine import distributed
     from faceattr.engine.fit import fit
 
-    if nproc is not None and nproc > 1 and not distributed.launched():
+    if nproc and nproc > 1 and not (distributed.launched() or print_config or list_archs):
         _launch_torchrun(nproc)  # runs this same command in N processes, then exits
 
     if list_archs:
