@@ -7,6 +7,7 @@ enough to rebuild the model and to resume or fine-tune the run.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -224,6 +225,110 @@ SECTIONS: dict[str, type] = {
 }
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The allowed range of a number: ``low``/``high`` (None: unbounded), each end included
+    unless ``low_open``/``high_open``. NaN and infinities are never allowed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "a finite number"
+
+    def allows(self, value: float) -> bool:
+        v = float(value)
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        return not (
+            self.high is not None and (v > self.high or (self.high_open and v == self.high))
+        )
+
+
+# The numeric settings' ranges, each listed once: build_config / with_overrides check them, and
+# the CLI checks the options that set them (and predict/eval's own numbers, NUMBER_LIMITS).
+LIMITS: dict[str, Limit] = {
+    "data.sample": Limit(1),
+    "data.valid_fraction": Limit(0, 1, low_open=True, high_open=True),
+    "data.img_size": Limit(16, 4096),
+    "data.workers": Limit(0),
+    "model.num_features": Limit(0),
+    "model.dropout": Limit(0, 1, high_open=True),
+    "optim.lr": Limit(0, 10, low_open=True),
+    "optim.weight_decay": Limit(0, 1),
+    "optim.momentum": Limit(0, 1, high_open=True),
+    "optim.warmup_epochs": Limit(0),
+    "optim.focal_gamma": Limit(0, 10),
+    "optim.backbone_lr_mult": Limit(0),
+    "augment.crop_scale": Limit(0, 1, high_open=True),
+    "augment.shift": Limit(0, 0.5),
+    "augment.rotation": Limit(0, 180),
+    "augment.brightness": Limit(0, 1),
+    "augment.erasing": Limit(0, 1),
+    "epochs": Limit(1),
+    "batch_size": Limit(1),
+    "patience": Limit(1),
+    "ema": Limit(0, 1, high_open=True),
+    "threshold_accuracy_drop": Limit(0, 1),
+}
+# Numbers of other commands (by option name): a decision threshold is a probability.
+NUMBER_LIMITS: dict[str, Limit] = {
+    "threshold": Limit(0, 1),
+    "min_score": Limit(0, 1),
+    "min_face_size": Limit(0),
+    "max_accuracy_drop": Limit(0, 100),
+    "fail_under": Limit(0, 1),  # metrics are fractions
+}
+
+
+def limit_problem(limit: Limit | None, value: Any) -> str | None:
+    """Why ``value`` breaks ``limit`` ("must be > 0, got nan"), or None when it is fine."""
+    if limit is None or value is None or isinstance(value, bool):
+        return None
+    try:
+        ok = limit.allows(value)
+    except (TypeError, ValueError):
+        return f"must be a number {limit.describe()}, got {value!r}"
+    return None if ok else f"must be {limit.describe()}, got {value!r}"
+
+
+def check_number(name: str, value: Any, limit: Limit) -> Any:
+    """``value`` unchanged, or a UsageError saying that ``name`` breaks ``limit``."""
+    problem = limit_problem(limit, value)
+    if problem:
+        from faceattr.errors import UsageError
+
+        raise UsageError(f"{name} {problem}.")
+    return value
+
+
+def check_limits(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` unchanged, or a UsageError naming every setting outside its range."""
+    problems = []
+    for key, limit in LIMITS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        problem = limit_problem(limit, value)
+        if problem:
+            problems.append(f"{key} {problem}")
+    if problems:
+        from faceattr.errors import UsageError
+
+        raise UsageError("Invalid settings: " + "; ".join(problems) + ".")
+    return cfg
+
+
 def build_config(changes: Mapping[str, Any]) -> TrainConfig:
     """The library's default configuration with ``changes`` applied.
 
@@ -241,7 +346,7 @@ def build_config(changes: Mapping[str, Any]) -> TrainConfig:
             top[name] = replace(AUGMENT_PRESETS[DEFAULT_AUGMENT], **values)
         else:
             top[name] = cls(**values)  # fresh, so derived defaults are derived again
-    return TrainConfig(**top)
+    return check_limits(TrainConfig(**top))
 
 
 def with_overrides(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
@@ -251,7 +356,7 @@ def with_overrides(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
     for name in SECTIONS:
         base = top.get(name, getattr(cfg, name))
         top[name] = replace(base, **sections.get(name, {}))
-    return replace(cfg, **top)
+    return check_limits(replace(cfg, **top))
 
 
 def _group_changes(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

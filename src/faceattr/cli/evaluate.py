@@ -15,6 +15,7 @@ from faceattr.cli.options import (
     DatasetOption,
     TtaOverride,
     WorkersOption,
+    check_numbers,
     data_config,
 )
 
@@ -71,6 +72,7 @@ def eval_command(
     from faceattr.engine.evaluate import evaluate_model
     from faceattr.errors import UsageError, unknown_name_error
 
+    check_numbers(dict(threshold=threshold, fail_under=fail_under))
     if metric not in SUMMARY_METRICS:
         raise unknown_name_error("metric", metric, SUMMARY_METRICS)
     if root is None:

@@ -13,6 +13,7 @@ from faceattr.cli.options import (
     DatasetOption,
     TtaOverride,
     WorkersOption,
+    check_numbers,
     choice,
     data_config,
 )
@@ -95,6 +96,7 @@ def export_command(
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.export import export_model, iter_summary_lines
 
+    check_numbers(dict(max_accuracy_drop=max_accuracy_drop))
     data = None
     if calibration_root is not None:
         data = data_config(

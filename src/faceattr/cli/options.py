@@ -18,10 +18,13 @@ from faceattr.config import (
     BACKENDS,
     CACHE_MODES,
     CROP_MODES,
+    LIMITS,
+    NUMBER_LIMITS,
     TTA_MODES,
     DataConfig,
     build_config,
     field_default,
+    limit_problem,
 )
 from faceattr.data.registry import DATASETS, dataset_names
 
@@ -90,8 +93,26 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def check_numbers(options: Mapping[str, Any]) -> None:
+    """A UsageError (exit 2) naming every numeric option outside its range or not finite:
+    the ranges of the config fields the options set (``config.LIMITS``) and of the other
+    commands' numbers (``config.NUMBER_LIMITS``)."""
+    from faceattr.errors import UsageError
+
+    problems = []
+    for name, value in options.items():
+        limit = NUMBER_LIMITS.get(name) or LIMITS.get(OPTION_FIELDS.get(name, ""))
+        problem = limit_problem(limit, value)
+        if problem:
+            problems.append(f"--{name.replace('_', '-')} {problem}")
+    if problems:
+        raise UsageError("; ".join(problems) + ".")
+
+
 def config_changes(options: Mapping[str, Any]) -> dict[str, Any]:
-    """TrainConfig changes (``"section.field" -> value``) from a command's options."""
+    """TrainConfig changes (``"section.field" -> value``) from a command's options (each
+    number checked against its range first)."""
+    check_numbers(options)
     changes: dict[str, Any] = {}
     for name, value in options.items():
         if name not in OPTION_FIELDS or value is None:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import BackendOption, TtaOverride, WorkersOption
+from faceattr.cli.options import BackendOption, TtaOverride, WorkersOption, check_numbers
 from faceattr.config import PREDICT_BATCH_SIZE
 
 
@@ -113,6 +113,7 @@ def predict_command(
     from faceattr.inference.predictor import Predictor, iter_predictions
     from faceattr.utils import atomic_open
 
+    check_numbers(dict(threshold=threshold, min_score=min_score, min_face_size=min_face_size))
     inputs = expand_inputs(paths, recursive)
     found = None
     if not no_detect:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.config import DataConfig
+from faceattr.config import NUMBER_LIMITS, DataConfig, check_number
 from faceattr.data.batches import iter_pixel_batches
 from faceattr.data.table import AttributeTable
 from faceattr.errors import DataError
@@ -109,6 +109,8 @@ def evaluate_model(
     "flip") overrides the model's own test-time augmentation.
     """
     progress = progress or NullProgress()
+    if threshold is not None:
+        check_number("threshold", threshold, NUMBER_LIMITS["threshold"])
     predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size, tta=tta)
     path, info = predictor.path, predictor.info
     table = split_table(path, info, data, split)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from faceattr.config import PREDICT_BATCH_SIZE
+from faceattr.config import NUMBER_LIMITS, PREDICT_BATCH_SIZE, check_number
 from faceattr.data.images import load_image
 from faceattr.data.transforms import Preprocessing
 from faceattr.errors import FaceAttrError
@@ -58,6 +58,8 @@ class Predictor:
     ) -> None:
         if tta is not None:
             check_tta(tta)  # before the model is loaded
+        if threshold is not None:
+            check_number("threshold", threshold, NUMBER_LIMITS["threshold"])
         self.backend = open_backend(model, backend, device=device, threads=threads)
         self.path = self.backend.path
         self.info = self.backend.info
