@@ -78,3 +78,26 @@ def test_resume_with_another_number_of_processes(synthetic_root: Path, tmp_path:
 
     result = fit(small_train_config(synthetic_root, out, epochs=2, batch_size=16), resume=True)
     assert result.epochs_done == 2 and result.world_size == 1
+
+
+def test_nproc_launch_reports_a_user_error_without_a_traceback(tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "faceattr", "train", "--nproc", "2", "--root",
+                        str(tmp_path / "missing"), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=LIMIT)  # fmt: skip
+    said = " ".join(r.stderr.split())  # rich wraps long paths
+    assert r.returncode == 1
+    assert "does not exist" in said and "Traceback" not in said
+    # Which ranks get to fail before the agent stops the others varies; rank 0 always does.
+    assert "Training failed in process(es) 0" in said and "of 2; the error is above" in said
+
+
+def test_nproc_launch_trains(synthetic_root: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "faceattr", "train", "--nproc", "2", "--root",
+                        str(synthetic_root), "--arch", "celebnet", "--img-size", "40",
+                        "--epochs", "1", "--batch-size", "16", "--out", str(out), "--json"],
+                       capture_output=True, text=True, timeout=LIMIT)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["world_size"] == 2 and result["global_batch_size"] == 32
+    assert (out / "model.safetensors").is_file()

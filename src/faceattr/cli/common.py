@@ -53,9 +53,14 @@ def handle_errors(fn: F) -> F:
 
 def report_error(exc: FaceAttrError) -> None:
     """The red "Error:" line and the hint (printed literally: no rich markup in them)."""
+    import os
+
     from rich.markup import escape
 
-    err.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
+    # Under torchrun every process reports; say which one when it is not the first.
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+    where = "" if rank == "0" else f" (process {rank})"
+    err.print(f"[bold red]Error{where}:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
         err.print(escape(exc.hint), highlight=False)
 

@@ -483,12 +483,11 @@ def train_command(
 
 
 def _launch_torchrun(nproc: int) -> None:
-    """Run the command line of this process again under ``torchrun --standalone
-    --nproc_per_node=N`` (without ``--nproc``) and exit with its status."""
-    import subprocess
+    """Run the command line of this process again in ``nproc`` processes (without
+    ``--nproc``) and exit: 0, or 1 naming the ranks that failed (their errors are above)."""
     import sys
 
-    from faceattr.engine.distributed import torchrun_command
+    from faceattr.engine.distributed import launch
 
     args, skip = [], False
     for a in sys.argv[1:]:
@@ -498,7 +497,13 @@ def _launch_torchrun(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    raise typer.Exit(subprocess.call(torchrun_command(nproc, args)))
+    failed = launch(nproc, args)
+    if failed:
+        ranks = ", ".join(str(r) for r in failed)
+        err.print(f"[bold red]Training failed[/] in process(es) {ranks} of {nproc}; the error "
+                  "is above.", highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+    raise typer.Exit(0)
 
 
 def _default_run_dir(dataset: str, arch: str) -> Path:

@@ -146,10 +146,33 @@ def wrap(ctx: Dist, model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """argv for ``torchrun --standalone --nproc_per_node=N -m faceattr ARGS`` (``faceattr
-    train --nproc N`` runs it), with this Python."""
+def launch(nproc: int, args: list[str]) -> list[int]:
+    """Run ``python -m faceattr ARGS`` in ``nproc`` processes on this machine, as ``torchrun
+    --standalone --nproc_per_node=N`` would (``faceattr train --nproc N``), through torchrun's
+    own elastic agent; the ranks that failed (each printed its own error), or ``[]``."""
     import sys
+    import uuid
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "faceattr", *args]  # fmt: skip
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # Threads per process that together match the cores (torchrun would set 1 and say so).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, like --standalone
+        max_restarts=0,
+    )
+    import logging
+
+    # The agent logs each failure with its own stack; faceattr says which ranks failed.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, sys.executable)("-m", "faceattr", *args)
+    except ChildFailedError as exc:
+        return sorted(int(rank) for rank in exc.failures)
+    return []
