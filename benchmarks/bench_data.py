@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import pick_root  # benchmarks/common.py
+from common import pick_root, warm_files  # benchmarks/common.py
 
 from faceattr.config import CELEBA_CROP, AugmentConfig, DataConfig
 from faceattr.data import read_dataset
@@ -44,14 +44,6 @@ from faceattr.utils import default_workers
 
 BATCH = 64
 LIGHT = AugmentConfig(hflip=True, crop_scale=0.1, shift=0.05, brightness=0.2)
-
-
-def warm_files(table: AttributeTable) -> int:
-    """Read every file once so both paths start from the page cache (as in epoch 2+)."""
-    total = 0
-    for p in table.paths:
-        total += len(Path(p).read_bytes())
-    return total
 
 
 def jpeg_ips(table: AttributeTable, size: int, workers: int, passes: int) -> float:
@@ -159,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(0)
         chosen = np.sort(rng.choice(len(table), size=min(n_images, len(table)), replace=False))
         table = table.subset(chosen)
-        mb = warm_files(table) / 2**20
+        mb = warm_files(table.paths) / 2**20
         load = os.getloadavg()
         print(
             f"Dataset: {root} ({kind}), {len(table):,} images ({mb:.0f} MB of files); "

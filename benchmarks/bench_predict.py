@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import pick_root  # benchmarks/common.py
+from common import child_env, pick_root, warm_files  # benchmarks/common.py
 
 from faceattr.config import DataConfig
 from faceattr.data import read_dataset
@@ -50,8 +50,6 @@ REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "examples" / "astronaut.jpg"
 OLD_BATCH = 32  # what predict used before the ONNX engine
 FORWARD_BATCH = 16  # the CLI's --batch-size default
-# Settings that change glibc's allocator: the children get exactly what each row says.
-MALLOC_ENV = ("FACEATTR_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 # Row 1's child process: predict as it worked before the ONNX engine. It must not import
 # faceattr.engine or faceattr.inference.backends (either tunes the allocator); the parent
@@ -104,17 +102,6 @@ def link_crops(paths: Sequence[Path], folder: Path) -> list[Path]:
         link.symlink_to(p.resolve())
         links.append(link)
     return links
-
-
-def warm_files(paths: Sequence[Path]) -> int:
-    """Read every file once so every row starts from the page cache."""
-    return sum(len(p.read_bytes()) for p in paths)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
-    env.update(extra)
-    return env
 
 
 def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> float:

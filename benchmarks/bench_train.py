@@ -34,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import child_env  # benchmarks/common.py
+
 CHILD = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
@@ -94,8 +96,7 @@ else:
 
 
 def run_row(row: str, common: dict, env_extra: dict[str, str] | None = None, **kw) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "FACEATTR_MALLOC"))}
-    env.update(env_extra or {})
+    env = child_env(**(env_extra or {}))
     args = json.dumps({**common, "row": row, **kw})
     r = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True, env=env)
     if r.returncode != 0:

@@ -41,6 +41,11 @@ CACHE_MODES: tuple[str, ...] = ("auto", "off")
 # PyTorch for run directories and .safetensors files), onnx, or torch.
 BACKENDS: tuple[str, ...] = ("auto", "onnx", "torch")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx",)  # `faceattr export --format`
+# `faceattr export` defaults: train images int8 calibrates on, held-out images it is checked
+# on at most, and the points of mean accuracy int8 may lose against fp32.
+EXPORT_CALIBRATION_IMAGES = 300
+EXPORT_CHECK_IMAGES = 2000
+EXPORT_MAX_ACCURACY_DROP = 0.2
 # Faces per model call in predict; chosen by measurement on a 2-core CPU
 # (benchmarks/bench_predict.py): larger batches were no faster per image.
 PREDICT_BATCH_SIZE = 16

@@ -56,13 +56,13 @@ def resolve_model(ref: str | os.PathLike[str] | None, *, onnx: bool = False) -> 
         raise ModelError(
             f"{path} is a directory with no {' or '.join(RUN_MODEL_FILES)}.",
             "Pass a run directory written by `faceattr train` (training may not have "
-            "finished an epoch yet), a .safetensors model file, or `default`.",
+            "finished an epoch yet), a .safetensors or .onnx model file, or `default`.",
         )
     if not path.exists():
         raise ModelError(
             f"Model file not found: {path}",
             "Check the path. MODEL is a run directory written by `faceattr train`, a "
-            ".safetensors model file, or `default` (e.g. `--model default`).",
+            ".safetensors or .onnx model file, or `default` (e.g. `--model default`).",
         )
     return path
 

@@ -17,7 +17,12 @@ from faceattr.cli.options import (
     choice,
     data_config,
 )
-from faceattr.config import EXPORT_FORMATS
+from faceattr.config import (
+    EXPORT_CALIBRATION_IMAGES,
+    EXPORT_CHECK_IMAGES,
+    EXPORT_FORMATS,
+    EXPORT_MAX_ACCURACY_DROP,
+)
 
 
 @handle_errors
@@ -56,8 +61,11 @@ def export_command(
         Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")
     ] = None,
     calibration_images: Annotated[
-        int, typer.Option(help="Train images int8 calibrates on (300).", min=16)
-    ] = 300,
+        int,
+        typer.Option(
+            help=f"Train images int8 calibrates on ({EXPORT_CALIBRATION_IMAGES}).", min=16
+        ),
+    ] = EXPORT_CALIBRATION_IMAGES,
     eval_split: Annotated[
         str | None,
         typer.Option(
@@ -66,16 +74,19 @@ def export_command(
         ),
     ] = None,  # fmt: skip
     eval_images: Annotated[
-        int, typer.Option(help="At most this many --eval-split images (0: all; 2000).", min=0)
-    ] = 2000,
+        int,
+        typer.Option(
+            help=f"At most this many --eval-split images (0: all; {EXPORT_CHECK_IMAGES}).", min=0
+        ),
+    ] = EXPORT_CHECK_IMAGES,
     max_accuracy_drop: Annotated[
         float,
         typer.Option(
             help="Refuse int8 when it loses more than this many points of mean accuracy "
-            "against fp32, at 0.5 or at the tuned thresholds (0.2).",
+            f"against fp32, at 0.5 or at the tuned thresholds ({EXPORT_MAX_ACCURACY_DROP}).",
             min=0.0,
         ),
-    ] = 0.2,
+    ] = EXPORT_MAX_ACCURACY_DROP,
     tta: TtaOverride = None,
     workers: WorkersOption = None,
     cache: CacheOption = None,

@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.config import EXPORT_FORMATS, DataConfig
+from faceattr.config import (
+    EXPORT_CALIBRATION_IMAGES,
+    EXPORT_CHECK_IMAGES,
+    EXPORT_FORMATS,
+    EXPORT_MAX_ACCURACY_DROP,
+    DataConfig,
+)
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
 from faceattr.metrics import compute_metrics
@@ -39,10 +45,6 @@ from faceattr.runs import DEFAULT_MODEL_NAME, resolve_model, run_dir_of
 from faceattr.utils import publish
 
 OPSET = 18
-DEFAULT_CALIBRATION_IMAGES = 300
-DEFAULT_MAX_ACCURACY_DROP = 0.2  # points of mean accuracy int8 may lose against fp32
-# How many held-out images the self-check and the int8 comparison use at most by default.
-DEFAULT_CHECK_IMAGES = 2000
 
 
 class ExportRefused(FaceAttrError):
@@ -238,10 +240,10 @@ def export_model(
     fmt: str = "onnx",
     int8: bool = False,
     data: DataConfig | None = None,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_images: int = EXPORT_CALIBRATION_IMAGES,
     eval_split: str | None = None,
-    eval_images: int | None = DEFAULT_CHECK_IMAGES,
-    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    eval_images: int | None = EXPORT_CHECK_IMAGES,
+    max_accuracy_drop: float = EXPORT_MAX_ACCURACY_DROP,
     tta: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -381,9 +383,10 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
         "check": summary["check"],
         "int8_vs_fp32": summary.get("int8_vs_fp32"),
     }
+    run = run_dir_of(source)
+    if run is not None:
+        provenance["run"] = run.name
     final_info = replace(info, extra={**info.extra, "export": provenance})
-    if run_dir_of(source) is not None:
-        final_info.extra["export"]["run"] = run_dir_of(source).name  # type: ignore[union-attr]
     os.replace(written, final_tmp)
     _set_metadata(final_tmp, {METADATA_KEY: final_info.to_json(),
                               "faceattr_format": str(FORMAT_VERSION)})  # fmt: skip
