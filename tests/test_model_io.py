@@ -176,11 +176,10 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):  # writes half a file, then dies
-        Path(filename).write_bytes(b"partial")
+    def crash(fd):  # the bytes are written, the process dies before they are on disk
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr("faceattr.fileio.os.fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         save_model_file(path, create_model("celebnet", 3, num_features=16), _info())
     assert path.read_bytes() == before  # the old file is intact
@@ -200,8 +199,8 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
+    from faceattr.fileio import atomic_write_text
     from faceattr.models import ModelInfo, create_model, save_model_file
-    from faceattr.utils import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -239,3 +238,36 @@ def test_run_directory_without_model_files(tmp_path: Path) -> None:
     for resolve in (resolve_model, load_model_file, read_model_info):
         with pytest.raises(ModelError, match="no model.safetensors or last.safetensors"):
             resolve(tmp_path)
+
+
+def _flip_byte(path: Path, offset_from_end: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_tensor_bytes_are_refused_on_load(tmp_path: Path) -> None:
+    from faceattr.models.digest import DIGEST_KEY
+    from faceattr.models.info import read_safetensors_metadata
+
+    path = save_model_file(tmp_path / "m.safetensors", _trained_like(), _info())
+    assert len(read_safetensors_metadata(path)[DIGEST_KEY]) == 64
+    load_model_file(path)  # intact: loads
+    _flip_byte(path, 100)  # inside the tensor data; the header is untouched
+    read_model_info(path)  # the header still reads
+    with pytest.raises(ModelError, match="damaged"):
+        load_model_file(path)
+
+
+def test_files_without_a_digest_still_load(tmp_path: Path) -> None:
+    """Model files written before the digest existed (plain safetensors save_file)."""
+    model = _trained_like()
+    path = save_model_file(tmp_path / "new.safetensors", model, _info())
+    old = tmp_path / "old.safetensors"
+    meta = {k: v for k, v in safetensors.safe_open(str(path), "pt").metadata().items()
+            if k != "faceattr_sha256"}  # fmt: skip
+    safetensors.torch.save_file(model.state_dict(), str(old), metadata=meta)
+    loaded, _ = load_model_file(old)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)

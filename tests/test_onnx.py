@@ -174,10 +174,32 @@ def test_non_finite_outputs_are_an_error_not_nan_json(exported, tmp_path):
     [last] = [t for t in model.graph.initializer if list(t.dims) == [40] and t.data_type == 1]
     last.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(last).shape, np.nan,
                                                   np.float32), last.name))  # fmt: skip
+    # As in a file written before digests: otherwise the digest catches the change first.
+    kept = [m for m in model.metadata_props if m.key != "faceattr_sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     broken = tmp_path / "nan.onnx"
     onnx.save(model, str(broken))
     r = invoke("predict", EXAMPLES / "astronaut.jpg", "--model", broken, "--no-detect", "--json")
     assert r.exit_code == 1 and "non-finite" in said(r) and "NaN," not in r.stdout
+
+
+def test_damaged_onnx_weights_are_refused(exported, tmp_path):
+    import onnx
+
+    from faceattr.models.digest import DIGEST_KEY, onnx_digest
+
+    blob = (exported / "model.onnx").read_bytes()
+    model = onnx.load_from_string(blob)  # the byte-level metadata edit is valid protobuf
+    onnx.checker.check_model(model)
+    meta = {m.key: m.value for m in model.metadata_props}
+    assert meta[DIGEST_KEY] == onnx_digest(blob) and model.producer_name == "faceattr"
+    weights = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    at = blob.index(weights.raw_data[:64]) + 32  # a byte inside the largest weight tensor
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(blob[:at] + bytes([blob[at] ^ 0x55]) + blob[at + 1 :])
+    r = invoke("predict", EXAMPLES / "astronaut.jpg", "--model", damaged, "--no-detect")
+    assert r.exit_code == 1 and "are damaged" in said(r), r.output
 
 
 def test_torch_backend_cannot_run_onnx(exported):

@@ -204,7 +204,7 @@ class TrainConfig:
         return cls(**kwargs)
 
     def save(self, path: Path) -> None:
-        from faceattr.utils import atomic_write_text
+        from faceattr.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -1,60 +1,13 @@
-"""Small shared helpers: atomic file writes, device choice, seeding, a threaded map."""
+"""Small shared helpers: device choice, seeding, a threaded map (atomic writes: ``fileio``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import IO, Any, TypeVar
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Move a finished temp file onto ``path`` with ordinary permissions (0666 & ~umask):
-    temp files are created private (0600), which would otherwise stick to the result."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync and ``os.replace`` it into place.
-
-    A crash or an exception never leaves a torn file at ``path``: either the old file or the
-    complete new one is there.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
+from typing import Any, TypeVar
 
 
 def resolve_device(name: str = "auto"):

@@ -108,10 +108,10 @@ def predict_command(
     Examples: faceattr predict photo.jpg | faceattr predict photos/ --json | ls *.jpg |
     faceattr predict - --csv out.csv
     """
+    from faceattr.fileio import atomic_open
     from faceattr.inference.detect import create_detector
     from faceattr.inference.draw import PictureWriter
     from faceattr.inference.predictor import Predictor, iter_predictions
-    from faceattr.utils import atomic_open
 
     check_numbers(dict(threshold=threshold, min_score=min_score, min_face_size=min_face_size))
     inputs = expand_inputs(paths, recursive)

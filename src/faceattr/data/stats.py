@@ -20,7 +20,7 @@ from faceattr.attributes import ATTRIBUTE_GROUPS
 from faceattr.data.splits import resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
-from faceattr.utils import publish
+from faceattr.fileio import publish
 
 TOP_PAIRS = 10  # strongest positive and negative pairs listed
 

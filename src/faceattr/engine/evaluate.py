@@ -17,12 +17,12 @@ from faceattr.config import NUMBER_LIMITS, DataConfig, check_number
 from faceattr.data.batches import iter_pixel_batches
 from faceattr.data.table import AttributeTable
 from faceattr.errors import DataError
+from faceattr.fileio import atomic_open, atomic_write_text
 from faceattr.inference.predictor import Predictor
 from faceattr.metrics import metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RUN_MODEL_FILES, run_config, run_dir_of
-from faceattr.utils import atomic_open, atomic_write_text
 
 
 def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> AttributeTable:

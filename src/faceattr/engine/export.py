@@ -38,11 +38,12 @@ from faceattr.config import (
 )
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
+from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes
 from faceattr.metrics import compute_metrics
+from faceattr.models.digest import with_onnx_metadata
 from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta, is_onnx
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import DEFAULT_MODEL_NAME, resolve_model, run_dir_of
-from faceattr.utils import publish
 
 OPSET = 18
 
@@ -97,16 +98,7 @@ def _torch_to_onnx(source: Path, dest: Path, tta: str) -> ModelInfo:
 
 
 def _set_metadata(path: Path, entries: dict[str, str]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in entries.items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name = "faceattr"
-    onnx.save(model, str(path))
+    path.write_bytes(with_onnx_metadata(path.read_bytes(), entries, producer="faceattr"))
 
 
 class _Calibration:
@@ -279,8 +271,9 @@ def export_model(
         raise UsageError(f"--out must end in .onnx, got {out_path}.")
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = [out_path.parent / f".{out_path.name}.{secrets.token_hex(4)}.{k}.onnx"
-           for k in ("fp32", "int8", "final")]  # fmt: skip
+    # Named like atomic_open's temp files, so a killed export's are cleaned up like theirs.
+    tmp = [out_path.parent / f".{out_path.name}.{secrets.token_hex(4)}.{k}{TEMP_SUFFIX}.onnx"
+           for k in ("fp32", "int8")]  # fmt: skip
     try:
         return _export(
             model, source, out_path, tmp, int8=int8, data=data,
@@ -301,7 +294,7 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
     from faceattr.inference.predictor import Predictor
     from faceattr.models.info import read_model_info
 
-    fp32_tmp, int8_tmp, final_tmp = tmp
+    fp32_tmp, int8_tmp = tmp
     base_info = read_model_info(source)
     info = replace(base_info, tta=tta or base_info.tta)
 
@@ -387,12 +380,9 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
     if run is not None:
         provenance["run"] = run.name
     final_info = replace(info, extra={**info.extra, "export": provenance})
-    os.replace(written, final_tmp)
-    _set_metadata(final_tmp, {METADATA_KEY: final_info.to_json(),
-                              "faceattr_format": str(FORMAT_VERSION)})  # fmt: skip
-    with open(final_tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    publish(final_tmp, out_path)
+    entries = {METADATA_KEY: final_info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
+    blob = with_onnx_metadata(written.read_bytes(), entries, producer="faceattr")
+    atomic_write_bytes(out_path, blob, what="ONNX model")
     summary["bytes"] = out_path.stat().st_size
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

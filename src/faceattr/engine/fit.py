@@ -38,12 +38,13 @@ from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.engine.optim import Scheduler, amp_setup, make_optimizer, make_scheduler
 from faceattr.errors import ModelError, UsageError
+from faceattr.fileio import atomic_open, atomic_write_text
 from faceattr.losses import make_loss, pos_weight_from_rates
 from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
 from faceattr.models import AttributeModel, ModelInfo
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE
-from faceattr.utils import atomic_open, atomic_write_text, prefetch
+from faceattr.utils import prefetch
 
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",

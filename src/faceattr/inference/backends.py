@@ -85,9 +85,12 @@ class OnnxBackend(Backend):
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None) -> None:
         from faceattr.inference import onnx
+        from faceattr.models.digest import verify_onnx
 
-        self.session = onnx.open_session(path, device=device, threads=threads)
-        info = info_from_metadata(onnx.session_metadata(self.session), path, "an ONNX file")
+        blob = path.read_bytes()
+        metadata = verify_onnx(blob, path)  # damaged weights: an error, not NaN predictions
+        self.session = onnx.open_session(path, device=device, threads=threads, model_bytes=blob)
+        info = info_from_metadata(metadata, path, "an ONNX file")
         super().__init__(path, info)
         self.input_name = onnx.check_io(self.session, path, info.num_attributes, info.img_size)
         self._run = onnx.run_logits

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from faceattr.utils import atomic_open
+from faceattr.fileio import atomic_open
 
 BOX_COLOUR = (40, 220, 90)
 

@@ -68,14 +68,21 @@ def providers_for(device: str) -> list[Any]:
 
 
 def open_session(
-    path: str | os.PathLike[str], *, device: str = "auto", threads: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    model_bytes: bytes | None = None,
 ) -> Any:
-    """An ``onnxruntime.InferenceSession`` for ``path``; ModelError for a damaged file."""
+    """An ``onnxruntime.InferenceSession`` for ``path`` (its contents ``model_bytes`` when
+    already read); ModelError for a damaged file."""
     ort = _ort()
     p = Path(path)
     try:
         return ort.InferenceSession(
-            str(p), session_options(threads), providers=providers_for(device)
+            model_bytes if model_bytes is not None else str(p),
+            session_options(threads),
+            providers=providers_for(device),
         )
     except UsageError:
         raise
@@ -87,13 +94,12 @@ def open_session(
         ) from e
 
 
-def session_metadata(session: Any) -> dict[str, str]:
-    return dict(session.get_modelmeta().custom_metadata_map or {})
-
-
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The string metadata (``metadata_props``) of an ONNX file."""
-    return session_metadata(open_session(path, device="cpu", threads=1))
+    """The string metadata (``metadata_props``) of an ONNX file (read without a session)."""
+    from faceattr.models.digest import onnx_metadata
+
+    p = Path(path)
+    return onnx_metadata(p.read_bytes(), p)
 
 
 def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> str:

@@ -8,12 +8,13 @@ normalisation) and decision thresholds. Loading never unpickles anything.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import torch
 
 from faceattr.errors import FaceAttrError, ModelError
+from faceattr.fileio import atomic_write_bytes
+from faceattr.models.digest import verify_safetensors, with_safetensors_digest
 from faceattr.models.head import AttributeModel
 from faceattr.models.info import (
     FORMAT_VERSION,
@@ -23,7 +24,6 @@ from faceattr.models.info import (
     read_model_info,
 )
 from faceattr.runs import resolve_model
-from faceattr.utils import publish
 
 __all__ = ["ModelInfo", "load_model_file", "read_model_info", "save_model_file"]
 
@@ -56,9 +56,9 @@ def save_model_file(
 
     ``dtype`` (e.g. ``torch.float16``) casts floating tensors to make a smaller file; loading
     casts back to float32. The file appears complete or not at all (temp file + fsync +
-    ``os.replace``).
+    ``os.replace``); its header carries a digest of the tensor data, checked on load.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # DDP (.module) and torch.compile (._orig_mod) wrappers would prefix every tensor name.
     model = getattr(model, "_orig_mod", model)
@@ -76,16 +76,8 @@ def save_model_file(
     tensors = _state_for_saving(model, dtype)
     metadata = {METADATA_KEY: info.to_json(), "format": "pt",
                 "faceattr_format": str(FORMAT_VERSION)}  # fmt: skip
-    # Same folder so the final replace is a rename.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    blob = with_safetensors_digest(save(tensors, metadata=metadata))
+    atomic_write_bytes(path, blob, what="model file")
     _fsync_dir(path.parent)
     return path
 
@@ -130,7 +122,7 @@ def load_model_file(
 
     ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from faceattr.models.registry import create_model
 
@@ -158,8 +150,10 @@ def load_model_file(
             f"The file was written by faceattr {info.faceattr_version}; upgrading faceattr "
             "and timm/torchvision usually helps.",
         ) from e
+    blob = p.read_bytes()
+    verify_safetensors(blob, p)
     try:
-        state = load_file(str(p), device="cpu")
+        state = load(blob)
     except Exception as e:
         raise ModelError(f"Cannot read the tensors of {p} (truncated or corrupt?): {e}") from e
     own = model.state_dict()

@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from faceattr.errors import UsageError
+from faceattr.fileio import atomic_write_text
 from faceattr.report.build import ReportOptions, RunAnalysis, analyze_run, build_report
 from faceattr.report.document import Report
 from faceattr.report.load import Predictions, RunData, load_run, load_runs
-from faceattr.utils import atomic_write_text
 
 FORMATS = ("html", "md")
 

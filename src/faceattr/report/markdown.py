@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from faceattr.fileio import atomic_write_bytes, atomic_write_text
 from faceattr.report.document import (
     Block,
     Bullets,
@@ -23,7 +24,6 @@ from faceattr.report.document import (
     Table,
     Tiles,
 )
-from faceattr.utils import atomic_write_bytes, atomic_write_text
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

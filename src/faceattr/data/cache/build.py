@@ -289,7 +289,8 @@ def build_cache(
     records the image folder relative to. Returns the manifest.
     """
     from faceattr import __version__
-    from faceattr.utils import atomic_write_text, default_workers
+    from faceattr.fileio import atomic_write_text
+    from faceattr.utils import default_workers
 
     progress = progress or NullProgress()
     path = Path(path)

@@ -375,7 +375,7 @@ def _content_dir(base: Path, kind: str) -> Path:
 
 
 def _write_manifest(root: Path, result: WflwFetchResult) -> None:
-    from faceattr.utils import atomic_write_text
+    from faceattr.fileio import atomic_write_text
 
     path = root / MANIFEST_NAME
     data = {}
