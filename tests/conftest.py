@@ -18,7 +18,9 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from faceattr.data.synthetic import write_synthetic_celeba
 
-    return write_synthetic_celeba(tmp_path_factory.mktemp("synthetic-celeba"))
+    return write_synthetic_celeba(
+        tmp_path_factory.mktemp("synthetic-celeba"), n_train=600, n_valid=150, n_test=150
+    )
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +39,7 @@ def real_data_root() -> Path:
 
 
 def small_train_config(root: Path, out: Path, **changes):
-    """A seconds-long celebnet training on synthetic data (no flips: its cues are positional).
+    """A seconds-long celebnet training on synthetic data (no augmentation: fewer steps to learn).
 
     ``changes`` replace TrainConfig fields. Tests import it: ``from conftest import ...``.
     """

@@ -12,7 +12,7 @@ from PIL import Image
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.data.celeba import find_celeba, read_celeba
 from faceattr.data.synthetic import (
-    attribute_cell,
+    attribute_cells,
     draw_synthetic_labels,
     render_synthetic_face,
     write_synthetic_celeba,
@@ -76,14 +76,33 @@ def test_every_attribute_is_visible_at_64px(synthetic_root: Path) -> None:
     dist = np.abs(x - background).sum(axis=-1)  # [N, 64, 64]
     s = 64 / 178
     for j, name in enumerate(CELEBA_ATTRIBUTES):
-        left, top, w, h = attribute_cell(j, (178, 218))
-        top -= 20  # into the crop's coordinates
-        y0, y1 = round(top * s) + 1, round((top + h) * s) - 1
-        x0, x1 = round(left * s) + 1, round((left + w) * s) - 1
-        score = dist[:, y0:y1, x0:x1].mean(axis=(1, 2))
-        pos = table.labels[:, j] == 1
-        assert pos.any() and (~pos).any(), name
-        assert score[pos].min() > 1.5 * score[~pos].max(), name
+        for left, top, w, h in attribute_cells(j, (178, 218)):
+            top -= 20  # into the crop's coordinates
+            y0, y1 = round(top * s) + 1, round((top + h) * s) - 1
+            x0, x1 = round(left * s) + 1, round((left + w) * s) - 1
+            score = dist[:, y0:y1, x0:x1].mean(axis=(1, 2))
+            pos = table.labels[:, j] == 1
+            assert pos.any() and (~pos).any(), name
+            assert score[pos].min() > 1.5 * score[~pos].max(), name
+
+
+def test_a_mirrored_image_shows_the_same_attributes() -> None:
+    """Flipping (the default augmentation) keeps every label true: each attribute's cells are
+    mirrored about the centre line and its marker is mirror-symmetric."""
+    cells = [attribute_cells(j, (178, 218)) for j in range(40)]
+    flat = [c for cs in cells for c in cs]
+    assert len(set(flat)) == len(flat)  # no two attributes share a cell
+    for cs in cells:
+        mirrored = {(round(178 - left - w, 6), round(top, 6)) for left, top, w, h in cs}
+        assert mirrored == {(round(left, 6), round(top, 6)) for left, top, w, h in cs}
+    rng = np.random.default_rng(3)
+    labels = draw_synthetic_labels(1, rng)[0]
+    on = np.asarray(render_synthetic_face(labels, np.random.default_rng(1)), np.int16)
+    off = np.asarray(render_synthetic_face(labels * 0, np.random.default_rng(1)), np.int16)
+    markers = np.abs(on - off).sum(axis=-1) > 30  # same rng -> same background
+    # The drawn markers are symmetric about the image's vertical centre line (to a pixel of
+    # anti-aliasing).
+    assert (markers ^ markers[:, ::-1]).sum() < 0.05 * markers.sum()
 
 
 def test_cues_stay_inside_the_central_square() -> None:

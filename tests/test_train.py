@@ -71,3 +71,30 @@ def test_existing_run_dir_is_not_overwritten(synthetic_root, tmp_path):
 def test_resume_of_a_non_run_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="not a run directory"):
         fit(TrainConfig(out=str(tmp_path)), resume=True)
+
+
+@pytest.mark.slow
+def test_the_demo_set_learns_under_the_default_settings(tmp_path):
+    """`faceattr data fetch synthetic`, then `faceattr train --arch celebnet --epochs 3`
+    with the default augmentation (flips included), optimizer and schedule: a clear lift over
+    the majority baseline. 64 px keeps the test short; at the default 128 px the same
+    command measured 87.3% against a 80.7% baseline (docs/datasets.md)."""
+    from typer.testing import CliRunner
+
+    from faceattr.cli.app import app
+
+    runner = CliRunner()
+    fetched = runner.invoke(app, ["data", "fetch", "synthetic", "--root", str(tmp_path / "d"),
+                                  "--json"])  # fmt: skip
+    assert fetched.exit_code == 0, fetched.output
+    summary = json.loads(fetched.stdout)
+    assert summary["splits"] == {"train": 2000, "valid": 300, "test": 300}
+    r = runner.invoke(app, ["train", "--root", summary["root"], "--arch", "celebnet",
+                            "--epochs", "3", "--img-size", "64", "--out", str(tmp_path / "run"),
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["augment"]["hflip"] is True  # the defaults flip
+    m = json.loads((tmp_path / "run" / "metrics-valid.json").read_text())
+    lift = m["at_threshold_0.5"]["mean_accuracy"] - m["majority_accuracy"]
+    assert lift > 0.07, (lift, m["majority_accuracy"])

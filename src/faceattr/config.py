@@ -104,6 +104,10 @@ class AugmentConfig:
         )
 
 
+# Images per split (train, valid, test) of `faceattr data fetch synthetic`: enough for
+# `faceattr train --arch celebnet --epochs 3` under the default settings to learn clearly.
+SYNTHETIC_SIZES = (2000, 300, 300)
+
 # `--augment` presets. The default (DEFAULT_AUGMENT) is what the shipped model was trained with.
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
@@ -205,8 +209,9 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         from faceattr.fileio import atomic_write_text
+        from faceattr.utils import to_json
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, to_json(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -3,9 +3,11 @@
 :func:`write_synthetic_celeba` (`faceattr data fetch synthetic`) writes a CelebA copy in the
 official txt, Kaggle csv or torchvision layout, so the readers are exercised exactly as on
 real data. Labels follow CelebA's positive rates, with CelebA's dependence on ``Male``, and
-every attribute is drawn into the pixels: the central square of each image holds an 8 x 5
-grid of cells, one per attribute, and a positive attribute puts a bright marker of its own
-shape and colour in its cell, on a noisy skin-toned background with random jitter. A tiny CNN
+every attribute is drawn into the pixels: the central square of each image holds a 10 x 7
+grid of cells, and a positive attribute puts a bright marker of its own shape and colour in
+its cells, on a noisy skin-toned background with random jitter. Each attribute owns a pair of
+cells mirrored about the vertical centre line (or one cell on it), with mirror-symmetric
+markers, so a horizontal flip (the default augmentation) keeps every label true. A tiny CNN
 at 64 px learns them in a few epochs.
 
 :func:`write_synthetic_wflw` writes a WFLW copy in the release's layout: photos of one to a
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from faceattr.attributes import CELEBA_ATTRIBUTES, WFLW_ATTRIBUTES
+from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.data.celeba import LAYOUTS, CelebaFiles
 from faceattr.data.wflw import (
     ANNOTATION_FILES,
@@ -59,8 +62,9 @@ _RATES_BY_SEX: dict[str, tuple[float, float]] = {
 }  # fmt: skip
 MALE_RATE = 0.417
 
-# Cells of the attribute grid inside the central square (attribute j -> divmod(j, columns)).
-GRID_ROWS, GRID_COLS = 8, 5
+# Cells of the attribute grid inside the central square: attribute j is in row j // 4, in
+# columns (k, GRID_COLS - 1 - k) for k = j % 4 < 3, or in the centre column for k == 3.
+GRID_ROWS, GRID_COLS = 10, 7
 _SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
 _SKIN_TONES = np.array(_SKIN_RGB, dtype=np.float32)
 
@@ -112,8 +116,9 @@ def _marker_colour(j: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def attribute_cell(j: int, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """``(left, top, width, height)`` of attribute ``j``'s cell, inside the central square."""
+def attribute_cells(j: int, image_size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """``(left, top, width, height)`` of attribute ``j``'s cells inside the central square:
+    two mirrored about the vertical centre line, or one on it."""
     width, height = image_size
     side = min(width, height)
     margin = 0.04 * side  # keeps markers clear of the square's edges (crops, resampling)
@@ -121,8 +126,9 @@ def attribute_cell(j: int, image_size: tuple[int, int]) -> tuple[float, float, f
     y0 = (height - side) / 2 + margin
     cell_w = (side - 2 * margin) / GRID_COLS
     cell_h = (side - 2 * margin) / GRID_ROWS
-    row, col = divmod(j, GRID_COLS)
-    return x0 + col * cell_w, y0 + row * cell_h, cell_w, cell_h
+    row, k = divmod(j, 4)
+    columns = [k, GRID_COLS - 1 - k] if k < 3 else [GRID_COLS // 2]
+    return [(x0 + c * cell_w, y0 + row * cell_h, cell_w, cell_h) for c in columns]
 
 
 def render_synthetic_face(
@@ -155,24 +161,34 @@ def render_synthetic_face(
 
     draw = ImageDraw.Draw(img)
     for j in np.flatnonzero(np.asarray(labels) == 1):
-        left, top, cw, ch = attribute_cell(int(j), image_size)
+        cells = attribute_cells(int(j), image_size)
         scale = rng.uniform(0.75, 0.95)
-        w, h = cw * scale, ch * scale
-        cx = left + cw / 2 + rng.uniform(-0.5, 0.5) * (cw - w)
-        cy = top + ch / 2 + rng.uniform(-0.5, 0.5) * (ch - h)
-        x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        jitter_x, jitter_y = rng.uniform(-0.5, 0.5, size=2)
         gain = rng.uniform(0.85, 1.0)
         colour = tuple(int(c * gain) for c in _marker_colour(int(j)))
         shape = _SHAPES[int(j) % len(_SHAPES)]
-        if shape == "rectangle":
-            draw.rectangle((x0, y0, x1, y1), fill=colour)
-        elif shape == "ellipse":
-            draw.ellipse((x0, y0, x1, y1), fill=colour)
-        elif shape == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
-        else:
-            draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+        for i, (left, top, cw, ch) in enumerate(cells):
+            w, h = cw * scale, ch * scale
+            # The second cell's marker mirrors the first's offset: a flip swaps the two.
+            cx = left + cw / 2 + (jitter_x if i == 0 else -jitter_x) * (cw - w)
+            cy = top + ch / 2 + jitter_y * (ch - h)
+            _draw_marker(draw, shape, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), colour)
     return img
+
+
+def _draw_marker(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...],
+                 colour: tuple[int, ...]) -> None:  # fmt: skip
+    """A marker whose mirror image about its vertical axis is itself."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "rectangle":
+        draw.rectangle(box, fill=colour)
+    elif shape == "ellipse":
+        draw.ellipse(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
+    else:
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
 
 
 def celeba_layout_files(root: str | Path, layout: str = "official") -> CelebaFiles:
@@ -257,9 +273,9 @@ def _write_lines(path: Path, lines: list[str], eol: str) -> None:
 def write_synthetic_celeba(
     root: str | Path,
     *,
-    n_train: int = 600,
-    n_valid: int = 150,
-    n_test: int = 150,
+    n_train: int = DEMO_SIZES[0],
+    n_valid: int = DEMO_SIZES[1],
+    n_test: int = DEMO_SIZES[2],
     seed: int = 0,
     layout: str = "official",
     image_size: tuple[int, int] = (178, 218),
