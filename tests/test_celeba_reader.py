@@ -190,6 +190,14 @@ def test_header_and_count_line_checks(tmp_path: Path) -> None:
     files.attr_file.write_text("\n".join([" ".join(names)] + lines[2:]) + "\n")
     assert len(read_celeba(tmp_path)) == 16
 
+    # no names line at all: said so, not "attribute names repeat: -1, 1"
+    files.attr_file.write_text("\n".join(["16"] + lines[2:]) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_celeba(tmp_path)
+    assert "holds label values" in caught.value.message and "header line is missing" in str(
+        caught.value
+    )
+
 
 def test_zero_labels_are_unknown(tmp_path: Path) -> None:
     files = find_celeba(_small(tmp_path))

@@ -335,6 +335,11 @@ def test_mirror_download_with_checksums_then_rerun_is_noop(server, tmp_path, off
     assert again.up_to_date and again.fetched == {} and again.source is None
     assert len(server.log) == n_requests  # no new request at all
     assert again.verified == result.verified and again.n_images == N_IMAGES
+    # Without --checksums: still complete (the file's md5s were recorded), no network.
+    progress = _Recorder()
+    plain = fetch_celeba(root, mirror=server.base + "/mirror/", progress=progress)
+    assert plain.up_to_date and len(server.log) == n_requests
+    assert any("checksums an earlier run was given" in str(e) for e in progress.events)
 
 
 def test_drive_confirmation_pages_are_followed(server, tmp_path, official, sums):
@@ -621,6 +626,18 @@ def test_from_folder_missing_required_files(tmp_path, official, sums):
     with pytest.raises(DownloadError) as err:
         fetch_celeba(tmp_path / "root", from_path=src, checksums=sums)
     assert PARTITION_FILE in str(err.value) and IMAGE_ZIP in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["folder", "zip"])
+def test_from_a_saved_web_page_is_called_a_web_page(tmp_path, official, sums, where):
+    page = b"<!DOCTYPE html><html><head><title>Quota exceeded</title></head></html>"
+    src = tmp_path / "download"
+    _write_tree(src, {**official, IMAGE_ZIP: page})
+    from_path = src if where == "folder" else src / IMAGE_ZIP
+    with pytest.raises(DownloadError) as err:
+        fetch_celeba(tmp_path / "root", from_path=from_path, checksums=sums)
+    text = " ".join(str(err.value).split())
+    assert "is a web page (HTML)" in text and "md5" not in text.split("Sources tried:")[1]
 
 
 def test_official_md5_applies_without_checksums(tmp_path, official):

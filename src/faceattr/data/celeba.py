@@ -298,6 +298,10 @@ def _read_columns(
     return names, values
 
 
+def _is_label_value(field: str) -> bool:
+    return field.lstrip("+-").isdigit()
+
+
 def _read_attr_file(
     path: Path, csv: bool, notes: list[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -329,6 +333,14 @@ def _read_attr_file(
         )
     if not header:
         raise DataError(f"Malformed {path.name} ({path}): no attribute names.", _REFETCH_HINT)
+    if all(_is_label_value(h) for h in header):
+        raise DataError(
+            f"Malformed {path.name} ({path}): line {header_line} holds label values "
+            f"({' '.join(header[:6])} ...), not the attribute names the file must start with.",
+            "The header line is missing: the official file starts with the image count, then "
+            "a line of the 40 attribute names (5_o_Clock_Shadow Arched_Eyebrows ...). Restore "
+            "it, or fetch the file again (`faceattr data fetch celeba`).",
+        )
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise DataError(

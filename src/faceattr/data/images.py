@@ -49,7 +49,7 @@ def _pillow_pixel_limit(max_pixels: int | None) -> Iterator[None]:
 def _too_large(
     path: Path, size: tuple[int, int] | None, pixels: int | None, limit: int, user_limit: bool
 ) -> ImageReadError:
-    source = "max_pixels" if user_limit else "Pillow's decompression-bomb limit"
+    source = "--max-pixels" if user_limit else "Pillow's decompression-bomb limit"
     if size is not None:
         what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels"
     else:
@@ -57,8 +57,8 @@ def _too_large(
     return ImageReadError(
         f"Cannot read image {path}: it is too large ({what}, more than the limit of "
         f"{limit:,} set by {source}).",
-        "If the file is trustworthy, raise the limit with load_image(path, max_pixels=N) "
-        "(N at least the pixel count above).",
+        "If the file is trustworthy, raise the limit: `faceattr predict --max-pixels N` "
+        "(in Python, load_image(path, max_pixels=N)), N at least the pixel count above.",
     )
 
 

@@ -80,6 +80,16 @@ def _is_html_file(path: Path) -> bool:
         return looks_like_html(f.read(512), "")
 
 
+def refuse_web_page(path: Path, name: str) -> None:
+    """A SourceError when a file handed over with --from is a saved web page (a download
+    site's error or quota page saved under the file's name), not the data."""
+    if _is_html_file(path):
+        raise SourceError(
+            f"{path} is a web page (HTML), not {name}: it was probably saved from the download "
+            "site's error or confirmation page. Download the file itself again."
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # --from: finding the pieces
 
@@ -111,6 +121,7 @@ class FromSource:
         try:
             if path.is_file():
                 if not zipfile.is_zipfile(path):
+                    refuse_web_page(path, "a zip archive")
                     raise SourceError(f"{path} is neither a folder nor a zip archive")
                 with open_zip(path) as archive:
                     names = {PurePosixPath(n).name for n in archive.namelist()}
@@ -223,6 +234,7 @@ def take_from_layout(
         if src is None:
             run.skip_optional(name, location, f"not in {location}")
             continue
+        refuse_web_page(src, name)
         if src.suffix == ".csv":
             _take_kaggle_csv(run, name, src)
         else:
@@ -232,6 +244,7 @@ def take_from_layout(
             run.check_annotation(name, strict=False)
     if IMAGE_ZIP in needed:
         if layout.image_zip is not None:
+            refuse_web_page(layout.image_zip, IMAGE_ZIP)
             take_image_zip(run, layout.image_zip)
             run.fetched[IMAGE_ZIP] = str(layout.image_zip)
         else:

@@ -1,9 +1,10 @@
 """``root/.faceattr-fetch.json``: what a CelebA fetch verified, so a second run costs nothing.
 
 It records each file placed under ``root`` (size, mtime, md5, where it came from), the image
-folder (its image count, the md5 of the archive it came from) and, per optional file, the
-sources that lacked it. A file whose size and mtime still match is trusted without hashing
-it again. The manifest is saved after every change, so an interrupted run keeps its work.
+folder (its image count, the md5 of the archive it came from), per optional file the sources
+that lacked it, and the md5s a ``--checksums`` file gave (they hold for later runs). A file
+whose size and mtime still match is trusted without hashing it again. The manifest is saved
+after every change, so an interrupted run keeps its work.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ class Manifest:
     def forget(self, name: str) -> None:
         self.files.pop(name, None)
         self.save()
+
+    # ---- the --checksums a run was given (official file names only)
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return dict(self.data.get("checksums") or {})
+
+    def set_checksums(self, md5s: dict[str, str]) -> None:
+        if self.data.get("checksums") != md5s:
+            self.data["checksums"] = dict(md5s)
+            self.save()
 
     # ---- optional files a source lacked
 

@@ -70,11 +70,19 @@ class FetchRun:
     ) -> None:
         self.root = root
         self.user_md5 = user_md5
-        self.expected = {**OFFICIAL_MD5, **{k: v for k, v in user_md5.items() if k in OFFICIAL_MD5}}
         self.progress = progress
         self.timeout = timeout
         self.keep_archive = keep_archive
         self.manifest = Manifest(root)
+        # --checksums given once hold for later runs on the same root (a subset or a mirror
+        # stays verified without passing the file again); given again, they win.
+        given = {k: v for k, v in user_md5.items() if k in OFFICIAL_MD5}
+        if given:
+            self.manifest.set_checksums(given)
+        elif self.manifest.checksums:
+            progress.log(f"Verifying against the checksums an earlier run was given "
+                         f"(--checksums), recorded in {self.manifest.path.name}.")  # fmt: skip
+        self.expected = {**OFFICIAL_MD5, **(given or self.manifest.checksums)}
         self.fetched: dict[str, str] = {}
         self.warnings: list[str] = []
 

@@ -376,6 +376,7 @@ def _content_dir(base: Path, kind: str) -> Path:
 
 def _write_manifest(root: Path, result: WflwFetchResult) -> None:
     from faceattr.fileio import atomic_write_text
+    from faceattr.utils import to_json
 
     path = root / MANIFEST_NAME
     data = {}
@@ -384,7 +385,7 @@ def _write_manifest(root: Path, result: WflwFetchResult) -> None:
             data = json.loads(path.read_text())
     data.setdefault("sources", {}).update(result.sources)
     data["fetched"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, to_json(data, indent=2) + "\n")
 
 
 def _finish(root: Path, result: WflwFetchResult) -> WflwFetchResult:
