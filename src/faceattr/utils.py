@@ -10,6 +10,35 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 
+def strict_json_value(value: Any) -> Any:
+    """``value`` with numpy types made plain and NaN/infinity made ``None`` (JSON's null),
+    so that every JSON faceattr writes is valid JSON (bare ``NaN`` is not)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json_value(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # paths and the like
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    """The one JSON encoder of results (files and ``--json``): strict, NaN as null."""
+    import json
+
+    return json.dumps(strict_json_value(value), allow_nan=False, **kwargs)
+
+
 def resolve_device(name: str = "auto"):
     """``auto`` -> CUDA when present, else MPS, else CPU; checks that a requested device exists."""
     import torch

@@ -6,7 +6,6 @@ Runs on either backend (ONNX Runtime or PyTorch) through the same
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from faceattr.metrics import metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RUN_MODEL_FILES, run_config, run_dir_of
+from faceattr.utils import to_json
 
 
 def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> AttributeTable:
@@ -139,7 +139,7 @@ def evaluate_model(
         # in the run (an export such as model-int8.onnx) gets its name appended.
         tag = "" if path.name in RUN_MODEL_FILES else f"-{path.stem}"
         metrics_file = run / f"metrics-{split}{tag}.json"
-        atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(metrics_file, to_json(metrics, indent=2) + "\n")
         save_predictions(
             run / f"predictions-{split}{tag}.npz", table, index, probs, targets,
             list(info.attributes),

@@ -8,7 +8,6 @@ stale.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import secrets
@@ -290,7 +289,7 @@ def build_cache(
     """
     from faceattr import __version__
     from faceattr.fileio import atomic_write_text
-    from faceattr.utils import default_workers
+    from faceattr.utils import default_workers, to_json
 
     progress = progress or NullProgress()
     path = Path(path)
@@ -362,7 +361,7 @@ def build_cache(
             ],
             **(settings or {}),
         }
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        atomic_write_text(tmp / MANIFEST, to_json(manifest, indent=1) + "\n")
         # Swap in: the old cache (if any) is moved aside first, since a folder cannot be
         # renamed onto a non-empty one; readers see either no cache or a complete one.
         old = None

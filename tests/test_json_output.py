@@ -1,0 +1,82 @@
+"""Every command's --json output is strict JSON (no bare NaN or Infinity), on stdout alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from faceattr.cli.app import app
+from faceattr.utils import to_json
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def strict(text: str):
+    def reject(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def json_commands() -> set[str]:
+    """Every command that has a --json flag."""
+    group = typer.main.get_command(app)
+    ctx = None  # groups list and look up their commands without a context
+    found = set()
+
+    def walk(cmd, prefix):
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), [*prefix, name])
+        elif any("--json" in p.opts for p in cmd.params):
+            found.add(" ".join(prefix))
+
+    walk(group, [])
+    return found
+
+
+def test_to_json_writes_nan_as_null():
+    import numpy as np
+
+    text = to_json({"a": float("nan"), "b": [np.float32("inf"), np.int64(3)], "c": Path("x")})
+    assert strict(text) == {"a": None, "b": [None, 3], "c": "x"}
+
+
+def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path):
+    runner = CliRunner()
+    runs = {
+        "predict": ["predict", EXAMPLES / "astronaut.jpg", "--json"],
+        "eval": ["eval", trained_run, "--root", synthetic_root, "--split", "valid", "--json"],
+        "train": ["train", "--root", synthetic_root, "--arch", "celebnet", "--img-size", "32",
+                  "--epochs", "1", "--sample", "64", "--workers", "0",
+                  "--out", tmp_path / "run", "--json"],
+        "finetune": ["finetune", tmp_path / "run", "--epochs", "1", "--workers", "0",
+                     "--out", tmp_path / "ft", "--json"],
+        "export": ["export", tmp_path / "run", "--out", tmp_path / "m.onnx", "--json"],
+        "data fetch": ["data", "fetch", "synthetic", "--root", tmp_path / "syn",
+                       "--n-train", "8", "--n-valid", "4", "--n-test", "4", "--json"],
+        "data prepare": ["data", "prepare", "celeba", "--root", tmp_path / "syn",
+                         "--img-size", "32", "--json"],
+        "data stats": ["data", "stats", "celeba", "--root", tmp_path / "syn", "--json"],
+    }  # fmt: skip
+    assert set(runs) == json_commands(), "a command with --json is not covered here"
+    for name, args in runs.items():
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, (name, r.output)
+        data = strict(r.stdout)
+        assert data, name
+        if name == "eval":  # attributes without positives in the split: NaN became null
+            per = data["per_attribute"]
+            values = [v for row in per.values() for v in row.values() if isinstance(v, float)]
+            assert all(math.isfinite(v) for v in values)
+
+
+@pytest.mark.parametrize("option", ["--threshold", "--min-score"])
+def test_predict_refuses_nan(option):
+    r = CliRunner().invoke(app, ["predict", str(EXAMPLES / "astronaut.jpg"), option, "nan"])
+    assert r.exit_code == 2 and "must be in [0, 1]" in " ".join(r.output.split())
