@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from faceattr import __version__
+from faceattr.cli.common import Command
 from faceattr.cli.data import data_app
 from faceattr.cli.evaluate import eval_command
 from faceattr.cli.export import export_command
@@ -24,12 +25,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
-app.command("train")(train_command)
-app.command("finetune")(finetune_command)
-app.command("eval")(eval_command)
-app.command("predict")(predict_command)
-app.command("report")(report_command)
-app.command("export")(export_command)
+app.command("train", cls=Command)(train_command)
+app.command("finetune", cls=Command)(finetune_command)
+app.command("eval", cls=Command)(eval_command)
+app.command("predict", cls=Command)(predict_command)
+app.command("report", cls=Command)(report_command)
+app.command("export", cls=Command)(export_command)
 
 
 def _version(value: bool) -> None:

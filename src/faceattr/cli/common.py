@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -23,6 +23,38 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reflow(text: str | None) -> str | None:
+    """Help text with the line breaks of its source joined: paragraphs (blank-line
+    separated) print as flowing sentences; a paragraph starting with ``\\b`` keeps its lines."""
+    if not text:
+        return text
+    import inspect
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+class Command(typer.core.TyperCommand):
+    """Every faceattr command: flowing help paragraphs, flags shown without a value type
+    (``--json``, not ``--json <bool>``), and each number's allowed range in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from faceattr.cli.options import option_limit
+
+        kwargs["help"] = reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # a flag takes no value
+            limit = option_limit(param.name or "")
+            typer_range = getattr(param, "min", None) is not None or getattr(param, "max", None)
+            if limit is not None and isinstance(param, typer.core.TyperOption) and not typer_range:
+                text = param.help or ""
+                if "must be" not in text.lower():
+                    rule = limit.describe().replace("[", "\\[")  # no rich markup
+                    param.help = f"{text} Must be {rule}.".strip()
 
 
 def handle_errors(fn: F) -> F:
@@ -44,8 +76,23 @@ def handle_errors(fn: F) -> F:
             error = missing_extra_error(exc.name or "")
             report_error(error)
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
+        except OSError as exc:
+            # A full disk or read-only folder where no faceattr write path caught it.
+            from faceattr.fileio import is_write_error, write_error
+
+            if not is_write_error(exc, from_write=False):
+                raise
+            failed = write_error(exc, exc.filename or "(unknown)", "output",
+                                 "Check what the command wrote before the error.")  # fmt: skip
+            report_error(failed)
+            raise typer.Exit(failed.exit_code) from None
+        except KeyboardInterrupt as exc:
             err.print("[yellow]Interrupted.[/]")
+            hint = getattr(exc, "hint", None)  # errors.Interrupted: what was kept, how to go on
+            if hint:
+                from rich.markup import escape
+
+                err.print(escape(hint), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -67,18 +114,10 @@ def report_error(exc: FaceAttrError) -> None:
 
 def print_json(data: Any) -> None:
     """Exactly one JSON document on stdout (no rich markup or wrapping)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    from faceattr.utils import to_json
+
+    sys.stdout.write(to_json(data, indent=2) + "\n")
     sys.stdout.flush()
-
-
-def _jsonable(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 class RichProgress(Progress):

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import err, handle_errors, out
+from faceattr.cli.common import Command, err, handle_errors, out
 from faceattr.cli.options import CropOption, DatasetArgument, choice, data_config
+from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.config import field_default
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
@@ -17,7 +18,7 @@ data_app = typer.Typer(
 )
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=Command)
 @handle_errors
 def fetch_command(
     name: Annotated[
@@ -55,9 +56,13 @@ def fetch_command(
         bool, typer.Option("--keep-archive", help="Keep img_align_celeba.zip after extracting.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    n_train: Annotated[int, typer.Option(help="synthetic: training images.", min=1)] = 600,
-    n_valid: Annotated[int, typer.Option(help="synthetic: validation images.", min=1)] = 150,
-    n_test: Annotated[int, typer.Option(help="synthetic: test images.", min=1)] = 150,
+    n_train: Annotated[int, typer.Option(help="synthetic: training images.", min=1)] = DEMO_SIZES[
+        0
+    ],
+    n_valid: Annotated[int, typer.Option(help="synthetic: validation images.", min=1)] = DEMO_SIZES[
+        1
+    ],
+    n_test: Annotated[int, typer.Option(help="synthetic: test images.", min=1)] = DEMO_SIZES[2],
     seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 0,
 ) -> None:
     """Download a dataset into --root in its official layout, verifying every file.
@@ -123,11 +128,14 @@ def fetch_command(
             root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed
         )
         total = n_train + n_valid + n_test
+        hint = f"faceattr train --root {path} --arch celebnet --epochs 3"
+        if json_out:
+            print_json({"dataset": "synthetic", "root": str(path), "images": total,
+                        "splits": {"train": n_train, "valid": n_valid, "test": n_test},
+                        "seed": seed, "next": hint})  # fmt: skip
+            return
         out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {path}")
-        err.print(
-            f"Next: faceattr train --root {path} --arch celebnet --img-size 64 --epochs 5 "
-            "--augment none  (its labels are drawn at fixed places: flips would scramble them)"
-        )
+        err.print(f"Next: {hint}", highlight=False)
 
 
 def _fetch_wflw(
@@ -185,7 +193,7 @@ def _fetch_wflw(
     err.print(f"Next: faceattr train --dataset wflw --root {result.root}", highlight=False)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 @handle_errors
 def prepare_command(
     dataset: DatasetArgument,
@@ -264,7 +272,7 @@ def prepare_command(
     )
 
 
-@data_app.command("stats")
+@data_app.command("stats", cls=Command)
 @handle_errors
 def stats_command(
     dataset: DatasetArgument,
@@ -286,7 +294,9 @@ def stats_command(
 
     Reads only the label files, so it is quick even on the full CelebA.
 
-    Example: faceattr data stats celeba --root data/celeba --plot corr.png
+    \b
+    Example:
+      faceattr data stats celeba --root data/celeba --plot corr.png
     """
     from faceattr.cli.common import print_json
     from faceattr.data import read_dataset

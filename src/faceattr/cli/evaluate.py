@@ -66,7 +66,9 @@ def eval_command(
     In a run directory, writes metrics-<split>.json and predictions-<split>.npz (used by
     `faceattr report`).
 
-    Example: faceattr eval runs/celebnet --root data/celeba --split test --json --fail-under 0.9
+    \b
+    Example:
+      faceattr eval runs/celebnet --root data/celeba --split test --json --fail-under 0.9
     """
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.evaluate import evaluate_model

@@ -101,8 +101,9 @@ def export_command(
     After writing, the export is checked against PyTorch on real images. Needs the train
     extra: pip install "faceattr\\[train]".
 
-    Example: faceattr export runs/lite0 --int8 --calibration-root data/celeba --eval-split
-    valid
+    \b
+    Example:
+      faceattr export runs/lite0 --int8 --calibration-root data/celeba --eval-split valid
     """
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.export import export_model, iter_summary_lines

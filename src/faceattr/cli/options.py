@@ -22,6 +22,7 @@ from faceattr.config import (
     NUMBER_LIMITS,
     TTA_MODES,
     DataConfig,
+    Limit,
     build_config,
     field_default,
     limit_problem,
@@ -93,6 +94,11 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def option_limit(name: str) -> Limit | None:
+    """The allowed range of the option ``name`` (its config field's, or its own)."""
+    return NUMBER_LIMITS.get(name) or LIMITS.get(OPTION_FIELDS.get(name, ""))
+
+
 def check_numbers(options: Mapping[str, Any]) -> None:
     """A UsageError (exit 2) naming every numeric option outside its range or not finite:
     the ranges of the config fields the options set (``config.LIMITS``) and of the other
@@ -101,8 +107,7 @@ def check_numbers(options: Mapping[str, Any]) -> None:
 
     problems = []
     for name, value in options.items():
-        limit = NUMBER_LIMITS.get(name) or LIMITS.get(OPTION_FIELDS.get(name, ""))
-        problem = limit_problem(limit, value)
+        problem = limit_problem(option_limit(name), value)
         if problem:
             problems.append(f"--{name.replace('_', '-')} {problem}")
     if problems:

@@ -92,7 +92,7 @@ def predict_command(
     ] = False,
     top: Annotated[int, typer.Option(help="Rows per face in the table (0 = all).", min=0)] = 0,
     batch_size: Annotated[
-        int, typer.Option(help=f"Faces per model call ({PREDICT_BATCH_SIZE}).", min=1)
+        int, typer.Option(help="Faces per model call.", min=1)
     ] = PREDICT_BATCH_SIZE,
     workers: WorkersOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
@@ -105,8 +105,11 @@ def predict_command(
     Each face is found, aligned like CelebA's aligned crops and passed to the model (default:
     the model shipped with faceattr). An image with no face is a valid answer ("faces": []).
 
-    Examples: faceattr predict photo.jpg | faceattr predict photos/ --json | ls *.jpg |
-    faceattr predict - --csv out.csv
+    \b
+    Examples:
+      faceattr predict photo.jpg
+      faceattr predict photos/ --json
+      ls *.jpg | faceattr predict - --csv out.csv
     """
     from faceattr.fileio import atomic_open
     from faceattr.inference.detect import create_detector
@@ -125,22 +128,23 @@ def predict_command(
         tta=tta,
     )  # fmt: skip
     pictures = PictureWriter(save_crops, annotate)
-    quiet = json_out or len(inputs) <= 5
-    results = list(
-        iter_predictions(
-            inputs,
-            predictor,
-            detector=found,
-            max_pixels=max_pixels,
-            progress=RichProgress(quiet=quiet),
-            total=len(inputs),
-            on_image=pictures if pictures.wanted else None,
-            workers=workers,
-        )
+    predictions = iter_predictions(
+        inputs,
+        predictor,
+        detector=found,
+        max_pixels=max_pixels,
+        progress=RichProgress(quiet=len(inputs) <= 5),  # on stderr: --json output stays clean
+        total=len(inputs),
+        on_image=pictures if pictures.wanted else None,
+        workers=workers,
     )
-    if csv_file is not None:
-        with atomic_open(csv_file, "w", newline="", encoding="utf-8") as fh:
-            write_csv(fh, results, predictor.attributes)
+    if csv_file is None:
+        results = list(predictions)
+    else:  # rows go to disk as they come: a failure keeps them in CSV_FILE.partial
+        with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="predictions CSV",
+                         keep_partial=True) as fh:  # fmt: skip
+            rows = CsvRows(fh, predictor.attributes)
+            results = [rows.write(r) for r in predictions]
         err.print(f"Wrote {csv_file}", highlight=False)
     if json_out:
         print_json(results)
@@ -153,19 +157,26 @@ def predict_command(
         raise typer.Exit(1)
 
 
-def write_csv(fh, results: list[dict[str, Any]], attributes: list[str]) -> None:
-    writer = csv.writer(fh)
-    writer.writerow(["image", "face", "x", "y", "w", "h", "score", *attributes, "error"])
-    for r in results:
+class CsvRows:
+    """One CSV row per face (an image without faces or with an error gets one row too)."""
+
+    def __init__(self, fh, attributes: list[str]) -> None:
+        self.writer = csv.writer(fh)
+        self.attributes = attributes
+        self.writer.writerow(["image", "face", "x", "y", "w", "h", "score", *attributes, "error"])
+
+    def write(self, r: dict[str, Any]) -> dict[str, Any]:
+        attributes = self.attributes
         if r["error"] or not r["faces"]:
-            writer.writerow([r["image"], "", "", "", "", "", "", *[""] * len(attributes),
-                             r["error"] or ""])  # fmt: skip
-            continue
+            self.writer.writerow([r["image"], "", "", "", "", "", "", *[""] * len(attributes),
+                                  r["error"] or ""])  # fmt: skip
+            return r
         for i, face in enumerate(r["faces"]):
             probs = face["probabilities"]
-            writer.writerow(
+            self.writer.writerow(
                 [r["image"], i, *face["box"], face["score"], *[probs[a] for a in attributes], ""]
             )
+        return r
 
 
 def render_result(r: dict[str, Any], top: int) -> None:

@@ -81,12 +81,10 @@ def report_command(
     Built only from what run directories hold. Per-image views need `faceattr eval RUN --root
     DIR --split SPLIT` first (it writes predictions-<split>.npz).
 
+    \b
     Examples:
-
       faceattr report runs/celebnet --out report.html
-
       faceattr report runs/frozen runs/finetuned --out compare.html
-
       faceattr report runs/resnet50 runs/densenet121 --format md --out docs/compare.md
     """
     from faceattr.attributes import CELEBA_ATTRIBUTES, parse_attribute_list, resolve_attributes

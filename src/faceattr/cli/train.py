@@ -428,7 +428,9 @@ def train_command(
     last.safetensors, history.csv, metrics-valid.json and a resume state. Ctrl-C loses at most
     the current epoch: continue with --resume RUN_DIR.
 
-    Example: faceattr train --root data/celeba --arch densenet121 --sample 29500 --loss weighted-bce
+    \b
+    Example:
+      faceattr train --root data/celeba --arch densenet121 --sample 29500 --loss weighted-bce
     """
     options = dict(locals())  # every option, before anything else is defined here
     from faceattr.extras import require
@@ -618,7 +620,9 @@ def finetune_command(
     Writes a new run directory that records its parent. Options left out are inherited from
     the parent run.
 
-    Example: faceattr finetune runs/frozen --unfreeze all --epochs 3
+    \b
+    Example:
+      faceattr finetune runs/frozen --unfreeze all --epochs 3
     """
     options = dict(locals())  # every option, before anything else is defined here
     from faceattr.extras import require
