@@ -69,3 +69,11 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str], cls=UsageEr
     else:
         hint = f"There are {len(choices)} valid {kind}s; see `faceattr --help`."
     return cls(msg, hint)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a ``hint`` saying what was kept and how to continue (the CLI prints it)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint

@@ -6,6 +6,8 @@
 - A disk-full, quota, read-only or permission error becomes a :class:`WriteError` that says
   what was being written, where, how much space is free and what is safe, instead of an
   ``OSError`` traceback.
+- :func:`hold_lock` keeps a second process out of a folder that one is writing (a run
+  directory), and takes over the lock of a process that died.
 - :func:`remove_stale_temps` clears the temp files a killed process left behind, and
   :func:`check_free_space` refuses to start work whose results would not fit.
 """
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from faceattr.errors import FaceAttrError
+from faceattr.errors import FaceAttrError, Interrupted
 
 # Temp files are ".<target name>.<random>.tmp" beside the target (".tmp.onnx" where a
 # library needs to see the extension).
@@ -186,6 +188,8 @@ def atomic_open(
             os.unlink(tmp)
         if is_write_error(exc, from_write=False):  # e.g. PIL writing to the file descriptor
             raise failed(exc) from exc  # type: ignore[arg-type]
+        if keep_partial and type(exc) is KeyboardInterrupt and partial.exists():
+            raise Interrupted(f"What was written so far is kept in {partial}.") from None
         raise
 
 
@@ -238,3 +242,124 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
             f"{human_bytes(free)} free.",
             "Free some space, or write somewhere else (another --out).",
         )
+
+
+class LockedError(FaceAttrError):
+    """Another live process holds the folder's lock."""
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    import json
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 65536)
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return {"pid": "?", "host": "?"}
+    return data if isinstance(data, dict) else {}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError) as exc:
+        return isinstance(exc, PermissionError)  # exists, owned by someone else
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    started = f", started {holder['started']}" if holder.get("started") else ""
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}{started}"
+
+
+@contextlib.contextmanager
+def hold_lock(
+    folder: str | os.PathLike, name: str, *, what: str, note: Any = None
+) -> Iterator[None]:
+    """Hold ``folder/name`` while the block runs: the holder's PID, host and start time are
+    in it, a second process gets a :class:`LockedError` saying who holds it. A lock left by a
+    process that died (``kill -9``) is taken over, and ``note`` (a callable) is told so.
+    The folder is created; it is removed again when the block leaves it empty."""
+    import json
+    import socket
+    import sys
+    from datetime import datetime
+
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, folder / name, "lock file") from exc
+    path = folder / name
+    me: dict[str, Any] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:500],
+    }
+    fd = _acquire(path, what, me["host"])
+    try:
+        previous = _holder(fd)
+        if previous and note is not None:
+            note(f"Took over the lock of {folder} from {_describe(previous)}, which is no longer "
+                 "running (it was interrupted).")  # fmt: skip
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(me) + "\n").encode())
+            os.fsync(fd)
+        except OSError as exc:
+            raise write_error(exc, path, "lock file", "Nothing was written yet.") from exc
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when nothing was written
+
+
+def _acquire(path: Path, what: str, host: str) -> int:
+    """An open descriptor of ``path`` holding its lock (the file as it was, still unread)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; a live holder is told apart by its PID
+        fcntl = None  # type: ignore[assignment]
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(exc, path, "lock file") from exc
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise _locked(path, what, holder) from None
+            try:  # the holder may have removed the file between our open and our lock
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+            continue
+        holder = _holder(fd)
+        if holder and holder.get("host") == host and _alive(holder.get("pid")):
+            os.close(fd)
+            raise _locked(path, what, holder)
+        return fd
+    raise LockedError(f"Could not take the lock {path}: it keeps changing hands.")
+
+
+def _locked(path: Path, what: str, holder: dict[str, Any]) -> LockedError:
+    command = f" ({holder['command']})" if holder.get("command") else ""
+    return LockedError(
+        f"The {what} {path.parent} is in use by {_describe(holder)}{command}.",
+        "Wait for it to finish, or choose another folder (--out). If that process is gone "
+        f"for good (a crashed machine sharing this folder), delete {path}.",
+    )

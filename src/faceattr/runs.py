@@ -18,6 +18,7 @@ BEST_FILE = "model.safetensors"  # the best epoch's model, with tuned thresholds
 LAST_FILE = "last.safetensors"  # the latest epoch's model
 STATE_FILE = "train_state.pt"  # what --resume needs (weights, optimizer, counters)
 HISTORY_FILE = "history.csv"  # one row per epoch
+LOCK_FILE = "faceattr.lock"  # while a process trains the run: its PID and host
 # The model files of a run directory, in the order resolve_model prefers them: the best
 # model, then the latest epoch's (training writes the best one after its first epoch).
 RUN_MODEL_FILES = (BEST_FILE, LAST_FILE)

@@ -14,6 +14,7 @@ the two functions that write files, :func:`save_checkpoint` and :func:`finish`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -37,14 +38,21 @@ from faceattr.engine.distributed import Dist
 from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.engine.optim import Scheduler, amp_setup, make_optimizer, make_scheduler
-from faceattr.errors import ModelError, UsageError
-from faceattr.fileio import atomic_open, atomic_write_text
+from faceattr.errors import Interrupted, ModelError, UsageError
+from faceattr.fileio import (
+    WriteError,
+    atomic_open,
+    atomic_write_text,
+    check_free_space,
+    hold_lock,
+    remove_stale_temps,
+)
 from faceattr.losses import make_loss, pos_weight_from_rates
 from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
 from faceattr.models import AttributeModel, ModelInfo
 from faceattr.progress import EpochEnd, NullProgress, Progress
-from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, STATE_FILE
-from faceattr.utils import prefetch
+from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, LOCK_FILE, STATE_FILE
+from faceattr.utils import prefetch, to_json
 
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",
@@ -129,15 +137,51 @@ def fit(
     """
     ctx = distributed.init(cfg.device)
     progress = (progress or NullProgress()) if ctx.is_main else NullProgress()
+    if not cfg.out:
+        raise UsageError("TrainConfig.out is empty: say which run directory to write.")
+    run_dir = Path(cfg.out)
+    # One process writes a run directory at a time: rank 0 holds its lock for the whole run.
+    lock = (
+        hold_lock(run_dir, LOCK_FILE, what="run directory", note=progress.log)
+        if ctx.is_main
+        else contextlib.nullcontext()
+    )
+    with lock:
+        if ctx.is_main:
+            removed = remove_stale_temps(run_dir)  # nobody else writes here: all are stale
+            if removed:
+                progress.log(removed)
+        try:
+            return _fit(cfg, ctx, progress, resume=resume, init_from=init_from)
+        except KeyboardInterrupt:
+            raise Interrupted(resume_hint(run_dir)) from None
+
+
+def _fit(
+    cfg: TrainConfig,
+    ctx: Dist,
+    progress: Progress,
+    *,
+    resume: bool,
+    init_from: str | Path | None,
+) -> FitResult:
     cfg, state = open_run(cfg, resume)
     distributed.barrier(ctx)  # every rank has looked at the folder before rank 0 writes
     if state is not None and state.get("finished"):
         return _finished_result(Path(cfg.out), state)
     cfg = replace(cfg, world_size=ctx.world_size)
-    t = setup(cfg, progress, init_from=init_from if state is None else None, ctx=ctx)
+    if state is not None:
+        init_from = None  # the checkpoint has the weights
+    elif resume and cfg.parent:  # a fine-tuning run that had not finished an epoch
+        init_from = Path(cfg.parent) / BEST_FILE
+    t = setup(cfg, progress, init_from=init_from, ctx=ctx)
+    if ctx.is_main:
+        check_free_space(t.run_dir, checkpoint_bytes(t), "this run's checkpoints")
     if state is not None:
         restore(t, state, progress)
     elif ctx.is_main:
+        if resume:
+            progress.log(f"Resuming {t.run_dir}: no epoch was finished yet, starting at epoch 1.")
         t.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(t.run_dir / CONFIG_FILE)
     stopped_early = False
@@ -148,6 +192,42 @@ def fit(
             progress.log(f"Early stopping: no improvement for {cfg.patience} epoch(s).")
             break
     return finish(t, stopped_early=stopped_early)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What an interrupted run kept and the command that continues it."""
+    if not (run_dir / CONFIG_FILE).exists():
+        return f"No epoch of {run_dir} was finished, so nothing was kept."
+    epoch = saved_epoch(run_dir)
+    done = {0: "No epoch was finished yet", 1: "Epoch 1 is saved"}.get(
+        epoch, f"Epochs 1-{epoch} are saved"
+    )
+    return f"{done} in {run_dir}: `faceattr train --resume {run_dir}` continues the run."
+
+
+def saved_epoch(run_dir: Path) -> int:
+    """The last epoch whose resume state is complete on disk (0: none)."""
+    if not (run_dir / STATE_FILE).exists():
+        return 0
+    try:
+        state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # damaged state: open_run says so when it is resumed
+        return 0
+    return int(state.get("epoch", 0))
+
+
+def checkpoint_bytes(t: Training) -> int:
+    """Disk space the run's checkpoints still need: the best and last model files, the resume
+    state (weights, optimizer moments, EMA) and, while one is replaced, a temp copy of it."""
+    weights = sum(v.numel() * v.element_size() for v in t.model.state_dict().values())
+    state = weights * (3 + (t.ema is not None))  # AdamW keeps two moments per weight
+    need = 2 * weights + 2 * state
+    have = sum(
+        (t.run_dir / n).stat().st_size
+        for n in (BEST_FILE, LAST_FILE, STATE_FILE)
+        if (t.run_dir / n).exists()
+    )
+    return max(state, need - have)
 
 
 def open_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -169,7 +249,14 @@ def open_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict[str, Any
     cfg = replace(TrainConfig.load(run_dir / CONFIG_FILE), out=str(run_dir))
     state = None
     if (run_dir / STATE_FILE).exists():
-        state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a damaged zip or pickle
+            raise ModelError(
+                f"The resume state {run_dir / STATE_FILE} cannot be read: {e}",
+                f"Its model files can still be used ({BEST_FILE}, {LAST_FILE}); to train "
+                "again, start a new run.",
+            ) from e
     return cfg, state
 
 
@@ -365,7 +452,48 @@ def restore(t: Training, state: dict[str, Any], progress: Progress) -> None:
     t.history = state["history"]
     t.best_metric, t.best_epoch = state["best_metric"], state["best_epoch"]
     t.bad_epochs, t.next_epoch = state["bad_epochs"], state["epoch"] + 1
-    progress.log(f"Resuming {t.run_dir} after epoch {state['epoch']} of {t.cfg.epochs}.")
+    repaired = repair_epoch_files(t, state["epoch"]) if t.dist.is_main else []
+    distributed.barrier(t.dist)
+    fixed = f"; rewrote {', '.join(repaired)} from it" if repaired else ""
+    progress.log(
+        f"Resuming {t.run_dir} after epoch {state['epoch']} of {t.cfg.epochs} (the newest "
+        f"complete epoch in {STATE_FILE}{fixed})."
+    )
+
+
+def _file_epoch(path: Path) -> int | None:
+    from faceattr.models.info import read_model_info
+
+    try:
+        return int(read_model_info(path).extra.get("epoch", 0)) if path.exists() else None
+    except Exception:  # damaged or foreign: rewrite it
+        return None
+
+
+def repair_epoch_files(t: Training, epoch: int) -> list[str]:
+    """The resume state is written first in every checkpoint: a run killed after it but
+    before the epoch's model files and history gets them rewritten here (names returned)."""
+    from faceattr.models import save_model_file
+
+    info = replace(t.info, extra={"epoch": epoch})
+    repaired = []
+    if _file_epoch(t.run_dir / LAST_FILE) != epoch:
+        save_model_file(t.run_dir / LAST_FILE, t.eval_model, info)
+        repaired.append(LAST_FILE)
+    if t.best_epoch == epoch and _file_epoch(t.run_dir / BEST_FILE) != epoch:
+        save_model_file(t.run_dir / BEST_FILE, t.eval_model, info)
+        repaired.append(BEST_FILE)
+    if _history_rows(t.run_dir / HISTORY_FILE) != len(t.history):
+        write_history(t.run_dir / HISTORY_FILE, t.history)
+        repaired.append(HISTORY_FILE)
+    return repaired
+
+
+def _history_rows(path: Path) -> int:
+    if not path.exists():
+        return -1
+    with open(path, encoding="utf-8", newline="") as fh:
+        return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -498,36 +626,57 @@ def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
 
 
 def save_checkpoint(t: Training, epoch: int, best: bool) -> None:
-    """The files of a finished epoch: the model (also as the best one when it is), the history
-    and the resume state, each written atomically."""
+    """The files of a finished epoch, each written atomically: first the resume state (the
+    epoch counts as done once it is on disk), then the model (also as the best one when it
+    is) and the history, which :func:`repair_epoch_files` can rebuild from the state."""
     from faceattr.models import save_model_file
 
     if not t.dist.is_main:  # only rank 0 writes; the others wait until the files are there
         distributed.barrier(t.dist)
         return
     info = replace(t.info, extra={"epoch": epoch})
-    if best:
-        save_model_file(t.run_dir / BEST_FILE, t.eval_model, info)
-    save_model_file(t.run_dir / LAST_FILE, t.eval_model, info)
-    write_history(t.run_dir / HISTORY_FILE, t.history)
-    _save_state(
-        t.run_dir / STATE_FILE,
-        {
-            "epoch": epoch,
-            "model": t.model.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
-            "ema": t.ema.state_dict() if t.ema is not None else None,
-            "history": t.history,
-            "best_metric": t.best_metric,
-            "best_epoch": t.best_epoch,
-            "bad_epochs": t.bad_epochs,
-            "world_size": t.dist.world_size,
-            "finished": False,  # set after thresholds are stored
-        },
-    )
+    state = {
+        "epoch": epoch,
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "history": t.history,
+        "best_metric": t.best_metric,
+        "best_epoch": t.best_epoch,
+        "bad_epochs": t.bad_epochs,
+        "world_size": t.dist.world_size,
+        "finished": False,  # set after thresholds are stored
+    }
+    run = t.run_dir
+    try:
+        _save_state(run / STATE_FILE, state)
+    except WriteError as e:
+        done = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
+        raise WriteError(e.message, _kept(run, f"The last complete checkpoint ({done}) is "
+                                              "intact.", e)) from e  # fmt: skip
+    try:
+        if best:
+            save_model_file(run / BEST_FILE, t.eval_model, info)
+        save_model_file(run / LAST_FILE, t.eval_model, info)
+        write_history(run / HISTORY_FILE, t.history)
+    except WriteError as e:
+        raise WriteError(
+            e.message,
+            _kept(
+                run,
+                f"Epoch {epoch} is saved in {STATE_FILE}; its model files are rewritten on resume.",
+                e,
+            ),
+        ) from e
     distributed.barrier(t.dist)
+
+
+def _kept(run_dir: Path, what: str, error: WriteError) -> str:
+    """A checkpoint's write failed: what is safe, the fix, and the command that continues."""
+    fix = (error.hint or "").splitlines()[-1]
+    return f"{what}\n{fix} Then `faceattr train --resume {run_dir}` continues the run."
 
 
 def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
@@ -559,7 +708,7 @@ def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
     metrics.update(split="valid", model=str(t.run_dir / BEST_FILE))
     if t.dist.is_main:
         save_model_file(t.run_dir / BEST_FILE, best_model, info)
-        atomic_write_text(t.run_dir / "metrics-valid.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(t.run_dir / "metrics-valid.json", to_json(metrics, indent=2) + "\n")
         final_state = torch.load(t.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
         final_state["finished"] = True
         _save_state(t.run_dir / STATE_FILE, final_state)

@@ -156,8 +156,8 @@ def onnx_digest(blob: bytes | memoryview, path: Path = Path("model.onnx")) -> st
         raise _onnx_error(path, e) from e
     if len(graphs) != 1:
         raise _onnx_error(path, ValueError(f"{len(graphs)} graphs"))
-    s, e = graphs[0]
-    return hashlib.sha256(blob[s:e]).hexdigest()
+    start, end = graphs[0]
+    return hashlib.sha256(blob[start:end]).hexdigest()
 
 
 def _encode_varint(n: int) -> bytes:
