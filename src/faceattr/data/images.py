@@ -56,7 +56,8 @@ def _too_large(
         what = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
     return ImageReadError(
         f"Cannot read image {path}: it is too large ({what}, more than the limit of "
-        f"{limit:,} set by {source}).",
+        f"{limit:,} set by {source}); if it is trustworthy, raise the limit with "
+        "--max-pixels N.",
         "If the file is trustworthy, raise the limit: `faceattr predict --max-pixels N` "
         "(in Python, load_image(path, max_pixels=N)), N at least the pixel count above.",
     )
