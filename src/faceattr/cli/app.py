@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from faceattr import __version__
-from faceattr.cli.common import Command
+from faceattr.cli.common import Command, Group
 from faceattr.cli.data import data_app
 from faceattr.cli.evaluate import eval_command
 from faceattr.cli.export import export_command
@@ -20,6 +20,7 @@ app = typer.Typer(
     help="Facial attribute recognition: which of the 40 CelebA attributes (Male, Smiling, "
     "Eyeglasses, ...) a face shows, with probabilities. Train, evaluate and predict.",
     no_args_is_help=True,
+    cls=Group,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,

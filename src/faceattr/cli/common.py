@@ -36,6 +36,31 @@ def reflow(text: str | None) -> str | None:
     return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
+def _flags_take_no_value(params: list[Any]) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # shown as `--json`, not `--json <bool>`
+
+
+class Group(typer.core.TyperGroup):
+    """faceattr and its sub-command groups: flags shown without a value type."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["help"] = reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+        _flags_take_no_value(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _flags_take_no_value([option] if option is not None else [])
+        return option
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # includes the completion options typer adds
+        _flags_take_no_value(params)
+        return params
+
+
 class Command(typer.core.TyperCommand):
     """Every faceattr command: flowing help paragraphs, flags shown without a value type
     (``--json``, not ``--json <bool>``), and each number's allowed range in its help."""
@@ -45,9 +70,8 @@ class Command(typer.core.TyperCommand):
 
         kwargs["help"] = reflow(kwargs.get("help"))
         super().__init__(*args, **kwargs)
+        _flags_take_no_value(self.params)
         for param in self.params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""  # a flag takes no value
             limit = option_limit(param.name or "")
             typer_range = getattr(param, "min", None) is not None or getattr(param, "max", None)
             if limit is not None and isinstance(param, typer.core.TyperOption) and not typer_range:
@@ -55,6 +79,11 @@ class Command(typer.core.TyperCommand):
                 if "must be" not in text.lower():
                     rule = limit.describe().replace("[", "\\[")  # no rich markup
                     param.help = f"{text} Must be {rule}.".strip()
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _flags_take_no_value([option] if option is not None else [])
+        return option
 
 
 def handle_errors(fn: F) -> F:

@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import Command, err, handle_errors, out
+from faceattr.cli.common import Command, Group, err, handle_errors, out
 from faceattr.cli.options import CropOption, DatasetArgument, choice, data_config
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.config import field_default
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
 data_app = typer.Typer(
-    help="Fetch, prepare and inspect datasets.", no_args_is_help=True, rich_markup_mode="rich"
+    help="Fetch, prepare and inspect datasets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    cls=Group,
 )
 
 

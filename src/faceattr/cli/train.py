@@ -148,7 +148,14 @@ Augment = Annotated[
         rich_help_panel=AUG_HELP,
     ),
 ]
-Hflip = Annotated[bool | None, typer.Option("--hflip/--no-hflip", rich_help_panel=AUG_HELP)]
+Hflip = Annotated[
+    bool | None,
+    typer.Option(
+        "--hflip/--no-hflip",
+        help="Random horizontal flips (default: as --augment says; on in light and strong).",
+        rich_help_panel=AUG_HELP,
+    ),
+]
 RandomCrop = Annotated[
     float | None,
     typer.Option(

@@ -147,8 +147,8 @@ def fit(
         else contextlib.nullcontext()
     )
     with lock:
-        if ctx.is_main:
-            removed = remove_stale_temps(run_dir)  # nobody else writes here: all are stale
+        if ctx.is_main and (run_dir / CONFIG_FILE).exists():  # a run's own folder, locked:
+            removed = remove_stale_temps(run_dir)  # nobody else writes here, all are stale
             if removed:
                 progress.log(removed)
         try:

@@ -1,4 +1,5 @@
-"""Every command's --json output is strict JSON (no bare NaN or Infinity), on stdout alone."""
+"""What every command prints: strict --json output (no bare NaN or Infinity) on stdout alone,
+and --help that reads well."""
 
 from __future__ import annotations
 
@@ -80,3 +81,31 @@ def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path
 def test_predict_refuses_nan(option):
     r = CliRunner().invoke(app, ["predict", str(EXAMPLES / "astronaut.jpg"), option, "nan"])
     assert r.exit_code == 2 and "must be in [0, 1]" in " ".join(r.output.split())
+
+
+def _commands():
+    group = typer.main.get_command(app)
+
+    def walk(cmd, prefix):
+        if hasattr(cmd, "list_commands"):
+            for name in cmd.list_commands(None):
+                yield from walk(cmd.get_command(None, name), [*prefix, name])
+        else:
+            yield prefix, cmd
+
+    return list(walk(group, []))
+
+
+def test_help_of_every_command_reads_well():
+    """Every option says what it does, flags show no value type, paragraphs are not cut."""
+    runner = CliRunner()
+    for prefix, cmd in _commands():
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.name != "help":
+                assert (p.help or "").strip(), f"{' '.join(prefix)} --{p.name} has no help"
+        text = runner.invoke(app, [*prefix, "--help"], terminal_width=100).output
+        assert "<bool>" not in text, prefix
+        for paragraph in (cmd.help or "").split("\n\n"):  # the source's line ends are gone
+            assert paragraph.startswith("\b") or "\n" not in paragraph, (prefix, paragraph)
+    top = runner.invoke(app, ["--help"], terminal_width=100).output
+    assert "<bool>" not in top and "--version" in top
