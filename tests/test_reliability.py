@@ -308,7 +308,7 @@ def test_a_really_full_disk(synthetic_root, tmp_path):
 
 def _train_cmd(root: Path, out: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("faceattr")), "train", "--root", str(root),
-            "--arch", "celebnet", "--img-size", "40", "--num-features", "64", "--epochs", "4",
+            "--arch", "celebnet", "--img-size", "40", "--num-features", "64", "--epochs", "3",
             "--batch-size", "32", "--no-hflip", "--workers", "0", "--out", str(out)]  # fmt: skip
 
 
