@@ -64,6 +64,8 @@ def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path
         "data prepare": ["data", "prepare", "celeba", "--root", tmp_path / "syn",
                          "--img-size", "32", "--json"],
         "data stats": ["data", "stats", "celeba", "--root", tmp_path / "syn", "--json"],
+        "index": ["index", EXAMPLES, "--db", tmp_path / "lib.db", "--json"],
+        "search": ["search", "Smiling or Eyeglasses", "--db", tmp_path / "lib.db", "--json"],
     }  # fmt: skip
     assert set(runs) == json_commands(), "a command with --json is not covered here"
     for name, args in runs.items():

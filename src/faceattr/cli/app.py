@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from faceattr import __version__
+from faceattr.cli.collection import index_command, search_command
 from faceattr.cli.common import Command, Group
 from faceattr.cli.data import data_app
 from faceattr.cli.evaluate import eval_command
@@ -32,6 +33,8 @@ app.command("eval", cls=Command)(eval_command)
 app.command("predict", cls=Command)(predict_command)
 app.command("report", cls=Command)(report_command)
 app.command("export", cls=Command)(export_command)
+app.command("index", cls=Command)(index_command)
+app.command("search", cls=Command)(search_command)
 
 
 def _version(value: bool) -> None:

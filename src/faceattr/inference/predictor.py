@@ -208,13 +208,15 @@ def iter_predictions(
     total: int | None = None,
     on_image: OnImage | None = None,
     workers: int | None = None,
+    raw: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield one result dict per source, in order, batching faces across images.
 
     With a ``detector`` every face found is aligned and predicted; without one the whole
     image is taken as an aligned face crop. An unreadable source yields an entry with
     ``error`` set instead of raising. ``workers`` threads (default: one per core, at most 4;
-    0: none) prepare the next images while the model runs.
+    0: none) prepare the next images while the model runs. ``raw`` adds each face's
+    unrounded probabilities as ``probability_array`` (float32, the model's attribute order).
     """
     progress = progress or NullProgress()
     progress.start("predicting", total=total)
@@ -236,6 +238,8 @@ def iter_predictions(
                 if face.landmarks is not None:
                     entry["landmarks"] = face.landmarks
                 entry.update(predictor.describe(probs[k]))
+                if raw:
+                    entry["probability_array"] = probs[k]
                 entries.append(entry)
                 k += 1
             result: dict[str, Any] = {"image": item.image}

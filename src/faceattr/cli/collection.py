@@ -1,0 +1,180 @@
+"""`faceattr index` and `faceattr search`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.options import WorkersOption, check_numbers
+
+DbOption = Annotated[
+    Path, typer.Option("--db", help="The index database (an SQLite file; created by index).")
+]
+
+
+@handle_errors
+def index_command(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or images.")],
+    db: DbOption = Path("library.db"),
+    model: Annotated[
+        str, typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'.")
+    ] = "default",
+    detector: Annotated[
+        str | None,
+        typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Drop faces the detector scores below this.")
+    ] = None,
+    min_face_size: Annotated[
+        float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
+    ] = 20.0,
+    max_faces: Annotated[
+        int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
+    ] = None,
+    workers: WorkersOption = None,
+    reindex: Annotated[
+        bool,
+        typer.Option(
+            "--reindex",
+            help="Predict everything again when the index was made with "
+            "another model (otherwise that is an error).",
+        ),
+    ] = False,  # fmt: skip
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Drop entries of files under PATHS that are gone.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Index the faces in a photo collection, to search them by attribute.
+
+    Every image under PATHS (recognised by its contents) is read once: each face is found,
+    aligned and predicted, and its 40 probabilities are stored in the --db index with the
+    image's path, size, time and content hash. Re-running indexes only new and changed files
+    (a copy of an indexed file takes its faces without predicting); --prune drops files that
+    are gone. An index made with another model is refused unless --reindex. Interrupted runs
+    (Ctrl-C, kill -9) keep every image finished so far; run the same command again.
+
+    \b
+    Examples:
+      faceattr index ~/Pictures --db library.db
+      faceattr index ~/Pictures --db library.db --prune
+    """
+    from faceattr.collection.indexer import index_folders
+
+    check_numbers(dict(min_score=min_score, min_face_size=min_face_size))
+    summary = index_folders(
+        paths, db, model=model, detector=detector, min_score=min_score,
+        min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
+        prune=prune, progress=RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        print_json(asdict(summary))
+        return
+    s = summary
+    err.print(
+        f"Indexed into {s.db} in {s.seconds:.1f} s: {s.added} added, {s.changed} changed, "
+        f"{s.unchanged} unchanged, {s.failed} failed, {s.pruned} pruned; {s.faces} face(s) "
+        f"written ({s.duplicates} copied from identical files). The index holds "
+        f"{s.images_in_index} image(s), {s.faces_in_index} face(s).",
+        highlight=False,
+    )
+    for e in s.errors:
+        err.print(f"[yellow]{e['image']}[/]: {e['error']}", highlight=False)
+
+
+@handle_errors
+def search_command(
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="e.g. 'Eyeglasses and not Male', '(Blond_Hair or Gray_Hair) and "
+            "Smiling > 0.9'. Not with --like."
+        ),
+    ] = None,  # fmt: skip
+    db: DbOption = Path("library.db"),
+    like: Annotated[
+        Path | None,
+        typer.Option(help="Faces whose attributes are most like the face in this image."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many faces (0: all).", min=0)] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Write the results to this CSV file.")
+    ] = None,
+    html_file: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a contact sheet of the faces (one HTML file)."),
+    ] = None,
+) -> None:
+    """Find faces in an index by their attributes.
+
+    A bare attribute name means present at the model's threshold (as predict says); a
+    comparison (>, >=, <, <=) uses the probability. Join them with and, or, not and
+    parentheses; names are case-insensitive. Results are ranked by the query's combined
+    probability (and: product, or: the larger, not: 1 - p). See docs/search.md.
+
+    \b
+    Examples:
+      faceattr search 'Eyeglasses and Mustache' --db library.db
+      faceattr search '(Blond_Hair or Gray_Hair) and Smiling > 0.9' --html blond.html
+      faceattr search --like me.jpg --limit 50 --json
+    """
+    from faceattr.collection.search import contact_sheet, like_image, search_index
+    from faceattr.errors import UsageError
+    from faceattr.fileio import atomic_open, atomic_write_text
+
+    if (query is None) == (like is None):
+        raise UsageError(
+            "Pass a QUERY or --like IMAGE (one of them).",
+            "e.g. faceattr search 'Eyeglasses and not Male' --db library.db",
+        )
+    n = limit or None
+    if like is not None:
+        found = like_image(like, db, limit=n)
+    else:
+        assert query is not None
+        found = search_index(query, db, limit=n)
+    title = f"faceattr search: like {like}" if like is not None else f"faceattr search: {query}"
+    if html_file is not None:
+        atomic_write_text(html_file, contact_sheet(found, title), what="contact sheet")
+        err.print(f"Wrote {html_file}", highlight=False)
+    if csv_file is not None:
+        import csv
+
+        results = found["results"]
+        names = list(results[0]["probabilities"]) if results else []  # the same in every row
+        with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="results CSV") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "face", "x", "y", "w", "h", "match", *names])
+            for r in results:
+                w.writerow([r["image"], r["face"], *r["box"], r["match"],
+                            *[r["probabilities"][k] for k in names]])  # fmt: skip
+        err.print(f"Wrote {csv_file}", highlight=False)
+    if json_out:
+        print_json(found)
+    elif html_file is None and csv_file is None:
+        _table(found)
+
+
+def _table(found: dict) -> None:
+    results = found["results"]
+    if not results:
+        out.print("No face matches.")
+        return
+    names = list(results[0]["probabilities"])[:6]
+    table = Table(title=f"{len(results)} face(s)", title_justify="left")
+    table.add_column("match", justify="right")
+    table.add_column("image")
+    table.add_column("face", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for r in results:
+        table.add_row(f"{r['match']:.3f}", r["image"], str(r["face"]),
+                      *[f"{r['probabilities'][k]:.3f}" for k in names])  # fmt: skip
+    out.print(table)

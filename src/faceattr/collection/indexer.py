@@ -1,0 +1,293 @@
+"""``faceattr index``: walk folders, predict every face once, keep the index current.
+
+A file is recognised as an image by its first bytes (JPEG, PNG, GIF, BMP, WebP, TIFF), or by
+an image extension (then an unreadable one is recorded as an error). Re-running is
+incremental: a file whose size and modification time are unchanged is skipped without being
+read; one whose time changed but whose contents hash the same is only touched; a copy of
+an indexed file takes its faces without predicting again. ``prune`` drops entries of files
+that are gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faceattr.collection.store import IndexError_, Store, open_store
+from faceattr.data.images import IMAGE_EXTENSIONS
+from faceattr.errors import UsageError
+from faceattr.progress import NullProgress, Progress
+
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+          b"MM\x00*")  # fmt: skip
+# A commit after this many seconds or images, whichever comes first: a kill loses at most that.
+COMMIT_EVERY, COMMIT_IMAGES = 2.0, 16
+
+
+@dataclass
+class IndexSummary:
+    """What one ``index`` run did (``--json``)."""
+
+    db: str
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    duplicates: int = 0  # new paths whose contents were already indexed (faces copied)
+    pruned: int = 0
+    faces: int = 0  # faces written in this run
+    images_in_index: int = 0
+    faces_in_index: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)  # the first few failures
+
+
+def looks_like_image(path: Path) -> bool:
+    """An image by content (its first bytes) or by extension."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def walk(paths: Sequence[str | Path], skip: set[Path]) -> Iterator[Path]:
+    """Image files under ``paths`` (recursively, sorted, hidden folders skipped)."""
+    for p in paths:
+        root = Path(p).expanduser().absolute()
+        if root.is_file():
+            if root not in skip and looks_like_image(root):
+                yield root
+            continue
+        if not root.is_dir():
+            raise UsageError(f"{p} does not exist.", "Pass folders or image files to index.")
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder) / name
+                if path not in skip and not name.startswith(".") and looks_like_image(path):
+                    yield path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(model: str | Path | None) -> tuple[dict[str, Any], Path]:
+    """The identity an index records for its model: the file's name, its weights digest
+    (or the file's SHA-256), attributes and thresholds."""
+    from faceattr.inference.backends import resolve_backend
+    from faceattr.models.digest import DIGEST_KEY
+    from faceattr.models.info import is_onnx, read_model_info
+
+    path, _ = resolve_backend(model, "auto")
+    info = read_model_info(path)
+    if is_onnx(path):
+        from faceattr.inference.onnx import read_onnx_metadata
+
+        digest = read_onnx_metadata(path).get(DIGEST_KEY)
+    else:
+        from faceattr.models.info import read_safetensors_metadata
+
+        digest = read_safetensors_metadata(path).get(DIGEST_KEY)
+    identity = {
+        "name": "default" if model in (None, "default") else str(path),
+        "sha256": digest or sha256_of(path),
+        "arch": info.arch,
+        "attributes": list(info.attributes),
+        "thresholds": [float(t) for t in (info.thresholds or [0.5] * info.num_attributes)],
+    }
+    return identity, path
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("sha256", "attributes", "thresholds")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def index_folders(
+    paths: Sequence[str | Path],
+    db: str | Path,
+    *,
+    model: str | Path | None = "default",
+    detector: str | None = None,
+    min_score: float | None = None,
+    min_face_size: float = 20.0,
+    max_faces: int | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    reindex: bool = False,
+    prune: bool = False,
+    progress: Progress | None = None,
+) -> IndexSummary:
+    """Index the images under ``paths`` into the database ``db`` (see the module docstring)."""
+    from faceattr.config import PREDICT_BATCH_SIZE
+    from faceattr.inference.detect import create_detector
+    from faceattr.inference.predictor import Predictor, iter_predictions
+
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    identity, model_path = model_identity(model)
+    store = open_store(db, create=True)
+    summary = IndexSummary(db=store.location)
+    try:
+        existing = store.model
+        if existing is None:
+            store.initialise(identity)
+        elif not _same_model(existing, identity):
+            if not reindex:
+                raise IndexError_(
+                    f"{store.location} was indexed with another model ({existing['name']}, "
+                    f"{existing['sha256'][:12]}) than {identity['name']} "
+                    f"({identity['sha256'][:12]}); its faces would not be comparable.",
+                    "Re-run with --reindex to predict everything again with this model, or "
+                    "use another --db.",
+                )
+            progress.log(f"--reindex: clearing {store.location} (made with "
+                         f"{existing['name']}).")  # fmt: skip
+            store.clear(identity)
+        skip = {Path(store.location).absolute()}
+        skip |= {Path(f"{store.location}-wal").absolute(), Path(f"{store.location}-shm").absolute()}
+        todo: list[tuple[Path, os.stat_result, int | None]] = []
+        seen = set()
+        progress.start("scanning", total=None, unit="files")
+        for path in walk(paths, skip):
+            seen.add(str(path))
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            row = store.image(str(path))
+            if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+                summary.unchanged += 1
+            else:
+                todo.append((path, st, row.id if row else None))
+            progress.advance(1)
+        progress.finish()
+        if prune:
+            roots = [str(Path(p).expanduser().absolute()) for p in paths]
+            gone = [p for p in store.images_under(roots) if p not in seen]
+            with store.transaction():
+                summary.pruned = store.delete(gone)
+
+        to_predict, later = _resolve_copies(store, todo, summary)
+        if to_predict:
+            found = create_detector(detector, min_score=min_score, min_face_size=min_face_size,
+                                    max_faces=max_faces)  # fmt: skip
+            predictor = Predictor(model_path, batch_size=batch_size or PREDICT_BATCH_SIZE)
+            stats = {p: (st, known, sha) for p, st, known, sha in to_predict}
+            results = iter_predictions(
+                [str(p) for p, *_ in to_predict], predictor, detector=found,
+                progress=progress, total=len(to_predict), workers=workers, raw=True,
+            )  # fmt: skip
+            _write_results(store, results, stats, summary)
+        if later:  # copies of files first seen in this run: their faces are in the index now
+            _resolve_copies(store, later, summary)
+        counts = store.counts()
+        summary.faces_in_index = counts.pop("faces")
+        summary.images_in_index = sum(counts.values())
+    finally:
+        store.close()
+    summary.seconds = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _resolve_copies(
+    store: Store, todo: list[tuple[Path, os.stat_result, int | None]], summary: IndexSummary
+) -> tuple[list[tuple[Path, os.stat_result, int | None, str | None]], list[Any]]:
+    """Files whose contents are already indexed (touched, or copies) are settled here. The
+    rest are returned with their hash, to predict, and apart from them the copies of those
+    (settled once the originals are indexed)."""
+    out = []
+    later = []
+    first: set[str] = set()
+    for path, st, known in todo:
+        try:
+            sha = sha256_of(path)
+        except OSError:
+            sha = None
+        row = store.image(str(path)) if known is not None else None
+        if row is not None and sha is not None and row.sha256 == sha:
+            with store.transaction():
+                store.touch(row.id, st.st_size, st.st_mtime_ns)
+            summary.unchanged += 1
+            continue
+        if sha is not None and sha in first:
+            later.append((path, st, known))
+            continue
+        copy = store.faces_of_content(sha) if sha is not None else None
+        if copy is not None:
+            image, faces = copy
+            with store.transaction():
+                store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                                faces=faces, **image)  # fmt: skip
+            summary.duplicates += 1
+            summary.faces += len(faces)
+            if known is None:
+                summary.added += 1
+            else:
+                summary.changed += 1
+            continue
+        if sha is not None:
+            first.add(sha)
+        out.append((path, st, known, sha))
+    return out, later
+
+
+def _write_results(
+    store: Store,
+    results: Iterator[dict[str, Any]],
+    stats: dict[Path, tuple[os.stat_result, int | None, str | None]],
+    summary: IndexSummary,
+) -> None:
+    """Store each prediction; commit every COMMIT_EVERY seconds or COMMIT_IMAGES images."""
+    last, pending = time.monotonic(), 0
+    conn = store.conn
+    conn.execute("BEGIN IMMEDIATE")
+    in_image = False
+    try:
+        for r in results:
+            path = Path(r["image"])
+            st, known, sha = stats[path]
+            faces = [{"box": f["box"], "score": f["score"], "landmarks": f.get("landmarks"),
+                      "probabilities": f["probability_array"]} for f in r["faces"]]  # fmt: skip
+            status = "error" if r["error"] else ("ok" if faces else "noface")
+            conn.execute("SAVEPOINT image")  # an image is stored whole or not at all
+            in_image = True
+            store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                            status=status, error=r["error"], width=r.get("width"),
+                            height=r.get("height"), faces=faces)  # fmt: skip
+            conn.execute("RELEASE image")
+            in_image = False
+            if r["error"]:
+                summary.failed += 1
+                if len(summary.errors) < 10:
+                    summary.errors.append({"image": str(path), "error": r["error"]})
+            elif known is None:
+                summary.added += 1
+            else:
+                summary.changed += 1
+            summary.faces += len(faces)
+            pending += 1
+            if pending >= COMMIT_IMAGES or time.monotonic() - last > COMMIT_EVERY:
+                conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                last, pending = time.monotonic(), 0
+    except BaseException:
+        if in_image:
+            conn.execute("ROLLBACK TO image")
+        conn.execute("COMMIT")  # the whole images written so far are kept
+        raise
+    conn.execute("COMMIT")
