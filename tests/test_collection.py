@@ -289,3 +289,33 @@ def test_two_indexers_at_once(photos, tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-500:] for o in outs]
     assert _faces(db) == (25, 25)
+
+
+def test_best_first_search_equals_the_full_ranking(tmp_path):
+    """The early-stopping scan gives exactly the first rows of the full ORDER BY."""
+    import numpy as np
+
+    from faceattr.attributes import CELEBA_ATTRIBUTES
+    from faceattr.collection.search import search_index
+    from faceattr.collection.store import open_store
+
+    names = list(CELEBA_ATTRIBUTES)
+    store = open_store(tmp_path / "s.db", create=True)
+    store.initialise({"name": "t", "sha256": "0", "arch": "x", "attributes": names,
+                      "thresholds": [0.3 + 0.01 * i for i in range(40)]})  # fmt: skip
+    rng = np.random.default_rng(0)
+    probs = np.round(rng.beta(0.5, 0.5, size=(3000, 40)), 3)  # rounded: many ties
+    with store.transaction():
+        for k in range(1000):
+            faces = [{"box": [0, 0, 1, 1], "score": 1.0, "probabilities": probs[3 * k + j]}
+                     for j in range(3)]  # fmt: skip
+            store.put_image(f"/p/{k}.jpg", size=1, mtime_ns=1, sha256=None, status="ok",
+                            error=None, width=1, height=1, faces=faces)  # fmt: skip
+    store.close()
+    queries = ["Smiling", "not Male", "Smiling and not Male and Young > 0.2",
+               "(Blond_Hair or Gray_Hair) and Smiling > 0.9", "Bangs and Male < 0.5"]  # fmt: skip
+    for query in queries:
+        everything = search_index(query, tmp_path / "s.db", limit=None)["results"]
+        for limit in (1, 10, 100):
+            first = search_index(query, tmp_path / "s.db", limit=limit)["results"]
+            assert first == everything[:limit], (query, limit)

@@ -203,6 +203,35 @@ def attributes_of(node: Node) -> list[int]:
     return found
 
 
+_INVERSE = {">=": "<", ">": "<=", "<": ">=", "<=": ">"}
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A factor of the query's score that an attribute index can deliver best-first: the
+    column, the scan order, and the term's own SQL condition (to count its matches)."""
+
+    index: int
+    descending: bool  # True: the factor is p (scan high to low); False: it is 1 - p
+    condition: str
+
+
+def drivers(node: Node, thresholds: list[float]) -> list[Driver]:
+    """The single-attribute factors of a query whose score is their product (a bare name, a
+    comparison or its negation, alone or in a top-level ``and``). Scanning one of them
+    best-first, no later face can beat the current factor: the search can stop early."""
+    terms = node.args if isinstance(node, And) else (node,)
+    out = []
+    for term in terms:
+        attr, negated = (term.arg, True) if isinstance(term, Not) else (term, False)
+        if not isinstance(attr, Attr):
+            continue
+        high = attr.op in (None, ">", ">=")
+        cond, _ = to_sql(term, thresholds)
+        out.append(Driver(attr.index, high != negated, cond))
+    return out
+
+
 def to_sql(node: Node, thresholds: list[float], greatest: str = "max") -> tuple[str, str]:
     """``(condition, score)`` SQL expressions over the columns ``a<i>``. Thresholds and
     numbers are written as literals (repr of a float round-trips exactly). ``greatest`` is
@@ -213,6 +242,12 @@ def to_sql(node: Node, thresholds: list[float], greatest: str = "max") -> tuple[
             return f"{col} >= {float(thresholds[node.index])!r}", col
         score = col if node.op in (">", ">=") else f"(1.0 - {col})"
         return f"{col} {node.op} {float(node.value)!r}", score  # type: ignore[arg-type]
+    if isinstance(node, Not) and isinstance(node.arg, Attr):  # indexable: the inverse test
+        a = node.arg
+        value = float(thresholds[a.index]) if a.op is None else float(a.value)  # type: ignore[arg-type]
+        op = _INVERSE[a.op or ">="]
+        _, score = to_sql(a, thresholds, greatest)
+        return f"a{a.index} {op} {value!r}", f"(1.0 - {score})"
     if isinstance(node, Not):
         cond, score = to_sql(node.arg, thresholds, greatest)
         return f"NOT ({cond})", f"(1.0 - {score})"

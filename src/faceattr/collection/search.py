@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.collection.query import attributes_of, parse, to_sql
+from faceattr.collection.query import attributes_of, drivers, parse, to_sql
 from faceattr.collection.store import IndexError_, Store, open_store
 
 DEFAULT_LIMIT = 20
@@ -38,7 +38,12 @@ def search_index(query: str, db: str | Path, *, limit: int | None = DEFAULT_LIMI
         node = parse(query, names)
         condition, score = to_sql(node, model["thresholds"], store.greatest)
         used = attributes_of(node)
-        rows = store.query(condition, score, used, limit)
+        candidates = drivers(node, model["thresholds"]) if limit is not None else []
+        if candidates and limit is not None:  # the most selective factor's index, best first
+            d = min(candidates, key=lambda c: store.count_capped(c.condition, c.index, 10_000))
+            rows = store.query_best_first(condition, score, used, limit, d.index, d.descending)
+        else:
+            rows = store.query(condition, score, used, limit)
     finally:
         store.close()
     results = []

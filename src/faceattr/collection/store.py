@@ -252,6 +252,51 @@ class Store:
                         "values": list(row[8:])})  # fmt: skip
         return out
 
+    def count_capped(self, condition: str, index: int, cap: int) -> int:
+        """How many faces match ``condition`` (a term on column ``a<index>``), up to ``cap``."""
+        row = self.conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM faces INDEXED BY faces_a{index} "
+            f"WHERE {condition} LIMIT {int(cap)})"
+        ).fetchone()
+        return int(row[0])
+
+    def query_best_first(
+        self,
+        condition: str,
+        score: str,
+        columns: Sequence[int],
+        limit: int,
+        drive: int,
+        descending: bool,
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` best faces by ``score``, reading column ``a<drive>``'s index in
+        ``descending`` order (the score is that column's factor, p or 1 - p, times factors
+        at most 1): once the factor falls below the worst score kept, no later face can
+        enter, so only the best part of the index is read. Same results as :meth:`query`."""
+        import heapq
+
+        cols = "".join(f", f.a{i}" for i in columns)
+        order = "DESC" if descending else "ASC"
+        cur = self.conn.execute(
+            f"SELECT i.path, f.face, f.x, f.y, f.w, f.h, f.score, {score} AS match, f.id, "
+            f"f.a{drive}{cols} FROM faces f INDEXED BY faces_a{drive} JOIN images i ON "
+            f"i.id = f.image_id WHERE {condition} ORDER BY f.a{drive} {order}"
+        )
+        kept: list[tuple[float, int, tuple]] = []  # min-heap of (match, -id, row)
+        for row in cur:
+            bound = row[9] if descending else 1.0 - row[9]
+            if len(kept) >= limit and bound < kept[0][0]:
+                break
+            item = (row[7], -row[8], row)
+            if len(kept) < limit:
+                heapq.heappush(kept, item)
+            elif item > kept[0]:
+                heapq.heapreplace(kept, item)
+        cur.close()
+        best = sorted(kept, key=lambda t: (-t[0], -t[1]))
+        return [{"image": r[0], "face": r[1], "box": list(r[2:6]), "detector_score": r[6],
+                 "match": r[7], "values": list(r[10:])} for _, _, r in best]  # fmt: skip
+
     def all_faces(self, batch: int = 10_000) -> Iterator[tuple[list[dict[str, Any]], Any]]:
         """Every face in chunks: (their descriptions, an [n, A] array of probabilities)."""
         import numpy as np
