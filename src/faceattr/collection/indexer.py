@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceattr.collection.store import IndexError_, Store, open_store
+from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.data.images import IMAGE_EXTENSIONS
 from faceattr.errors import UsageError
 from faceattr.progress import NullProgress, Progress
@@ -148,7 +148,7 @@ def index_folders(
             store.initialise(identity)
         elif not _same_model(existing, identity):
             if not reindex:
-                raise IndexError_(
+                raise CollectionError(
                     f"{store.location} was indexed with another model ({existing['name']}, "
                     f"{existing['sha256'][:12]}) than {identity['name']} "
                     f"({identity['sha256'][:12]}); its faces would not be comparable.",

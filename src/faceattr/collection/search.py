@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from faceattr.collection.query import attributes_of, drivers, parse, to_sql
-from faceattr.collection.store import IndexError_, Store, open_store
+from faceattr.collection.store import CollectionError, Store, open_store
 
 DEFAULT_LIMIT = 20
 
@@ -24,7 +24,7 @@ DEFAULT_LIMIT = 20
 def _model(store: Store) -> dict[str, Any]:
     model = store.model
     if model is None:
-        raise IndexError_(f"{store.location} holds no index yet.",
+        raise CollectionError(f"{store.location} holds no index yet.",
                           f"Run `faceattr index PHOTOS --db {store.location}` first.")  # fmt: skip
     return model
 

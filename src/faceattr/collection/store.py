@@ -35,7 +35,7 @@ SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, list[str]] = {}
 
 
-class IndexError_(FaceAttrError):
+class CollectionError(FaceAttrError):
     """The index database is missing, damaged, or made by another model (exit 1)."""
 
 
@@ -212,7 +212,7 @@ class Store:
         for k, face in enumerate(faces):
             probs = [float(p) for p in face["probabilities"]]
             if len(probs) != n:
-                raise IndexError_(f"A face of {path} has {len(probs)} probabilities, not {n}.")
+                raise CollectionError(f"A face of {path} has {len(probs)} probabilities, not {n}.")
             landmarks = json.dumps(face["landmarks"]) if face.get("landmarks") else None
             self.conn.execute(sql, (image_id, k, *map(float, face["box"]),
                                     float(face["score"]), landmarks, *probs))  # fmt: skip
@@ -322,7 +322,7 @@ def _check_schema(store: Store) -> None:
     raw = store.get_meta("schema_version")
     version = int(raw) if raw and raw.isdigit() else 0
     if version > SCHEMA_VERSION:
-        raise IndexError_(
+        raise CollectionError(
             f"{store.location} was written by a newer faceattr (schema {version}; this one "
             f"reads up to {SCHEMA_VERSION}).",
             "Upgrade faceattr (pip install -U faceattr).",
@@ -345,7 +345,7 @@ def open_store(db: str | Path, *, create: bool) -> Store:
         )
     path = Path(text).expanduser()
     if not path.exists() and not create:
-        raise IndexError_(
+        raise CollectionError(
             f"No index at {path}.",
             f"Make one with `faceattr index PHOTOS_FOLDER --db {path}`.",
         )
@@ -363,10 +363,10 @@ def open_store(db: str | Path, *, create: bool) -> Store:
         if has_meta:
             _check_schema(store)
         elif not create:
-            raise IndexError_(f"{path} is not a faceattr index (no meta table).")
+            raise CollectionError(f"{path} is not a faceattr index (no meta table).")
         return store
     except sqlite3.DatabaseError as e:
-        raise IndexError_(
+        raise CollectionError(
             f"{path} is not a readable SQLite database ({e}).",
             "Pass the file `faceattr index --db` made, or a new name to start an index.",
         ) from e
