@@ -19,6 +19,7 @@ EXTRA_OF = {
     "onnx": "train",
     "onnxscript": "train",
     "matplotlib": "plots",
+    "psycopg": "postgres",
 }
 
 

@@ -13,14 +13,19 @@ from faceattr.cli.common import RichProgress, err, handle_errors, out, print_jso
 from faceattr.cli.options import WorkersOption, check_numbers
 
 DbOption = Annotated[
-    Path, typer.Option("--db", help="The index database (an SQLite file; created by index).")
+    str,
+    typer.Option(
+        "--db",
+        help="The index: an SQLite file (created by index), or a postgresql://USER@HOST/DB "
+        'URL for an index shared by several machines (pip install "faceattr\\[postgres]").',
+    ),
 ]
 
 
 @handle_errors
 def index_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or images.")],
-    db: DbOption = Path("library.db"),
+    db: DbOption = "library.db",
     model: Annotated[
         str, typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'.")
     ] = "default",
@@ -97,7 +102,7 @@ def search_command(
             "Smiling > 0.9'. Not with --like."
         ),
     ] = None,  # fmt: skip
-    db: DbOption = Path("library.db"),
+    db: DbOption = "library.db",
     like: Annotated[
         Path | None,
         typer.Option(help="Faces whose attributes are most like the face in this image."),

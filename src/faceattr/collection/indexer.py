@@ -158,8 +158,7 @@ def index_folders(
             progress.log(f"--reindex: clearing {store.location} (made with "
                          f"{existing['name']}).")  # fmt: skip
             store.clear(identity)
-        skip = {Path(store.location).absolute()}
-        skip |= {Path(f"{store.location}-wal").absolute(), Path(f"{store.location}-shm").absolute()}
+        skip = {Path(f"{store.location}{end}").absolute() for end in ("", "-wal", "-shm")}
         todo: list[tuple[Path, os.stat_result, int | None]] = []
         seen = set()
         progress.start("scanning", total=None, unit="files")
@@ -195,6 +194,7 @@ def index_folders(
             _write_results(store, results, stats, summary)
         if later:  # copies of files first seen in this run: their faces are in the index now
             _resolve_copies(store, later, summary)
+        store.columns()  # the column store searches read, built now rather than at the first
         counts = store.counts()
         summary.faces_in_index = counts.pop("faces")
         summary.images_in_index = sum(counts.values())
@@ -255,7 +255,7 @@ def _write_results(
     """Store each prediction; commit every COMMIT_EVERY seconds or COMMIT_IMAGES images."""
     last, pending = time.monotonic(), 0
     conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
+    store.begin()
     in_image = False
     try:
         for r in results:
@@ -283,7 +283,7 @@ def _write_results(
             pending += 1
             if pending >= COMMIT_IMAGES or time.monotonic() - last > COMMIT_EVERY:
                 conn.execute("COMMIT")
-                conn.execute("BEGIN IMMEDIATE")
+                store.begin()
                 last, pending = time.monotonic(), 0
     except BaseException:
         if in_image:

@@ -17,14 +17,16 @@ Each face matching the query gets a score in [0, 1], its "combined probability",
 are ranked by it: a name or ``>`` / ``>=`` comparison scores the probability ``p``, ``<`` /
 ``<=`` scores ``1 - p``, ``not`` is ``1 - score``, ``and`` multiplies, ``or`` takes the larger.
 
-:func:`parse` gives a tree; :func:`to_sql` turns it into a WHERE condition and a score
-expression over the columns ``a0 ... aN`` of the index's ``faces`` table.
+:func:`parse` gives a tree; :func:`evaluate` computes, for all faces at once, which match and
+their scores from the index's column store of probabilities.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from faceattr.errors import UsageError, close_matches
 
@@ -203,59 +205,22 @@ def attributes_of(node: Node) -> list[int]:
     return found
 
 
-_INVERSE = {">=": "<", ">": "<=", "<": ">=", "<=": ">"}
-
-
-@dataclass(frozen=True)
-class Driver:
-    """A factor of the query's score that an attribute index can deliver best-first: the
-    column, the scan order, and the term's own SQL condition (to count its matches)."""
-
-    index: int
-    descending: bool  # True: the factor is p (scan high to low); False: it is 1 - p
-    condition: str
-
-
-def drivers(node: Node, thresholds: list[float]) -> list[Driver]:
-    """The single-attribute factors of a query whose score is their product (a bare name, a
-    comparison or its negation, alone or in a top-level ``and``). Scanning one of them
-    best-first, no later face can beat the current factor: the search can stop early."""
-    terms = node.args if isinstance(node, And) else (node,)
-    out = []
-    for term in terms:
-        attr, negated = (term.arg, True) if isinstance(term, Not) else (term, False)
-        if not isinstance(attr, Attr):
-            continue
-        high = attr.op in (None, ">", ">=")
-        cond, _ = to_sql(term, thresholds)
-        out.append(Driver(attr.index, high != negated, cond))
-    return out
-
-
-def to_sql(node: Node, thresholds: list[float], greatest: str = "max") -> tuple[str, str]:
-    """``(condition, score)`` SQL expressions over the columns ``a<i>``. Thresholds and
-    numbers are written as literals (repr of a float round-trips exactly). ``greatest`` is
-    the SQL function of the larger of two values (SQLite ``max``, PostgreSQL ``GREATEST``)."""
+def evaluate(node: Node, column, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """``(matches, score)`` of every face at once: boolean and float64 arrays, from
+    ``column(i)``, the float64 probabilities of attribute ``i`` for all faces."""
     if isinstance(node, Attr):
-        col = f"a{node.index}"
+        p = column(node.index)
         if node.op is None:
-            return f"{col} >= {float(thresholds[node.index])!r}", col
-        score = col if node.op in (">", ">=") else f"(1.0 - {col})"
-        return f"{col} {node.op} {float(node.value)!r}", score  # type: ignore[arg-type]
-    if isinstance(node, Not) and isinstance(node.arg, Attr):  # indexable: the inverse test
-        a = node.arg
-        value = float(thresholds[a.index]) if a.op is None else float(a.value)  # type: ignore[arg-type]
-        op = _INVERSE[a.op or ">="]
-        _, score = to_sql(a, thresholds, greatest)
-        return f"a{a.index} {op} {value!r}", f"(1.0 - {score})"
+            return p >= float(thresholds[node.index]), p
+        v = float(node.value)  # type: ignore[arg-type]
+        test = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
+        return test[node.op](p, v), (p if node.op in (">", ">=") else 1.0 - p)
     if isinstance(node, Not):
-        cond, score = to_sql(node.arg, thresholds, greatest)
-        return f"NOT ({cond})", f"(1.0 - {score})"
-    parts = [to_sql(a, thresholds, greatest) for a in node.args]
-    joiner = " AND " if isinstance(node, And) else " OR "
-    cond = joiner.join(f"({c})" for c, _ in parts)
+        m, score = evaluate(node.arg, column, thresholds)
+        return ~m, 1.0 - score
+    parts = [evaluate(a, column, thresholds) for a in node.args]
+    masks = [m for m, _ in parts]
+    scores = [s for _, s in parts]
     if isinstance(node, And):
-        score = " * ".join(s for _, s in parts)
-    else:
-        score = f"{greatest}({', '.join(s for _, s in parts)})"
-    return cond, f"({score})"
+        return np.logical_and.reduce(masks), np.prod(np.stack(scores), axis=0)
+    return np.logical_or.reduce(masks), np.max(np.stack(scores), axis=0)

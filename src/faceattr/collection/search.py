@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.collection.query import attributes_of, drivers, parse, to_sql
+from faceattr.collection.query import attributes_of, evaluate, parse
 from faceattr.collection.store import CollectionError, Store, open_store
 
 DEFAULT_LIMIT = 20
@@ -29,6 +29,29 @@ def _model(store: Store) -> dict[str, Any]:
     return model
 
 
+def _top(score: np.ndarray, ids: np.ndarray, candidates: np.ndarray, limit: int | None):
+    """``candidates`` (positions) ordered best score first, ties by face id; the first
+    ``limit``."""
+    if limit is not None and len(candidates) > limit:
+        s = score[candidates]
+        kth = np.partition(s, len(s) - limit)[len(s) - limit]
+        candidates = candidates[s >= kth]  # every face that can be in the first `limit`
+    order = np.lexsort((ids[candidates], -score[candidates]))
+    return candidates[order][:limit]
+
+
+def _results(store: Store, ids, chosen, score, names: list[str], used: list[int]) -> list[dict]:
+    found = store.faces_by_id(ids[chosen].tolist(), used)
+    results = []
+    for pos in chosen:
+        row = found[int(ids[pos])]
+        values = row.pop("values")
+        row["match"] = float(score[pos])
+        row["probabilities"] = {names[i]: float(v) for i, v in zip(used, values, strict=True)}
+        results.append(row)
+    return results
+
+
 def search_index(query: str, db: str | Path, *, limit: int | None = DEFAULT_LIMIT) -> dict:
     """``{"query", "db", "results": [...]}``: the faces matching ``query``, best first."""
     store = open_store(db, create=False)
@@ -36,21 +59,12 @@ def search_index(query: str, db: str | Path, *, limit: int | None = DEFAULT_LIMI
         model = _model(store)
         names = model["attributes"]
         node = parse(query, names)
-        condition, score = to_sql(node, model["thresholds"], store.greatest)
-        used = attributes_of(node)
-        candidates = drivers(node, model["thresholds"]) if limit is not None else []
-        if candidates and limit is not None:  # the most selective factor's index, best first
-            d = min(candidates, key=lambda c: store.count_capped(c.condition, c.index, 10_000))
-            rows = store.query_best_first(condition, score, used, limit, d.index, d.descending)
-        else:
-            rows = store.query(condition, score, used, limit)
+        ids, probs = store.columns()
+        matches, score = evaluate(node, lambda i: np.asarray(probs[i]), model["thresholds"])
+        chosen = _top(score, ids, np.flatnonzero(matches), limit)
+        results = _results(store, ids, chosen, score, names, attributes_of(node))
     finally:
         store.close()
-    results = []
-    for row in rows:
-        values = row.pop("values")
-        row["probabilities"] = {names[i]: float(v) for i, v in zip(used, values, strict=True)}
-        results.append(row)
     return {"query": query, "db": str(db), "results": results}
 
 
@@ -63,7 +77,7 @@ def like_image(
     image: str | Path, db: str | Path, *, limit: int | None = DEFAULT_LIMIT, detect: bool = True
 ) -> dict:
     """Faces whose attribute profile is nearest (cosine over logits) to the best face found in
-    ``image``, predicted with the index's own model."""
+    ``image``, predicted with the index's own model; the image itself is left out."""
     from faceattr.errors import UsageError
     from faceattr.inference.detect import create_detector
     from faceattr.inference.predictor import Predictor, iter_predictions
@@ -84,23 +98,19 @@ def like_image(
             )
         target = _logits(np.asarray(result["faces"][0]["probability_array"], np.float64))
         target /= np.linalg.norm(target) or 1.0
+        ids, probs = store.columns()
+        logits = _logits(np.asarray(probs))  # [A, N]
+        sims = target @ logits / np.maximum(np.linalg.norm(logits, axis=0), 1e-12)
         me = str(Path(image).expanduser().absolute())
-        best: list[tuple[float, dict[str, Any]]] = []
-        for faces, block in store.all_faces():
-            logits = _logits(block)
-            sims = logits @ target / np.maximum(np.linalg.norm(logits, axis=1), 1e-12)
-            for face, sim, p in zip(faces, sims, block, strict=True):
-                if face["image"] == me:
-                    continue
-                face["match"] = float(sim)
-                face["probabilities"] = {a: float(v) for a, v in zip(names, p, strict=True)}
-                best.append((float(sim), face))
-            best.sort(key=lambda t: -t[0])
-            if limit is not None:
-                del best[limit:]
+        own = store.conn.execute(
+            "SELECT f.id FROM faces f JOIN images i ON i.id = f.image_id WHERE i.path = ?", (me,)
+        ).fetchall()
+        keep = ~np.isin(ids, [r[0] for r in own])
+        chosen = _top(sims, ids, np.flatnonzero(keep), limit)
+        results = _results(store, ids, chosen, sims, names, list(range(len(names))))
     finally:
         store.close()
-    return {"like": str(image), "db": str(db), "results": [f for _, f in best]}
+    return {"like": str(image), "db": str(db), "results": results}
 
 
 def _thumbnail(path: str, box: list[float], size: int = 128) -> str | None:
