@@ -172,7 +172,8 @@ def _table(found: dict) -> None:
     if not results:
         out.print("No face matches.")
         return
-    names = list(results[0]["probabilities"])[:6]
+    # A query's attributes; for --like (all 40 of them) the table keeps to the similarity.
+    names = [] if "like" in found else list(results[0]["probabilities"])
     table = Table(title=f"{len(results)} face(s)", title_justify="left")
     table.add_column("match", justify="right")
     table.add_column("image")
