@@ -101,6 +101,7 @@ def photos(tmp_path_factory) -> Path:
         img.save(root / name, format="PNG" if name.endswith(".png") else "JPEG", quality=90)
     shutil.copy(root / "a.jpg", root / "nested" / "copy_of_a.jpg")
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    shutil.copy(root / "broken.jpg", root / "nested" / "broken_copy.jpg")  # a copy of a failure
     (root / "notes.txt").write_text("not an image")
     return root
 
@@ -111,8 +112,8 @@ def library(photos, tmp_path_factory) -> Path:
     r = invoke("index", photos, "--db", db, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    assert summary["added"] == 9 and summary["failed"] == 1 and summary["duplicates"] == 1
-    assert summary["images_in_index"] == 10 and summary["faces_in_index"] >= 9
+    assert summary["added"] == 9 and summary["failed"] == 2 and summary["duplicates"] == 1
+    assert summary["images_in_index"] == 11 and summary["faces_in_index"] >= 9
     assert summary["errors"][0]["image"].endswith("broken.jpg")
     return db
 
@@ -167,13 +168,13 @@ def test_rerun_is_incremental_and_prune(photos, tmp_path):
     first = faceattr.index([work], db=db)
     assert first["added"] == 9
     again = faceattr.index([work], db=db)
-    assert again["unchanged"] == 10 and again["added"] == again["changed"] == again["faces"] == 0
+    assert again["unchanged"] == 11 and again["added"] == again["changed"] == again["faces"] == 0
     os.utime(work / "b.jpg")  # touched, same contents
     shutil.copy(work / "g.jpg", work / "c.jpg")  # changed contents (a copy of g)
     (work / "d.png").unlink()
     third = faceattr.index([work], db=db, prune=True)
     assert (third["changed"], third["pruned"], third["duplicates"]) == (1, 1, 1)
-    assert third["unchanged"] == 8 and third["images_in_index"] == 9
+    assert third["unchanged"] == 9 and third["images_in_index"] == 10
     hits = faceattr.search("Smiling", db=db, limit=None)["results"]
     assert str(work / "d.png") not in {h["image"] for h in hits}
 
@@ -396,7 +397,7 @@ def test_postgres_index_and_search_equal_sqlite(postgres_url, library, photos, t
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["added"] == 9
     again = faceattr.index([photos], db=postgres_url)
-    assert again["unchanged"] == 10 and again["faces"] == 0
+    assert again["unchanged"] == 11 and again["faces"] == 0
     for query in ("Smiling and not Eyeglasses", "Male > 0.5 or Bangs"):
         on_pg = faceattr.search(query, db=postgres_url, limit=None)["results"]
         on_sqlite = faceattr.search(query, db=library, limit=None)["results"]

@@ -181,19 +181,23 @@ def index_folders(
             with store.transaction():
                 summary.pruned = store.delete(gone)
 
-        to_predict, later = _resolve_copies(store, todo, summary)
-        if to_predict:
-            found = create_detector(detector, min_score=min_score, min_face_size=min_face_size,
-                                    max_faces=max_faces)  # fmt: skip
-            predictor = Predictor(model_path, batch_size=batch_size or PREDICT_BATCH_SIZE)
+        engine = None
+        while todo:  # a second round takes the copies of files first seen in the first
+            to_predict, todo = _resolve_copies(store, todo, summary)
+            if not to_predict:
+                continue
+            if engine is None:
+                engine = (
+                    Predictor(model_path, batch_size=batch_size or PREDICT_BATCH_SIZE),
+                    create_detector(detector, min_score=min_score, min_face_size=min_face_size,
+                                    max_faces=max_faces),
+                )  # fmt: skip
             stats = {p: (st, known, sha) for p, st, known, sha in to_predict}
             results = iter_predictions(
-                [str(p) for p, *_ in to_predict], predictor, detector=found,
+                [str(p) for p, *_ in to_predict], engine[0], detector=engine[1],
                 progress=progress, total=len(to_predict), workers=workers, raw=True,
             )  # fmt: skip
             _write_results(store, results, stats, summary)
-        if later:  # copies of files first seen in this run: their faces are in the index now
-            _resolve_copies(store, later, summary)
         store.columns()  # the column store searches read, built now rather than at the first
         counts = store.counts()
         summary.faces_in_index = counts.pop("faces")
