@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,56 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("runs") / "celebnet"
     fit(small_train_config(synthetic_root, out))
     return out
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server on a free 127.0.0.1 port (as user postgres when the
+    tests run as root, since the server refuses root); skipped when none is installed."""
+    import socket
+
+    pytest.importorskip("psycopg")
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    import tempfile
+
+    # Not under pytest's tmp folder: that is private to this user, and the server may not be.
+    base = Path(tempfile.mkdtemp(prefix="faceattr-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    initdb = [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+              "faceattr", "--no-sync", "-E", "UTF8"]  # fmt: skip
+    subprocess.run(initdb, check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
+                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    yield f"postgresql://faceattr@127.0.0.1:{port}"
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                    "stop"], capture_output=True)  # fmt: skip
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def new_database(server: str, name: str) -> str:
+    """A new, empty database on the ``postgres_server`` fixture's server; its URL."""
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"

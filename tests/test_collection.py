@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from typer.testing import CliRunner
 
 import faceattr
+from conftest import new_database
 from faceattr.cli.app import app
 from faceattr.collection.query import And, Attr, Not, Or, QueryError, evaluate, parse
 
@@ -341,53 +342,9 @@ def test_first_n_results_equal_the_full_ranking(tmp_path):
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
-
-
 @pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server on a free 127.0.0.1 port (as user postgres when the
-    tests run as root, since the server refuses root); skipped when none is installed."""
-    import socket
-
-    pytest.importorskip("psycopg")
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    import tempfile
-
-    # Not under pytest's tmp folder: that is private to this user, and the server may not be.
-    base = Path(tempfile.mkdtemp(prefix="faceattr-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL")
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(base, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = base / "data"
-    initdb = [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-              "faceattr", "--no-sync", "-E", "UTF8"]  # fmt: skip
-    subprocess.run(initdb, check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
-                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
-    import psycopg
-
-    with psycopg.connect(f"postgresql://faceattr@127.0.0.1:{port}/postgres",
-                         autocommit=True) as conn:  # fmt: skip
-        conn.execute("CREATE DATABASE photos")
-    yield f"postgresql://faceattr@127.0.0.1:{port}/photos"
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                    "stop"], capture_output=True)  # fmt: skip
-    shutil.rmtree(base, ignore_errors=True)
+def postgres_url(postgres_server):
+    return new_database(postgres_server, "photos")
 
 
 def test_postgres_index_and_search_equal_sqlite(postgres_url, library, photos, tmp_path,
@@ -407,12 +364,10 @@ def test_postgres_index_and_search_equal_sqlite(postgres_url, library, photos, t
 
 
 @pytest.mark.slow
-def test_two_indexers_on_postgres(postgres_url, photos, tmp_path):
+def test_two_indexers_on_postgres(postgres_server, photos, tmp_path):
     import psycopg
 
-    url = postgres_url.replace("/photos", "/shared")
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE shared")
+    url = new_database(postgres_server, "shared")
     folder = tmp_path / "shared"
     _many_photos(photos, folder, 24)
     env = {**os.environ, "FACEATTR_CACHE_DIR": str(tmp_path / "cache")}

@@ -65,6 +65,10 @@ def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path
                          "--img-size", "32", "--json"],
         "data stats": ["data", "stats", "celeba", "--root", tmp_path / "syn", "--json"],
         "index": ["index", EXAMPLES, "--db", tmp_path / "lib.db", "--json"],
+        "tune": ["tune", "--root", synthetic_root, "--arch", "celebnet", "--img-size", "32",
+                 "--epochs", "1", "--sample", "64", "--workers", "0", "--param",
+                 "lr=0.001,0.003", "--sampler", "grid", "--study-dir", tmp_path / "study",
+                 "--json"],
         "search": ["search", "Smiling or Eyeglasses", "--db", tmp_path / "lib.db", "--json"],
     }  # fmt: skip
     assert set(runs) == json_commands(), "a command with --json is not covered here"

@@ -104,6 +104,11 @@ class AugmentConfig:
         )
 
 
+# `faceattr tune`: what a study maximises, how it samples, how it prunes.
+TUNE_METRICS = ("mean_accuracy", "mean_balanced_accuracy", "strict_accuracy")
+TUNE_SAMPLERS = ("tpe", "random", "grid")
+TUNE_PRUNERS = ("median", "none")
+
 # Images per split (train, valid, test) of `faceattr data fetch synthetic`: enough for
 # `faceattr train --arch celebnet --epochs 3` under the default settings to learn clearly.
 SYNTHETIC_SIZES = (2000, 300, 300)

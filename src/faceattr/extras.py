@@ -20,6 +20,7 @@ EXTRA_OF = {
     "onnxscript": "train",
     "matplotlib": "plots",
     "psycopg": "postgres",
+    "optuna": "train",
 }
 
 

@@ -15,6 +15,7 @@ from faceattr.cli.export import export_command
 from faceattr.cli.predict import predict_command
 from faceattr.cli.report import report_command
 from faceattr.cli.train import finetune_command, train_command
+from faceattr.cli.tune import tune_command
 
 app = typer.Typer(
     name="faceattr",
@@ -35,6 +36,11 @@ app.command("report", cls=Command)(report_command)
 app.command("export", cls=Command)(export_command)
 app.command("index", cls=Command)(index_command)
 app.command("search", cls=Command)(search_command)
+app.command(
+    "tune",
+    cls=Command,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(tune_command)
 
 
 def _version(value: bool) -> None:

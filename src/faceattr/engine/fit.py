@@ -608,6 +608,7 @@ def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
         "val_loss": _val_loss(probs, t.valid_targets),
         "val_mean_accuracy": val["mean_accuracy"],
         "val_strict_accuracy": val["strict_accuracy"],
+        "val_mean_balanced_accuracy": val["mean_balanced_accuracy"],  # not in history.csv
         # All processes together (each trains an equal share of the epoch).
         "images_per_second": stats.images_per_second * t.dist.world_size,
         "seconds": stats.seconds + (time.perf_counter() - start),

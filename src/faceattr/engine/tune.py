@@ -1,0 +1,404 @@
+"""``faceattr tune``: a hyperparameter study on Optuna, each trial an ordinary run directory.
+
+- A study lives in ``DIR/study.db`` (SQLite; ``storage`` takes any Optuna storage URL, e.g.
+  ``postgresql://``, for several workers) with its trials' run directories in
+  ``DIR/trials/trial-NNN``, which ``eval``, ``predict`` and ``report`` read as any run.
+- Every trial reports its validation metric after each epoch; the pruner may stop it there.
+- The study's settings (the base train options, the parameters, the metric) are stored with it:
+  re-running the same command continues it; other settings are refused.
+- Resume: a trial whose process died (kill -9, a crash, a lost machine) is marked failed and
+  tried again with the same parameters in the same run directory, continuing from its last
+  finished epoch (``fit(resume=True)``). On this host that is noticed at once (the process is
+  gone); elsewhere through Optuna's heartbeat, after :data:`GRACE_SECONDS`.
+- A grid study enqueues every combination once, so several workers never run one twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from faceattr.errors import FaceAttrError, UsageError
+from faceattr.progress import EpochEnd, NullProgress, Progress
+
+STUDY_NAME = "faceattr"
+STUDY_FILE = "study.db"
+TRIALS_DIR = "trials"
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ``--param``: ``choices``, or a range ``low:high`` (``log`` scale, ints if both ends
+    are)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.name} in {', '.join(map(str, self.choices))}"
+        scale = ", log scale" if self.log else ""
+        kind = "integers" if self.integer else "floats"
+        return f"{self.name} from {self.low:g} to {self.high:g} ({kind}{scale})"
+
+
+def _typed(value: str, kind: type) -> Any:
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1", "yes")
+    return kind(value)
+
+
+def parse_param(text: str, kinds: dict[str, type]) -> ParamSpec:
+    """``NAME=SPEC`` for a train option ``NAME`` whose value type is ``kinds[NAME]``."""
+    from faceattr.errors import unknown_name_error
+
+    name, sep, spec = text.partition("=")
+    name = name.strip().replace("-", "_").lstrip("_")
+    if not sep or not spec.strip():
+        raise UsageError(
+            f"--param {text!r}: expected NAME=SPEC.",
+            "e.g. --param lr=1e-4:1e-2:log, --param dropout=0.3,0.5, --param epochs=3:10",
+        )
+    if name not in kinds:
+        raise unknown_name_error("train option for --param", name, sorted(kinds))
+    kind = kinds[name]
+    spec = spec.strip()
+    try:
+        if "," in spec or ":" not in spec:
+            choices = tuple(_typed(v.strip(), kind) for v in spec.split(","))
+            return ParamSpec(name, choices=tuple(dict.fromkeys(choices)))
+        parts = spec.split(":")
+        log = len(parts) == 3 and parts[2] == "log"
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not log) or kind not in (int, float):
+            raise ValueError(spec)
+        integer = kind is int or all(p.strip().lstrip("-").isdigit() for p in parts[:2])
+        low, high = (int(p) if integer else float(p) for p in parts[:2])
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high or (log and low <= 0):
+            raise ValueError(spec)
+    except ValueError:
+        what = "a number" if kind in (int, float) else f"a {kind.__name__}"
+        raise UsageError(
+            f"--param {text!r}: {spec!r} is not a valid spec for {name} ({what}).",
+            "Use a list of values (a,b,c), a range LOW:HIGH with LOW < HIGH (integers give "
+            "an integer range), or LOW:HIGH:log with LOW > 0.",
+        ) from None
+    return ParamSpec(name, low=low, high=high, log=log, integer=integer)
+
+
+@dataclass
+class StudySettings:
+    """What a study is: stored with it, checked on every re-run."""
+
+    base_args: list[str]  # the train options given, as on the command line
+    params: list[dict[str, Any]]
+    metric: str
+    sampler: str
+    pruner: str
+    trials: int | None
+
+    def key(self) -> dict[str, Any]:
+        import json
+
+        d = json.loads(json.dumps(asdict(self)))  # as stored: tuples are lists
+        d.pop("trials")  # asking for more trials later is fine
+        return d
+
+
+def _here() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class _Reporter(Progress):
+    """Passes each epoch's validation metric to Optuna and stops the run when it prunes."""
+
+    def __init__(self, trial: Any, metric: str, inner: Progress) -> None:
+        self.trial = trial
+        self.key = f"val_{metric}"
+        self.inner = inner
+        self.best = -math.inf
+
+    def start(self, description: str, total: int | None = None, unit: str = "img") -> None:
+        self.inner.start(description, total, unit)
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        self.inner.advance(n, **info)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def log(self, message: str) -> None:
+        self.inner.log(message)
+
+    def epoch_end(self, event: EpochEnd) -> None:
+        import optuna
+
+        self.inner.epoch_end(event)
+        value = float(event.row[self.key])
+        self.best = max(self.best, value)
+        self.trial.report(value, event.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {event.epoch} ({self.key} {value:.4f})")
+
+
+def _retry(study: Any, trial: Any) -> None:
+    """A trial whose process died: try its parameters again, in its run directory."""
+    run_dir = trial.user_attrs.get("run_dir")
+    study.enqueue_trial(dict(trial.params), user_attrs={"run_dir": run_dir,
+                                                        "retry_of": trial.number})  # fmt: skip
+
+
+def _storage(url: str) -> Any:
+    import warnings
+
+    if url.startswith("postgresql://"):  # SQLAlchemy's name for the psycopg (3) driver
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=_retry,
+            )
+    except Exception as e:  # SQLAlchemy raises many types for bad URLs and servers
+        raise FaceAttrError(
+            f"Cannot open the study storage {url}: {str(e).splitlines()[0][:300]}",
+            "Pass --storage sqlite:///PATH or postgresql://USER@HOST:PORT/DB (psycopg needed).",
+        ) from e
+
+
+def _reclaim_dead_trials(study: Any) -> list[int]:
+    """Running trials of processes on this host that are gone: failed, and retried."""
+    from optuna.trial import TrialState
+
+    here = socket.gethostname()
+    reclaimed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") == here and not _alive(int(owner.get("pid", 0))):
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            _retry(study, t)
+            reclaimed.append(t.number)
+    return reclaimed
+
+
+def open_study(study_dir: Path, settings: StudySettings, storage: str | None) -> Any:
+    """The study in ``storage`` (default ``DIR/study.db``), created with ``settings`` or
+    checked against them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(study_dir / STUDY_FILE).absolute()}"
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "grid": optuna.samplers.RandomSampler}  # grid: every point enqueued  # fmt: skip
+    sampler = samplers[settings.sampler](seed=0)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+              if settings.pruner == "median" else optuna.pruners.NopPruner())  # fmt: skip
+    storage_obj = _storage(url)
+    try:  # the one process that creates the study (a unique name in the database) sets it up
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage_obj, sampler=sampler,
+                                    pruner=pruner, direction="maximize")  # fmt: skip
+        if settings.sampler == "grid":
+            for values in itertools.product(*(p["choices"] for p in settings.params)):
+                study.enqueue_trial(dict(zip((p["name"] for p in settings.params), values,
+                                             strict=True)))  # fmt: skip
+        study.set_user_attr("settings", asdict(settings))  # last: the study is ready
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_obj, sampler=sampler,
+                                  pruner=pruner)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while "settings" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)  # another worker is still setting the study up
+    saved = study.user_attrs.get("settings")
+    if saved is not None:
+        previous = StudySettings(**saved)
+        if previous.key() != settings.key():
+            raise UsageError(
+                f"{study_dir} holds a study with other settings (train options "
+                f"{' '.join(previous.base_args)}; parameters "
+                f"{', '.join(ParamSpec(**p).describe() for p in previous.params)}; metric "
+                f"{previous.metric}, sampler {previous.sampler}, pruner {previous.pruner}).",
+                "Re-run it with the same options to continue it, or choose another --study-dir.",
+            )
+    return study
+
+
+def _suggest(trial: Any, spec: ParamSpec) -> Any:
+    if spec.choices is not None:
+        return trial.suggest_categorical(spec.name, list(spec.choices))
+    assert spec.low is not None and spec.high is not None  # a range
+    if spec.integer:
+        return trial.suggest_int(spec.name, int(spec.low), int(spec.high), log=spec.log)
+    return trial.suggest_float(spec.name, float(spec.low), float(spec.high), log=spec.log)
+
+
+def run_study(
+    study_dir: str | Path,
+    settings: StudySettings,
+    make_config: Callable[[dict[str, Any], Path], Any],
+    *,
+    storage: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run trials until the study has ``settings.trials`` finished ones (grid: every
+    combination); a summary (see :func:`summarize`). ``make_config(values, run_dir)`` is the
+    TrainConfig of a trial: the base train options with the trial's parameter ``values``."""
+    from optuna.trial import TrialState
+
+    from faceattr.config import TrainConfig
+    from faceattr.engine.fit import fit
+
+    progress = progress or NullProgress()
+    study_dir = Path(study_dir)
+    study = open_study(study_dir, settings, storage)
+    reclaimed = _reclaim_dead_trials(study)
+    if reclaimed:
+        progress.log(f"Trial(s) {', '.join(map(str, reclaimed))} of a process that is gone: "
+                     "continuing them from their last finished epoch.")  # fmt: skip
+    specs = [ParamSpec(**p) for p in settings.params]
+    if settings.sampler == "grid":
+        target = math.prod(len(s.choices or ()) for s in specs)
+    else:
+        target = settings.trials or 10
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def objective(trial: Any) -> float:
+        values = {s.name: _suggest(trial, s) for s in specs}
+        run_dir = Path(trial.user_attrs.get("run_dir")
+                       or study_dir / TRIALS_DIR / f"trial-{trial.number:03d}")  # fmt: skip
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("owner", _here())
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        progress.log(f"Trial {trial.number}: {shown} -> {run_dir}")
+        reporter = _Reporter(trial, settings.metric, progress)
+        try:
+            if (run_dir / "config.json").exists():  # a retried trial: continue its run
+                result = fit(TrainConfig(out=str(run_dir)), progress=reporter, resume=True)
+            else:
+                result = fit(make_config(values, run_dir), progress=reporter)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # tried again when the study continues
+            raise
+        history = [float(row[f"val_{settings.metric}"]) for row in result.history
+                   if f"val_{settings.metric}" in row]  # fmt: skip
+        return max(history) if history else reporter.best
+
+    def enough(study: Any, _trial: Any) -> None:
+        # Trials other workers are running count too: no worker starts one too many.
+        busy = finished + (TrialState.RUNNING,)
+        if len(study.get_trials(deepcopy=False, states=busy)) >= target:
+            study.stop()
+
+    started = time.perf_counter()
+    try:
+        if len(study.get_trials(deepcopy=False, states=finished)) < target:
+            study.optimize(objective, callbacks=[enough], gc_after_trial=True)
+    except KeyboardInterrupt:
+        from faceattr.errors import Interrupted
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("interrupted") and t.user_attrs.get("owner") == _here():
+                _retry(study, t)
+        raise Interrupted(
+            f"Finished trials are kept in {study_dir}; the interrupted one continues from its "
+            "last finished epoch when you run the same command again."
+        ) from None
+    summary = summarize(study_dir, storage, study=study)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def _command(base_args: Sequence[str], params: dict[str, Any]) -> str:
+    import shlex
+
+    args = ["faceattr", "train", *base_args]
+    for name, value in params.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any = None) -> dict:
+    """The study's trials (parameters, metric, time, state, run directory), the best one with
+    the command line that reproduces it, and parameter importances when there are enough
+    finished trials."""
+    import optuna
+
+    study_dir = Path(study_dir)
+    if study is None:
+        url = storage or f"sqlite:///{(study_dir / STUDY_FILE).absolute()}"
+        if storage is None and not (study_dir / STUDY_FILE).exists():
+            raise FaceAttrError(f"No study in {study_dir} (no {STUDY_FILE}).",
+                                "Start one with `faceattr tune ... --study-dir DIR`.")  # fmt: skip
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.load_study(study_name=STUDY_NAME, storage=_storage(url))
+        except KeyError:
+            raise FaceAttrError(f"No study in {url}.") from None
+    settings = StudySettings(**study.user_attrs["settings"])
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if (
+            t.datetime_complete and t.datetime_start) else None  # fmt: skip
+        trials.append({
+            "number": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+            "value": t.value, "epochs": len(t.intermediate_values),
+            "seconds": round(seconds, 1) if seconds is not None else None,
+            "run_dir": t.user_attrs.get("run_dir"), "retry_of": t.user_attrs.get("retry_of"),
+        })  # fmt: skip
+    complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
+    best = max(complete, key=lambda t: t["value"]) if complete else None
+    importances = None
+    if len(complete) >= 4 and settings.params:
+        try:
+            importances = {k: float(v) for k, v in
+                           optuna.importance.get_param_importances(study).items()}  # fmt: skip
+        except (RuntimeError, ValueError):  # e.g. a parameter that never varied
+            importances = None
+    return {
+        "study_dir": str(study_dir),
+        "metric": settings.metric,
+        "trials": trials,
+        "best": None if best is None else {
+            **best, "command": _command(settings.base_args, best["params"])},
+        "importances": importances,
+        "counts": {s: sum(t["state"] == s for t in trials)
+                   for s in ("complete", "pruned", "fail", "running", "waiting")},
+    }  # fmt: skip
+
+
+def study_run_dirs(study_dir: str | Path, best: int | None = None) -> list[Path]:
+    """The run directories of a study's finished trials, best first (``best``: the first k)."""
+    summary = summarize(study_dir)
+    done = [t for t in summary["trials"] if t["state"] == "complete" and t["run_dir"]]
+    done.sort(key=lambda t: -t["value"])
+    dirs = [Path(t["run_dir"]) for t in done if (Path(t["run_dir"]) / "config.json").exists()]
+    return dirs[:best] if best else dirs
