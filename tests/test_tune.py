@@ -79,6 +79,14 @@ def test_grid_study_runs_every_combination_once(synthetic_root, tmp_path):
     assert json.loads(again.stdout)["trials"] == summary["trials"]
     shown = invoke("tune", "--summary", study)
     assert shown.exit_code == 0 and "Reproduce it with" in said(shown)
+    # the report of a study: its best trials side by side, and the metric against each param
+    page = tmp_path / "study.html"
+    rep = invoke("report", study, "--out", page)
+    assert rep.exit_code == 0, rep.output
+    html = page.read_text()
+    assert f"Study {study}" in html and "against each parameter" in html
+    assert "image/svg+xml" in html  # the plot
+    assert html.count("trial-00") >= 4
     # other settings on the same folder are refused
     other = invoke("tune", *base(synthetic_root), "--epochs", "1", "--param", "lr=0.1,0.2",
                    "--sampler", "grid", "--study-dir", study)  # fmt: skip

@@ -19,7 +19,8 @@ def report_command(
     runs: Annotated[
         list[Path],
         typer.Argument(
-            help="Run directories: one for its report, several to compare them.",
+            help="Run directories: one for its report, several to compare them. A `faceattr "
+            "tune` study folder stands for its 5 best trials, with a section of its own.",
             metavar="RUN_DIR",
             show_default=False,
         ),
@@ -97,7 +98,8 @@ def report_command(
         raise unknown_name_error("report format", fmt, FORMATS)
     if out_file is None and fmt is not None:
         out_file = Path(f"report.{fmt}")
-    loaded = load_runs(list(runs), resolve_split_name(split) if split else None)
+    run_dirs, studies = _expand_studies(list(runs))
+    loaded = load_runs(list(run_dirs), resolve_split_name(split) if split else None)
     known = list(dict.fromkeys([*CELEBA_ATTRIBUTES, *(a for r in loaded for a in r.attributes)]))
     groups = parse_attribute_list(by)
     options = ReportOptions(
@@ -113,13 +115,29 @@ def report_command(
     if out_file is None:
         _print_summary(loaded, options)
         return
-    report = build_report(loaded, options, progress=RichProgress())
+    report = build_report(loaded, options, progress=RichProgress(), studies=studies)
     written = write_report(report, out_file, fmt)
     size = sum(p.stat().st_size for p in written)
     extra = f" and {len(written) - 1} plot/image files" if len(written) > 1 else ""
     err.print(f"Wrote {written[0]}{extra} ({size / 1e6:.1f} MB).", highlight=False, soft_wrap=True)
     for line in report.findings[:3]:
         out.print(_rich(line), highlight=False)
+
+
+def _expand_studies(paths: list[Path], best: int = 5) -> tuple[list[Path], list[dict]]:
+    """A `faceattr tune` study folder stands for its best ``best`` finished trials' runs (and
+    brings its own section)."""
+    expanded: list[Path] = []
+    studies = []
+    for p in paths:
+        if (Path(p) / "study.db").exists():
+            from faceattr.engine.tune import study_run_dirs, summarize
+
+            studies.append(summarize(p))
+            expanded += study_run_dirs(p, best=best)
+        else:
+            expanded.append(p)
+    return list(dict.fromkeys(expanded)), studies
 
 
 def _rich(text: str) -> str:

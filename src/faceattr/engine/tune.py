@@ -386,6 +386,7 @@ def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any =
     return {
         "study_dir": str(study_dir),
         "metric": settings.metric,
+        "params": settings.params,
         "trials": trials,
         "best": None if best is None else {
             **best, "command": _command(settings.base_args, best["params"])},

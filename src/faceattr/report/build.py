@@ -47,8 +47,24 @@ def build_report(
     options: ReportOptions | None = None,
     *,
     progress: Progress | None = None,
+    studies: Sequence[dict] = (),
 ) -> Report:
-    """The whole report for one run, or a comparison of several followed by each run's own."""
+    """The whole report for one run, or a comparison of several followed by each run's own;
+    ``studies`` (``faceattr tune`` summaries) add a section each, first."""
+    report = _build_report(runs, options, progress=progress)
+    if studies:
+        from faceattr.report.study_sections import study_section
+
+        report.sections[:0] = [study_section(s) for s in studies]
+    return report
+
+
+def _build_report(
+    runs: Sequence[RunData],
+    options: ReportOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> Report:
     options = options or ReportOptions()
     progress = progress or NullProgress()
     runs = list(runs)
