@@ -170,3 +170,29 @@ def test_two_workers_on_postgres_share_one_study(postgres_server, synthetic_root
     assert all(t["state"] == "complete" for t in summary["trials"]), summary["trials"]
     owners = {t["run_dir"] for t in summary["trials"]}
     assert len(owners) == 4  # four run directories, none trained twice
+
+
+def test_ctrl_c_then_the_same_command_continues(synthetic_root, tmp_path, monkeypatch):
+    import faceattr.engine.fit as fit_module
+
+    real = fit_module.run_epoch
+    calls = {"n": 0}
+
+    def ctrl_c_in_the_third_epoch(t, epoch, progress):
+        calls["n"] += 1
+        if calls["n"] == 3:  # trial 0 ran 2 epochs; trial 1 is interrupted in its first
+            raise KeyboardInterrupt
+        return real(t, epoch, progress)
+
+    monkeypatch.setattr(fit_module, "run_epoch", ctrl_c_in_the_third_epoch)
+    args = ["tune", *base(synthetic_root), "--epochs", "2", "--param", "lr=0.003,0.005",
+            "--sampler", "grid", "--pruner", "none", "--study-dir", tmp_path / "s",
+            "--json"]  # fmt: skip
+    r = invoke(*args)
+    assert r.exit_code == 130 and "run the same command again" in said(r)
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    trials = json.loads(r.stdout)["trials"]
+    assert sorted(t["state"] for t in trials) == ["complete", "complete", "fail"]
+    [retry] = [t for t in trials if t["retry_of"] is not None]
+    assert retry["retry_of"] == 1 and retry["run_dir"].endswith("trial-001")
