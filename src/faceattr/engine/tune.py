@@ -379,8 +379,11 @@ def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any =
     importances = None
     if len(complete) >= 4 and settings.params:
         try:
-            importances = {k: float(v) for k, v in
-                           optuna.importance.get_param_importances(study).items()}  # fmt: skip
+            # fANOVA: Optuna 5's default (PED-ANOVA) gives every parameter the same share
+            # with a handful of trials.
+            fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            found = optuna.importance.get_param_importances(study, evaluator=fanova)
+            importances = {k: float(v) for k, v in found.items()}
         except (RuntimeError, ValueError):  # e.g. a parameter that never varied
             importances = None
     return {
