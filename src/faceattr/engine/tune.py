@@ -293,8 +293,8 @@ def run_study(
 
     def objective(trial: Any) -> float:
         values = {s.name: _suggest(trial, s) for s in specs}
-        run_dir = Path(trial.user_attrs.get("run_dir")
-                       or study_dir / TRIALS_DIR / f"trial-{trial.number:03d}")  # fmt: skip
+        default = study_dir.absolute() / TRIALS_DIR / f"trial-{trial.number:03d}"
+        run_dir = Path(trial.user_attrs.get("run_dir") or default)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("owner", _here())
         shown = ", ".join(f"{k}={v}" for k, v in values.items())
@@ -404,5 +404,9 @@ def study_run_dirs(study_dir: str | Path, best: int | None = None) -> list[Path]
     summary = summarize(study_dir)
     done = [t for t in summary["trials"] if t["state"] == "complete" and t["run_dir"]]
     done.sort(key=lambda t: -t["value"])
-    dirs = [Path(t["run_dir"]) for t in done if (Path(t["run_dir"]) / "config.json").exists()]
+    # Where the run is now: as recorded, or (a study moved, or run from another folder) in
+    # the study's own trials folder.
+    here = [Path(t["run_dir"]) if Path(t["run_dir"]).is_absolute() else
+            Path(study_dir) / TRIALS_DIR / Path(t["run_dir"]).name for t in done]  # fmt: skip
+    dirs = [d for d in here if (d / "config.json").exists()]
     return dirs[:best] if best else dirs

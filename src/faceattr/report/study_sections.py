@@ -33,7 +33,10 @@ def study_plot(summary: dict[str, Any], name: str = "study"):
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         elif param in logs:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: no overlapping labels
         ax.set_xlabel(param)
         _pct_axis(ax.yaxis)
     axes[0].set_ylabel(summary["metric"].replace("_", " "))
