@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import WorkersOption, check_numbers
+from faceattr.cli.options import (
+    DetectorOption,
+    MaxFacesOption,
+    MinFaceSizeOption,
+    MinScoreOption,
+    WorkersOption,
+    check_numbers,
+)
 
 DbOption = Annotated[
     str,
@@ -29,19 +36,10 @@ def index_command(
     model: Annotated[
         str, typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'.")
     ] = "default",
-    detector: Annotated[
-        str | None,
-        typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
-    ] = None,
-    min_score: Annotated[
-        float | None, typer.Option(help="Drop faces the detector scores below this.")
-    ] = None,
-    min_face_size: Annotated[
-        float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
-    ] = 20.0,
-    max_faces: Annotated[
-        int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
-    ] = None,
+    detector: DetectorOption = None,
+    min_score: MinScoreOption = None,
+    min_face_size: MinFaceSizeOption = 20.0,
+    max_faces: MaxFacesOption = None,
     workers: WorkersOption = None,
     reindex: Annotated[
         bool,

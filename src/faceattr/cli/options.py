@@ -208,3 +208,19 @@ WorkersOption = Annotated[
         min=0,
     ),
 ]
+
+
+# The face-finding options `predict` and `index` share.
+DetectorOption = Annotated[
+    str | None,
+    typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
+]
+MinScoreOption = Annotated[
+    float | None, typer.Option(help="Drop faces the detector scores below this.")
+]
+MinFaceSizeOption = Annotated[
+    float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
+]
+MaxFacesOption = Annotated[
+    int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
+]

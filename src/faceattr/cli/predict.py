@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import BackendOption, TtaOverride, WorkersOption, check_numbers
+from faceattr.cli.options import (
+    BackendOption,
+    DetectorOption,
+    MaxFacesOption,
+    MinFaceSizeOption,
+    MinScoreOption,
+    TtaOverride,
+    WorkersOption,
+    check_numbers,
+)
 from faceattr.config import PREDICT_BATCH_SIZE
 
 
@@ -67,19 +76,10 @@ def predict_command(
             "(for data already aligned like CelebA's img_align_celeba).",
         ),
     ] = False,  # fmt: skip
-    detector: Annotated[
-        str | None,
-        typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
-    ] = None,
-    min_score: Annotated[
-        float | None, typer.Option(help="Drop faces the detector scores below this.")
-    ] = None,
-    min_face_size: Annotated[
-        float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
-    ] = 20.0,
-    max_faces: Annotated[
-        int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
-    ] = None,
+    detector: DetectorOption = None,
+    min_score: MinScoreOption = None,
+    min_face_size: MinFaceSizeOption = 20.0,
+    max_faces: MaxFacesOption = None,
     save_crops: Annotated[
         Path | None, typer.Option(help="Write each face's aligned crop into this folder.")
     ] = None,
