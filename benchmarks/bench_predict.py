@@ -20,6 +20,9 @@ The dataset is ``--root`` (CelebA layout), else ``$FACEATTR_REAL_DATA/celeba-sam
 set, else a synthetic CelebA-format set generated in a temporary folder. The chosen crops
 (a fixed random subset, seed 0) are symlinked into a temporary folder, read once first so
 every row starts from the page cache; nothing is written into the dataset or the repository.
+``--candidate FILE.onnx`` (repeatable) adds two rows per file to table 1, with the file's own
+TTA and with ``--tta none``: the speed side of choosing a new default model (the weights do not
+matter for speed, so an untrained export of an architecture measures it).
 ``--repeat`` runs each measurement K times and keeps the median (default: once for table 1,
 5 times for table 2, 2 with ``--quick``).
 """
@@ -44,6 +47,7 @@ from common import child_env, pick_root, warm_files  # benchmarks/common.py
 
 from faceattr.config import DataConfig
 from faceattr.data import read_dataset
+from faceattr.models import read_model_info
 from faceattr.runs import default_model_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,7 +241,18 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="runs per measurement, median kept (table 1: 1; table 2: 5, quick 2)",
     )
+    p.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="FILE.onnx",
+        help="another model to time in table 1 (its own TTA and --tta none); repeatable",
+    )
     args = p.parse_args(argv)
+    candidates = [Path(c).resolve() for c in args.candidate]
+    for c in candidates:
+        if not c.is_file():
+            raise SystemExit(f"--candidate {c}: no such file")
     n_images = args.images or (192 if args.quick else 1440)
     n_calibration = 64 if args.quick else 300
     repeat_crops = args.repeat or 1
@@ -327,6 +342,18 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("ONNX fp32, `--tta none`", "none", [*predict, *fp32_args, "--tta", "none"], None),
         ]
+        for c in candidates:
+            own_tta = read_model_info(c).tta
+            rows.append((f"candidate `{c.name}`", own_tta, [*predict, "--model", str(c)], None))
+            if own_tta != "none":
+                rows.append(
+                    (
+                        f"candidate `{c.name}`",
+                        "none",
+                        [*predict, "--model", str(c), "--tta", "none"],
+                        None,
+                    )
+                )
         results = []
         for label, tta, cmd, env in rows:
             seconds = median_seconds(cmd, repeat_crops, env)
