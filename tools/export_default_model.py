@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from faceattr.config import TrainConfig
-from faceattr.metrics import compute_metrics, tune_thresholds
+from faceattr.metrics import compute_metrics, tune_thresholds, two_fold_tuned
 from faceattr.models import load_model_file, save_model_file
 from faceattr.models.head import TTA_MODES
 from faceattr.runs import resolve_model
@@ -52,22 +52,6 @@ def retune(run: Path, info, max_drop: float):
     return replace(info, thresholds=[float(t) for t in thresholds])
 
 
-def two_fold_tuned(probs, targets, attributes, max_drop: float, seed: int = 0) -> dict:
-    """Honest numbers for tuned thresholds: tune on one random half of the validation images,
-    measure on the other, both ways round, and average."""
-    order = np.random.default_rng(seed).permutation(len(probs))
-    halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    scores = []
-    for tune_on, test_on in (halves, halves[::-1]):
-        thr = tune_thresholds(probs[tune_on], targets[tune_on], max_accuracy_drop=max_drop)
-        scores.append(compute_metrics(probs[test_on], targets[test_on], attributes,
-                                      thresholds=thr))  # fmt: skip
-    return {
-        f"{k}_tuned_two_fold": round(float(np.mean([m[k] for m in scores])), 4)
-        for k in ("mean_accuracy", "mean_balanced_accuracy")
-    }
-
-
 def validation_summary(run: Path, info, max_drop: float) -> dict:
     """Mean/balanced accuracy on the run's validation predictions, at 0.5, at the model's
     thresholds (tuned on these same images: optimistic) and tuned two-fold (honest); empty
@@ -81,7 +65,7 @@ def validation_summary(run: Path, info, max_drop: float) -> dict:
                             train_positive_rates=info.train_positive_rates)  # fmt: skip
         out[f"mean_accuracy_{name}"] = round(m["mean_accuracy"], 4)
         out[f"mean_balanced_accuracy_{name}"] = round(m["mean_balanced_accuracy"], 4)
-    out.update(two_fold_tuned(probs, targets, info.attributes, max_drop))
+    out.update(two_fold_tuned(probs, targets, info.attributes, max_accuracy_drop=max_drop))
     return out
 
 
