@@ -23,6 +23,7 @@ import numpy as np
 
 from faceattr.config import DataConfig
 from faceattr.engine.evaluate import predict_table, split_table
+from faceattr.errors import FaceAttrError
 from faceattr.inference.predictor import Predictor
 from faceattr.metrics import compute_metrics, two_fold_tuned
 from faceattr.progress import NullProgress
@@ -93,4 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FaceAttrError as e:  # a bad model path or dataset: the message says how to fix it
+        sys.exit(f"error: {e}")
