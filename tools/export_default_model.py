@@ -5,10 +5,11 @@ ONNX twin that `faceattr predict` runs.
         [--out src/faceattr/assets/default.safetensors] [--root CELEBA_SAMPLE]
     python tools/export_default_model.py --onnx-only --root CELEBA_SAMPLE
 
-The file keeps the run's thresholds and preprocessing, adds a description and the CelebA
-licence note, and is checked to load and to predict like the fp32 original. `--retune` and the
-validation summary read the run's predictions-valid.npz: make it with `faceattr eval RUN
---split valid` (with the same `--tta` as the export) first.
+An ensemble file from `faceattr ensemble --root` works too (its thresholds and held-out
+scores come with it). The file keeps the run's thresholds and preprocessing, adds a
+description and the CelebA licence note, and is checked to load and to predict like the fp32
+original. `--retune` and the validation summary read the run's predictions-valid.npz: make
+it with `faceattr eval RUN --split valid` (with the same `--tta` as the export) first.
 
 With `--root` (real CelebA), the .safetensors model is then exported to ONNX beside it
 (default.onnx), checked against PyTorch on the held-out validation identities; int8 is tried
@@ -103,20 +104,24 @@ def main() -> None:
     if args.tta is not None:
         model.tta = args.tta
         info = replace(info, tta=args.tta)
-    if args.retune is not None:
-        info = retune(src.parent, info, args.retune)
-    summary = validation_summary(
-        src.parent,
-        info,
-        args.retune if args.retune is not None else TrainConfig().threshold_accuracy_drop,
-    )
+    description = "faceattr default model: 40 CelebA attributes from an aligned face crop."
+    if info.members:  # `faceattr ensemble --root` tuned the thresholds and scored it
+        if args.retune is not None or args.tta is not None:
+            parser.error("an ensemble's thresholds and TTA are set by `faceattr ensemble`")
+        summary = dict(info.extra.get("validation", {}))
+        archs = ", ".join(f"{m['arch']} {m['img_size']} px" for m in info.members)
+        description = description[:-1] + f" (an ensemble: {archs})."
+    else:
+        if args.retune is not None:
+            info = retune(src.parent, info, args.retune)
+        summary = validation_summary(
+            src.parent,
+            info,
+            args.retune if args.retune is not None else TrainConfig().threshold_accuracy_drop,
+        )
     print(json.dumps(summary, indent=2))
     extra = dict(info.extra)
-    extra.update(
-        description="faceattr default model: 40 CelebA attributes from an aligned face crop.",
-        source_run=str(Path(args.run).name),
-        validation=summary,
-    )
+    extra.update(description=description, source_run=str(Path(args.run).name), validation=summary)
     info = replace(info, license=LICENSE, extra=extra)
     out = save_model_file(args.out, model, info, dtype=torch.float16)
 

@@ -36,6 +36,7 @@ SCHEDULERS: tuple[str, ...] = ("cosine", "cyclic", "onecycle", "none")
 LOSSES: tuple[str, ...] = ("bce", "weighted-bce", "focal")
 THRESHOLD_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1")
 TTA_MODES: tuple[str, ...] = ("none", "flip")  # test-time augmentation (AttributeModel.tta)
+ENSEMBLE_DTYPES: tuple[str, ...] = ("float32", "float16")  # `faceattr ensemble --dtype`
 CACHE_MODES: tuple[str, ...] = ("auto", "off")
 # How predict/eval run a model: auto (ONNX Runtime for .onnx files and the default model,
 # PyTorch for run directories and .safetensors files), onnx, or torch.

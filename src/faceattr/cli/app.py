@@ -10,6 +10,7 @@ from faceattr import __version__
 from faceattr.cli.collection import index_command, search_command
 from faceattr.cli.common import Command, Group
 from faceattr.cli.data import data_app
+from faceattr.cli.ensemble import ensemble_command
 from faceattr.cli.evaluate import eval_command
 from faceattr.cli.export import export_command
 from faceattr.cli.predict import predict_command
@@ -34,6 +35,7 @@ app.command("eval", cls=Command)(eval_command)
 app.command("predict", cls=Command)(predict_command)
 app.command("report", cls=Command)(report_command)
 app.command("export", cls=Command)(export_command)
+app.command("ensemble", cls=Command)(ensemble_command)
 app.command("index", cls=Command)(index_command)
 app.command("search", cls=Command)(search_command)
 app.command(

@@ -131,7 +131,12 @@ def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> No
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quant_pre_process(str(fp32), str(pre))  # shape inference + clean-up, as ORT advises
+        try:
+            quant_pre_process(str(fp32), str(pre))  # shape inference + clean-up, as ORT advises
+        except Exception:
+            # ORT's symbolic shape inference cannot follow every graph (an ensemble's resized
+            # member inputs); ONNX's own shape inference is enough for the quantizer.
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(
             str(pre),
             str(dest),

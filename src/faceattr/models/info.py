@@ -34,6 +34,10 @@ def check_tta(mode: str) -> str:
     return mode
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -63,6 +67,9 @@ class ModelInfo:
     faceattr_version: str = __version__
     created: str = field(default_factory=_now)
     extra: dict[str, Any] = field(default_factory=dict)
+    # arch "ensemble" only: each member's settings (faceattr.models.ensemble.MEMBER_FIELDS)
+    # and its source file's name and digest, in input order.
+    members: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # Normalise tuples / numpy values so the JSON round trip is exact.
@@ -95,8 +102,34 @@ class ModelInfo:
             values = getattr(self, name)
             if values is not None and len(values) != a:
                 problems.append(f"{name} has {len(values)} values for {a} attributes")
+        problems += self._member_problems()
         if problems:
             raise ModelError(f"Invalid model info for arch {self.arch!r}: {'; '.join(problems)}.")
+
+    def _member_problems(self) -> list[str]:
+        if self.arch != "ensemble":
+            return [] if self.members is None else ["members are set but arch is not 'ensemble'"]
+        members = self.members
+        if not isinstance(members, list) or len(members) < 2:
+            return ["an ensemble needs a list of two or more members"]
+        problems = []
+        for k, m in enumerate(members):
+            if not isinstance(m, dict):
+                problems.append(f"member {k} is not an object")
+                continue
+            lacking = [f for f in ("arch", "img_size", "mean", "std") if f not in m]
+            if lacking:
+                problems.append(f"member {k} lacks {', '.join(lacking)}")
+            elif m["arch"] == "ensemble":
+                problems.append(f"member {k} is itself an ensemble")
+            elif not (isinstance(m["img_size"], int) and m["img_size"] > 0):
+                problems.append(f"member {k} has img_size {m['img_size']!r}")
+            elif not all(
+                isinstance(m[k], list) and len(m[k]) == 3 and all(_is_number(v) for v in m[k])
+                for k in ("mean", "std")
+            ):
+                problems.append(f"member {k}: mean/std need 3 values (RGB)")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,7 @@ import torch
 from faceattr.errors import FaceAttrError, ModelError
 from faceattr.fileio import atomic_write_bytes
 from faceattr.models.digest import verify_safetensors, with_safetensors_digest
+from faceattr.models.ensemble import EnsembleModel
 from faceattr.models.head import AttributeModel
 from faceattr.models.info import (
     FORMAT_VERSION,
@@ -47,7 +48,7 @@ def _state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None) -> dict
 
 def save_model_file(
     path: str | os.PathLike,
-    model: AttributeModel,
+    model: AttributeModel | EnsembleModel,
     info: ModelInfo,
     *,
     dtype: torch.dtype | None = None,
@@ -115,16 +116,37 @@ def _mismatch_summary(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
     return "; ".join(parts)
 
 
+def _build(info: ModelInfo) -> AttributeModel | EnsembleModel:
+    """The untrained model ``info`` describes: an AttributeModel, or an EnsembleModel."""
+    from faceattr.models.ensemble import ENSEMBLE_ARCH, build_ensemble
+    from faceattr.models.registry import create_model
+
+    if info.arch == ENSEMBLE_ARCH:
+        return build_ensemble(info)
+    return create_model(
+        info.arch,
+        len(info.attributes),
+        num_features=info.num_features,
+        dropout=info.dropout,
+        pretrained=False,
+        img_size=info.img_size,
+    )
+
+
+def _arch_names(info: ModelInfo) -> str:
+    if info.members:
+        return "ensemble of " + ", ".join(repr(m.get("arch")) for m in info.members)
+    return repr(info.arch)
+
+
 def load_model_file(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[AttributeModel, ModelInfo]:
+) -> tuple[AttributeModel | EnsembleModel, ModelInfo]:
     """Rebuild the model a file describes and load its weights (float32, eval mode).
 
     ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
     """
     from safetensors.torch import load
-
-    from faceattr.models.registry import create_model
 
     p = resolve_model(path)
     if is_onnx(p):
@@ -135,17 +157,10 @@ def load_model_file(
         )
     info = read_model_info(p)
     try:
-        model = create_model(
-            info.arch,
-            len(info.attributes),
-            num_features=info.num_features,
-            dropout=info.dropout,
-            pretrained=False,
-            img_size=info.img_size,
-        )
+        model = _build(info)
     except FaceAttrError as e:
         raise ModelError(
-            f"{p} needs architecture {info.arch!r} (img_size {info.img_size}), which this "
+            f"{p} needs architecture {_arch_names(info)} (img_size {info.img_size}), which this "
             f"installation cannot build: {e.message}",
             f"The file was written by faceattr {info.faceattr_version}; upgrading faceattr "
             "and timm/torchvision usually helps.",

@@ -1,0 +1,185 @@
+"""`faceattr ensemble`: several trained models combined into one model file.
+
+The file (``arch: "ensemble"``, see :mod:`faceattr.models.ensemble`) averages the members'
+probabilities. With a dataset, the ensemble and each member are evaluated on its held-out
+split (the members' identity-disjoint validation carve), the ensemble's decision thresholds
+are tuned there as training tunes a single model's, and the summary says what the ensemble
+gains over its best member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
+from faceattr.errors import ModelError, UsageError
+from faceattr.progress import NullProgress, Progress
+from faceattr.runs import resolve_model, run_config
+
+SAVE_DTYPES = {name: getattr(torch, name) for name in ENSEMBLE_DTYPES}
+
+
+def _source(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+def _common_carve(paths: Sequence[Path], data: DataConfig) -> tuple[DataConfig, list[str]]:
+    """``data`` with the validation carve every member run used; notes on members whose
+    carve cannot be checked. A ModelError when two runs held out different identities."""
+    carves: dict[tuple[float, int], Path] = {}
+    notes = []
+    for p in paths:
+        cfg = run_config(p)
+        if cfg is None:
+            notes.append(
+                f"{p.name} is not in a run directory: its validation carve cannot be checked "
+                f"(assumed the default, {data.valid_fraction:g} of the identities, seed "
+                f"{data.split_seed})."
+            )
+            continue
+        carves.setdefault((cfg.data.valid_fraction, cfg.data.split_seed), p)
+    if len(carves) > 1:
+        listed = "; ".join(f"{p} (fraction {f:g}, seed {s})" for (f, s), p in carves.items())
+        raise ModelError(
+            f"The members held out different validation identities: {listed}. Thresholds "
+            "tuned on one carve would be tuned on another member's training images.",
+            "Ensemble runs trained with the same --valid-fraction and seed, or build the "
+            "ensemble without --root (thresholds stay at 0.5).",
+        )
+    if carves:
+        (fraction, seed), _ = carves.popitem()
+        data = replace(data, valid_fraction=fraction, split_seed=seed)
+    return data, notes
+
+
+def _scores(probs: np.ndarray, targets: np.ndarray, attributes: list[str], drop: float | None):
+    from faceattr.metrics import compute_metrics, two_fold_tuned
+
+    at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
+    out = {
+        "mean_accuracy_at_0.5": round(at_half["mean_accuracy"], 4),
+        "mean_balanced_accuracy_at_0.5": round(at_half["mean_balanced_accuracy"], 4),
+    }
+    out.update(two_fold_tuned(probs, targets, attributes, max_accuracy_drop=drop))
+    return out
+
+
+def _evaluate(model: Path, data: DataConfig, split: str, tta: str, progress: Progress, what: str):
+    from faceattr.engine.evaluate import predict_table, split_table
+    from faceattr.inference.predictor import Predictor
+
+    predictor = Predictor(model, backend="torch", device="cpu", tta=tta)
+    table = split_table(predictor.path, predictor.info, data, split)
+    probs, targets, index, _ = predict_table(
+        predictor, table, data, progress=progress, description=what
+    )
+    return probs, targets, index
+
+
+def make_ensemble(
+    models: Sequence[str | Path],
+    out: str | Path,
+    *,
+    data: DataConfig | None = None,
+    split: str = "valid",
+    tta: str = "none",
+    dtype: str = "float32",
+    threshold_metric: str | None = None,
+    max_accuracy_drop: float | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Combine ``models`` (run directories or model files) into the ensemble file ``out``.
+
+    With ``data``, the members and the ensemble are evaluated on ``split``, and thresholds
+    are tuned there (``threshold_metric``, ``max_accuracy_drop``: as in training, whose
+    defaults they take). Returns a summary: the file, its members, and with ``data`` their
+    scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
+    """
+    from faceattr.metrics import tune_thresholds
+    from faceattr.models.ensemble import combine, ensemble_info
+    from faceattr.models.info import check_tta
+    from faceattr.models.io import load_model_file, save_model_file
+
+    progress = progress or NullProgress()
+    check_tta(tta)
+    if dtype not in SAVE_DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}.")
+    if len(models) < 2:
+        raise UsageError(
+            f"An ensemble needs at least two models; got {len(models)}.",
+            "List two or more run directories or model files.",
+        )
+    defaults = TrainConfig()
+    metric = threshold_metric or defaults.threshold_metric
+    drop = max_accuracy_drop if max_accuracy_drop is not None else defaults.threshold_accuracy_drop
+    paths = [resolve_model(m) for m in models]
+    loaded = [load_model_file(p) for p in paths]
+    for p, (_, member) in zip(paths, loaded, strict=True):
+        if member.arch == "ensemble":
+            raise ModelError(
+                f"{p} is an ensemble already; an ensemble cannot be a member of another.",
+                "List the models it was made of instead.",
+            )
+    info = ensemble_info([i for _, i in loaded], [_source(p) for p in paths], tta=tta)
+    ensemble = combine([m for m, _ in loaded], [i for _, i in loaded], info)
+    out = Path(out)
+    summary: dict[str, Any] = {"out": str(out), "members": [str(p) for p in paths], "tta": tta}
+    if data is None:
+        save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
+        summary.update(thresholds="0.5 (no --root: nothing to tune them on)", evaluated=False)
+        return summary
+
+    data, notes = _common_carve(paths, data)
+    for note in notes:
+        progress.log(note)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".safetensors", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        # Evaluated as it will be saved (fp16 weights included), through the file.
+        save_model_file(tmp, ensemble, info, dtype=SAVE_DTYPES[dtype])
+        probs, targets, index = _evaluate(tmp, data, split, tta, progress, f"ensemble {split}")
+        attributes = list(info.attributes)
+        rows = []
+        for p in paths:
+            m_probs, _, m_index = _evaluate(p, data, split, tta, progress, f"{p.name} {split}")
+            if not np.array_equal(m_index, index):
+                raise ModelError(f"{p} could not read the same {split} images as the others.")
+            rows.append({"model": str(p), **_scores(m_probs, targets, attributes, drop)})
+        scores = _scores(probs, targets, attributes, drop)
+        thresholds = tune_thresholds(probs, targets, metric=metric, max_accuracy_drop=drop)
+        validation = {"split": split, "images": len(probs), **scores}
+        extra = dict(info.extra, validation=validation)
+        info = replace(info, thresholds=[float(t) for t in thresholds], extra=extra)
+        save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
+    finally:
+        tmp.unlink(missing_ok=True)
+    best = max(rows, key=lambda r: r["mean_accuracy_at_0.5"])
+    summary.update(
+        evaluated=True,
+        split=split,
+        images=len(probs),
+        notes=notes,
+        member_scores=rows,
+        ensemble=scores,
+        gain_over_best_member=round(
+            scores["mean_accuracy_at_0.5"] - best["mean_accuracy_at_0.5"], 4
+        ),
+        threshold_metric=metric,
+        threshold_accuracy_drop=drop,
+    )
+    return summary
