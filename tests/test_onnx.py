@@ -238,3 +238,21 @@ def test_onnx_run_directory_without_torch_uses_its_export(exported):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "onnx", r.stderr
+
+
+def test_fp16_weights_halve_the_file_and_keep_the_probabilities(exported, synthetic_root, tmp_path):
+    from faceattr.data.images import load_image
+    from faceattr.inference.predictor import Predictor
+
+    out = tmp_path / "half.onnx"
+    r = invoke("export", exported, "--fp16-weights", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["precision"] == "fp32" and summary["weights_stored_as_fp16"] > 0
+    assert out.stat().st_size < 0.6 * (exported / "model.onnx").stat().st_size
+    crops = [load_image(p) for p in _crops(synthetic_root)]
+    full = Predictor(exported / "model.onnx").probabilities(crops)
+    assert np.abs(Predictor(out).probabilities(crops) - full).max() < 5e-3
+    r = invoke("export", exported, "--fp16-weights", "--int8", "--calibration-root",
+               synthetic_root, "--out", tmp_path / "x.onnx")  # fmt: skip
+    assert r.exit_code == 2 and "fp32 exports" in said(r)

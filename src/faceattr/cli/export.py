@@ -88,6 +88,14 @@ def export_command(
         ),
     ] = EXPORT_MAX_ACCURACY_DROP,
     tta: TtaOverride = None,
+    fp16_weights: Annotated[
+        bool,
+        typer.Option(
+            "--fp16-weights",
+            help="Store the weights as float16: half the file, still computed in float32 (the "
+            "check against PyTorch shows the change). Not with --int8.",
+        ),
+    ] = False,
     workers: WorkersOption = None,
     cache: CacheOption = None,
     json_out: Annotated[
@@ -126,6 +134,7 @@ def export_command(
         eval_images=eval_images or None,
         max_accuracy_drop=max_accuracy_drop,
         tta=tta,
+        fp16_weights=fp16_weights,
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
