@@ -7,10 +7,11 @@ Three tables, measured side by side in one run:
 1. aligned crops, ``faceattr predict DIR --no-detect --json`` over ``--images`` CelebA crops
    (1,440; 192 with ``--quick``), images per second of the whole process (start-up, model
    loading and decoding included), the default model with its own test-time augmentation
-   (flip). Row 1 reproduces the code path predict had before the ONNX engine (PyTorch, NCHW,
-   batches of 32 decoded one after the other, glibc's default allocator) in a child process;
-   the other rows run the CLI: ``--backend torch``, the shipped ONNX fp32 model, an int8
-   export made here (not what ships), and ONNX fp32 with ``--tta none``;
+   (none since the default is an ensemble). Row 1 reproduces the code path predict had before
+   the ONNX engine (PyTorch, NCHW, batches of 32 decoded one after the other, glibc's default
+   allocator) in a child process; the other rows run the CLI: ``--backend torch``, the
+   shipped ONNX model, an int8 export made here (not what ships), and, for a default with
+   TTA, ONNX fp32 with ``--tta none``;
 2. one photo, whole process: median seconds of ``faceattr predict examples/astronaut.jpg``
    (face detection included) with the default model and with ``--backend torch``;
 3. the model's forward pass alone, batch 16, no TTA, in this process: PyTorch NCHW and
@@ -20,9 +21,9 @@ The dataset is ``--root`` (CelebA layout), else ``$FACEATTR_REAL_DATA/celeba-sam
 set, else a synthetic CelebA-format set generated in a temporary folder. The chosen crops
 (a fixed random subset, seed 0) are symlinked into a temporary folder, read once first so
 every row starts from the page cache; nothing is written into the dataset or the repository.
-``--candidate FILE.onnx`` (repeatable) adds two rows per file to table 1, with the file's own
-TTA and with ``--tta none``: the speed side of choosing a new default model (the weights do not
-matter for speed, so an untrained export of an architecture measures it).
+``--candidate FILE.onnx`` (repeatable) adds rows to table 1, with the file's own TTA and (if
+that is flip) with ``--tta none``: the speed side of choosing a new default model (the weights
+do not matter for speed, so an untrained export of an architecture measures it).
 ``--repeat`` runs each measurement K times and keeps the median (default: once for table 1,
 5 times for table 2, 2 with ``--quick``).
 """
@@ -71,7 +72,7 @@ from faceattr.models import load_model_file
 
 paths = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
 batch = int(sys.argv[2])
-model, info = load_model_file("default")  # sets model.tta = info.tta ("flip")
+model, info = load_model_file("default")  # sets model.tta = info.tta
 prep = Preprocessing.from_info(info)
 probs = []
 for start in range(0, len(paths), batch):
@@ -320,28 +321,32 @@ def main(argv: list[str] | None = None) -> None:
 
         predict = faceattr_cmd("predict", str(crops_dir), "--no-detect", "--json")
         old_cmd = [sys.executable, "-c", OLD_PATH_CHILD, str(list_file), str(OLD_BATCH)]
+        tta = read_model_info("default").tta  # every row but the last runs the model's own
         rows = [
             (
                 "torch, before (NCHW, batch 32, default allocator, sequential)",
-                "flip",
+                tta,
                 old_cmd,
                 child_env(FACEATTR_MALLOC="default"),
             ),
             (
                 "torch, after (channels-last, allocator tuned, threaded pipeline)",
-                "flip",
+                tta,
                 [*predict, "--backend", "torch"],
                 None,
             ),
-            ("ONNX fp32 (the shipped default)", "flip", [*predict, *fp32_args], None),
+            ("ONNX fp32 (the shipped default)", tta, [*predict, *fp32_args], None),
             (
                 "ONNX int8 (not shipped: lost > 0.1 point of accuracy)",
-                "flip",
+                tta,
                 [*predict, "--model", str(int8)],
                 None,
             ),
-            ("ONNX fp32, `--tta none`", "none", [*predict, *fp32_args, "--tta", "none"], None),
         ]
+        if tta != "none":
+            rows.append(
+                ("ONNX fp32, `--tta none`", "none", [*predict, *fp32_args, "--tta", "none"], None)
+            )
         for c in candidates:
             own_tta = read_model_info(c).tta
             rows.append((f"candidate `{c.name}`", own_tta, [*predict, "--model", str(c)], None))

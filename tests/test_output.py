@@ -59,6 +59,8 @@ def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path
         "finetune": ["finetune", tmp_path / "run", "--epochs", "1", "--workers", "0",
                      "--out", tmp_path / "ft", "--json"],
         "export": ["export", tmp_path / "run", "--out", tmp_path / "m.onnx", "--json"],
+        "ensemble": ["ensemble", trained_run, tmp_path / "run", "--out", tmp_path / "e.safetensors",
+                     "--root", synthetic_root, "--workers", "0", "--json"],
         "data fetch": ["data", "fetch", "synthetic", "--root", tmp_path / "syn",
                        "--n-train", "8", "--n-valid", "4", "--n-test", "4", "--json"],
         "data prepare": ["data", "prepare", "celeba", "--root", tmp_path / "syn",

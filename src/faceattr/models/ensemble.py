@@ -10,6 +10,7 @@ ensemble exactly as on a single model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -104,18 +105,14 @@ class EnsembleModel(nn.Module):
             logits = (logits[:n] + logits[n:]) / 2
         return logits
 
-    def no_tta(self):  # the same contract as AttributeModel.no_tta (used by Grad-CAM)
-        import contextlib
-
-        @contextlib.contextmanager
-        def block() -> Iterator[EnsembleModel]:
-            saved, self.tta = self.tta, "none"
-            try:
-                yield self
-            finally:
-                self.tta = saved
-
-        return block()
+    @contextlib.contextmanager
+    def no_tta(self) -> Iterator[EnsembleModel]:
+        """As :meth:`AttributeModel.no_tta`: forward passes see exactly the given images."""
+        saved, self.tta = self.tta, "none"
+        try:
+            yield self
+        finally:
+            self.tta = saved
 
     def extra_repr(self) -> str:
         return f"members={len(self.members)}, img_size={self.img_size}, tta={self.tta!r}"
