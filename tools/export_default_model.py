@@ -148,7 +148,8 @@ def export_onnx(model: Path, root: str, int8_budget: float) -> None:
 
     data = DataConfig(root=root)
     final = model.with_suffix(".onnx")
-    fp32 = export_model(model, final, data=data, eval_split="valid", eval_images=None)
+    fp32 = export_model(model, final, data=data, eval_split="valid", eval_images=None,
+                        fp16_weights=True)  # fmt: skip
     print(json.dumps(fp32, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         int8 = export_model(model, Path(tmp) / "int8.onnx", int8=True, data=data,
