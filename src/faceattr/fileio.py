@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -363,3 +364,12 @@ def _locked(path: Path, what: str, holder: dict[str, Any]) -> LockedError:
         "Wait for it to finish, or choose another folder (--out). If that process is gone "
         f"for good (a crashed machine sharing this folder), delete {path}.",
     )
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ that are gone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.data.images import IMAGE_EXTENSIONS
 from faceattr.errors import UsageError
+from faceattr.fileio import sha256_of
 from faceattr.progress import NullProgress, Progress
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -75,14 +75,6 @@ def walk(paths: Sequence[str | Path], skip: set[Path]) -> Iterator[Path]:
                 path = Path(folder) / name
                 if path not in skip and not name.startswith(".") and looks_like_image(path):
                     yield path
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_identity(model: str | Path | None) -> tuple[dict[str, Any], Path]:

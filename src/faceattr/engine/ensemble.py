@@ -9,7 +9,6 @@ gains over its best member.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 
 from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
 from faceattr.errors import ModelError, UsageError
+from faceattr.fileio import sha256_of
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import resolve_model, run_config
 
@@ -29,11 +29,7 @@ SAVE_DTYPES = {name: getattr(torch, name) for name in ENSEMBLE_DTYPES}
 
 
 def _source(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"file": path.name, "sha256": digest.hexdigest()}
+    return {"file": path.name, "sha256": sha256_of(path)}
 
 
 def _common_carve(paths: Sequence[Path], data: DataConfig) -> tuple[DataConfig, list[str]]:

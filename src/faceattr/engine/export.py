@@ -16,7 +16,6 @@ on a held-out split when one is given, and refused when it loses more than
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import secrets
@@ -38,7 +37,7 @@ from faceattr.config import (
 )
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
-from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes
+from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes, sha256_of
 from faceattr.metrics import compute_metrics
 from faceattr.models.digest import with_onnx_metadata
 from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta, is_onnx
@@ -61,14 +60,6 @@ def default_output(model: str | os.PathLike[str], source: Path, int8: bool) -> P
         )
     stem = source.stem + ("-int8" if int8 else "")
     return source.with_name(stem + ".onnx")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _torch_to_onnx(source: Path, dest: Path, tta: str) -> ModelInfo:
@@ -422,7 +413,7 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
 
     provenance = {
         "source": source.name,
-        "source_sha256": _sha256(source),
+        "source_sha256": sha256_of(source),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": summary["precision"],
         "opset": OPSET,
