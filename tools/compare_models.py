@@ -25,18 +25,8 @@ from faceattr.config import DataConfig
 from faceattr.engine.evaluate import predict_table, split_table
 from faceattr.errors import FaceAttrError
 from faceattr.inference.predictor import Predictor
-from faceattr.metrics import compute_metrics, two_fold_tuned
+from faceattr.metrics import held_out_scores
 from faceattr.progress import NullProgress
-
-
-def scores(probs: np.ndarray, targets: np.ndarray, attributes: list[str], max_drop: float) -> dict:
-    at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
-    out = {
-        "mean_accuracy_at_0.5": round(at_half["mean_accuracy"], 4),
-        "mean_balanced_accuracy_at_0.5": round(at_half["mean_balanced_accuracy"], 4),
-    }
-    out.update(two_fold_tuned(probs, targets, attributes, max_accuracy_drop=max_drop))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,13 +56,19 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{spec}: other attributes or images than {args.models[0]}")
         all_probs.append(probs)
         row = {"model": name, "tta": predictor.tta, "images": len(probs)}
-        row.update(scores(probs, targets, attributes, args.max_accuracy_drop))
+        row.update(
+            held_out_scores(probs, targets, attributes, max_accuracy_drop=args.max_accuracy_drop)
+        )
         rows.append(row)
     assert reference is not None
     if args.ensemble and len(all_probs) > 1:
         mean = np.mean(all_probs, axis=0)
         row = {"model": "average of " + " + ".join(args.models), "tta": "-", "images": len(mean)}
-        row.update(scores(mean, reference[2], reference[0], args.max_accuracy_drop))
+        row.update(
+            held_out_scores(
+                mean, reference[2], reference[0], max_accuracy_drop=args.max_accuracy_drop
+            )
+        )
         rows.append(row)
 
     if args.json:

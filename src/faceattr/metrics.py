@@ -433,6 +433,24 @@ def two_fold_tuned(
     }
 
 
+def held_out_scores(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    attributes: Sequence[str],
+    *,
+    max_accuracy_drop: float | None,
+) -> dict[str, float]:
+    """Mean accuracy and mean balanced accuracy at 0.5 (``..._at_0.5``) and with thresholds
+    tuned two-fold (:func:`two_fold_tuned`): how models are compared in docs/default-model.md."""
+    at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
+    out = {
+        "mean_accuracy_at_0.5": round(at_half["mean_accuracy"], 4),
+        "mean_balanced_accuracy_at_0.5": round(at_half["mean_balanced_accuracy"], 4),
+    }
+    out.update(two_fold_tuned(probs, targets, attributes, max_accuracy_drop=max_accuracy_drop))
+    return out
+
+
 def metrics_report(
     probs: np.ndarray,
     targets: np.ndarray,

@@ -61,18 +61,6 @@ def _common_carve(paths: Sequence[Path], data: DataConfig) -> tuple[DataConfig, 
     return data, notes
 
 
-def _scores(probs: np.ndarray, targets: np.ndarray, attributes: list[str], drop: float | None):
-    from faceattr.metrics import compute_metrics, two_fold_tuned
-
-    at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
-    out = {
-        "mean_accuracy_at_0.5": round(at_half["mean_accuracy"], 4),
-        "mean_balanced_accuracy_at_0.5": round(at_half["mean_balanced_accuracy"], 4),
-    }
-    out.update(two_fold_tuned(probs, targets, attributes, max_accuracy_drop=drop))
-    return out
-
-
 def _evaluate(model: Path, data: DataConfig, split: str, tta: str, progress: Progress, what: str):
     from faceattr.engine.evaluate import predict_table, split_table
     from faceattr.inference.predictor import Predictor
@@ -104,7 +92,7 @@ def make_ensemble(
     defaults they take). Returns a summary: the file, its members, and with ``data`` their
     scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
     """
-    from faceattr.metrics import tune_thresholds
+    from faceattr.metrics import held_out_scores, tune_thresholds
     from faceattr.models.ensemble import combine, ensemble_info
     from faceattr.models.info import check_tta
     from faceattr.models.io import load_model_file, save_model_file
@@ -150,13 +138,15 @@ def make_ensemble(
         save_model_file(tmp, ensemble, info, dtype=SAVE_DTYPES[dtype])
         probs, targets, index = _evaluate(tmp, data, split, tta, progress, f"ensemble {split}")
         attributes = list(info.attributes)
-        rows = []
+        member_scores = []
         for p in paths:
             m_probs, _, m_index = _evaluate(p, data, split, tta, progress, f"{p.name} {split}")
             if not np.array_equal(m_index, index):
                 raise ModelError(f"{p} could not read the same {split} images as the others.")
-            rows.append({"model": str(p), **_scores(m_probs, targets, attributes, drop)})
-        scores = _scores(probs, targets, attributes, drop)
+            member_scores.append(
+                held_out_scores(m_probs, targets, attributes, max_accuracy_drop=drop)
+            )
+        scores = held_out_scores(probs, targets, attributes, max_accuracy_drop=drop)
         thresholds = tune_thresholds(probs, targets, metric=metric, max_accuracy_drop=drop)
         validation = {"split": split, "images": len(probs), **scores}
         extra = dict(info.extra, validation=validation)
@@ -164,17 +154,15 @@ def make_ensemble(
         save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
     finally:
         tmp.unlink(missing_ok=True)
-    best = max(rows, key=lambda r: r["mean_accuracy_at_0.5"])
+    best = max(m["mean_accuracy_at_0.5"] for m in member_scores)
     summary.update(
         evaluated=True,
         split=split,
         images=len(probs),
         notes=notes,
-        member_scores=rows,
+        member_scores=[{"model": str(p), **m} for p, m in zip(paths, member_scores, strict=True)],
         ensemble=scores,
-        gain_over_best_member=round(
-            scores["mean_accuracy_at_0.5"] - best["mean_accuracy_at_0.5"], 4
-        ),
+        gain_over_best_member=round(scores["mean_accuracy_at_0.5"] - best, 4),
         threshold_metric=metric,
         threshold_accuracy_drop=drop,
     )
