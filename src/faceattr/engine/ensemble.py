@@ -111,12 +111,6 @@ def make_ensemble(
     drop = max_accuracy_drop if max_accuracy_drop is not None else defaults.threshold_accuracy_drop
     paths = [resolve_model(m) for m in models]
     loaded = [load_model_file(p) for p in paths]
-    for p, (_, member) in zip(paths, loaded, strict=True):
-        if member.arch == "ensemble":
-            raise ModelError(
-                f"{p} is an ensemble already; an ensemble cannot be a member of another.",
-                "List the models it was made of instead.",
-            )
     info = ensemble_info([i for _, i in loaded], [_source(p) for p in paths], tta=tta)
     ensemble = combine([m for m, _ in loaded], [i for _, i in loaded], info)
     out = Path(out)

@@ -136,6 +136,12 @@ def ensemble_info(
     member's. Thresholds are left at 0.5 (tune them on held-out data)."""
     if len(infos) < 2:
         raise ModelError("An ensemble needs at least two models.")
+    for info, src in zip(infos, sources, strict=True):
+        if info.arch == ENSEMBLE_ARCH:
+            raise ModelError(
+                f"{src['file']} is an ensemble already; an ensemble cannot be a member of another.",
+                "List the models it was made of instead.",
+            )
     first = infos[0]
     for info, src in zip(infos[1:], sources[1:], strict=True):
         if list(info.attributes) != list(first.attributes):
@@ -149,11 +155,6 @@ def ensemble_info(
                 f"{src['file']} sees another part of the face (crop {info.crop}) than "
                 f"{sources[0]['file']} (crop {first.crop}).",
                 "Ensemble models trained with the same --crop.",
-            )
-        if info.arch == ENSEMBLE_ARCH or first.arch == ENSEMBLE_ARCH:
-            raise ModelError(
-                "An ensemble cannot be a member of another ensemble.",
-                "List the models it was made of instead.",
             )
     largest = max(infos, key=lambda i: i.img_size)
     members = []
