@@ -214,3 +214,27 @@ def test_int8_export_of_an_ensemble(members, synthetic_root, tmp_path):
     crops = _crops(synthetic_root, 8)
     diff = np.abs(Predictor(out).probabilities(crops) - Predictor(ens).probabilities(crops))
     assert diff.mean() < 0.05
+
+
+def test_grad_cam_of_an_ensemble(members, synthetic_root, tmp_path):
+    import torch
+
+    from faceattr.models import load_model_file
+    from faceattr.report.gradcam import grad_cam
+
+    a, _, small = members
+    out = tmp_path / "ens.safetensors"
+    assert invoke("ensemble", a, small, "--out", out, "--tta", "flip").exit_code == 0
+    model, info = load_model_file(out)
+    ens = Predictor(out)
+    x = torch.from_numpy(
+        ens.preprocessing.normalize(ens.preprocessing.batch(_crops(synthetic_root, 2)))
+    )
+    maps, probs, layer = grad_cam(model, x, [0, 5])
+    assert maps.shape == (2, 2, 40, 40) and layer.startswith("members.1.")  # the last member
+    assert model.tta == "flip"  # switched off for the maps only
+    assert np.allclose(
+        probs,
+        Predictor(out, tta="none").probabilities(_crops(synthetic_root, 2))[:, [0, 5]],
+        atol=1e-5,
+    )

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceattr.errors import ModelError
+from faceattr.models.head import tta_off
 from faceattr.models.info import ModelInfo
 
 ENSEMBLE_ARCH = "ensemble"
@@ -105,14 +106,9 @@ class EnsembleModel(nn.Module):
             logits = (logits[:n] + logits[n:]) / 2
         return logits
 
-    @contextlib.contextmanager
-    def no_tta(self) -> Iterator[EnsembleModel]:
+    def no_tta(self) -> contextlib.AbstractContextManager[EnsembleModel]:
         """As :meth:`AttributeModel.no_tta`: forward passes see exactly the given images."""
-        saved, self.tta = self.tta, "none"
-        try:
-            yield self
-        finally:
-            self.tta = saved
+        return tta_off(self)
 
     def extra_repr(self) -> str:
         return f"members={len(self.members)}, img_size={self.img_size}, tta={self.tta!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +37,20 @@ def build_head(
         nn.Dropout(dropout),
         nn.Linear(num_features, num_attributes),
     )
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@contextlib.contextmanager
+def tta_off(model: M) -> Iterator[M]:
+    """Within the block, ``model.tta`` is "none" (any model with a ``tta`` attribute)."""
+    saved = model.tta
+    setattr(model, "tta", "none")  # noqa: B010 (nn.Module's attribute typing has no "tta")
+    try:
+        yield model
+    finally:
+        setattr(model, "tta", saved)  # noqa: B010
 
 
 class AttributeModel(nn.Module):
@@ -85,14 +100,9 @@ class AttributeModel(nn.Module):
             return (both[: len(x)] + both[len(x) :]) / 2
         return self.head(self.backbone(x))
 
-    @contextlib.contextmanager
-    def no_tta(self) -> Iterator[AttributeModel]:
+    def no_tta(self) -> contextlib.AbstractContextManager[AttributeModel]:
         """Within the block, forward passes see exactly the given images (e.g. Grad-CAM)."""
-        saved, self.tta = self.tta, "none"
-        try:
-            yield self
-        finally:
-            self.tta = saved
+        return tta_off(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> pooled backbone features [B, F]."""
