@@ -49,16 +49,16 @@ from common import child_env, pick_root, warm_files  # benchmarks/common.py
 from faceattr.config import DataConfig
 from faceattr.data import read_dataset
 from faceattr.models import read_model_info
-from faceattr.runs import default_model_path
+from faceattr.models.file import ModelFile, default_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "examples" / "astronaut.jpg"
 OLD_BATCH = 32  # what predict used before the ONNX engine
 FORWARD_BATCH = 16  # the CLI's --batch-size default
 
-# Row 1's child process: predict as it worked before the ONNX engine. It must not import
-# faceattr.engine or faceattr.inference.backends (either tunes the allocator); the parent
-# also sets FACEATTR_MALLOC=default, so the allocator stays glibc's default in any case.
+# Row 1's child process: predict as it worked before the ONNX engine. It must not load a
+# model through faceattr.inference.backends (which tunes the allocator); the parent also
+# sets FACEATTR_MALLOC=default, so the allocator stays glibc's default in any case.
 OLD_PATH_CHILD = """
 import sys
 from pathlib import Path
@@ -87,8 +87,6 @@ if out.shape[0] != len(paths):
     problems.append(f"{out.shape[0]} results for {len(paths)} images")
 if model.tta != info.tta:
     problems.append(f"model.tta is {model.tta!r}, the model file says {info.tta!r}")
-if "faceattr.engine" in sys.modules:
-    problems.append("faceattr.engine was imported")
 if malloc is not None and malloc._state.get("applied"):
     problems.append("the allocator was tuned")
 if problems:
@@ -202,16 +200,16 @@ def forward_table(crops: Sequence[Path], onnx_fp32: Path, onnx_int8: Path, calls
     from faceattr.inference.backends import OnnxBackend, TorchBackend
 
     # TorchBackend tunes the allocator of this process: every row below runs with it tuned.
-    channels_last = TorchBackend(default_model_path(), device="cpu")
-    nchw = TorchBackend(default_model_path(), device="cpu")
+    channels_last = TorchBackend(ModelFile(default_model_path()), device="cpu")
+    nchw = TorchBackend(ModelFile(default_model_path()), device="cpu")
     nchw.channels_last = False
     nchw.model = nchw.model.to(memory_format=torch.contiguous_format)
     prep = Preprocessing.from_info(channels_last.info)
     images = [load_image(p) for p in crops[:FORWARD_BATCH]]
     x = prep.normalize(prep.batch(images)).astype(np.float32)
     onnx = {
-        "ONNX fp32": OnnxBackend(onnx_fp32, device="cpu"),
-        "ONNX int8 (not shipped)": OnnxBackend(onnx_int8, device="cpu"),
+        "ONNX fp32": OnnxBackend(ModelFile(onnx_fp32), device="cpu"),
+        "ONNX int8 (not shipped)": OnnxBackend(ModelFile(onnx_int8), device="cpu"),
     }
     fns: dict[str, Callable[[], object]] = {
         "torch, NCHW": lambda: nchw.logits(x),
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # The int8 export (and the fp32 one, when this checkout has no default.onnx) run in
         # parallel before anything is measured: each is mostly single-threaded.
-        shipped = default_model_path(onnx=True)
+        shipped = default_model_path("onnx")
         int8 = tmp / "int8.onnx"
         int8_proc = start_export(
             int8,

@@ -42,16 +42,19 @@ def main() -> None:
     )
     finish = fit_mod.finish
 
-    def digest_then_finish(t, **kwargs):
+    def digest_then_finish(t, *args, **kwargs):
         h = hashlib.sha256()
         for value in t.model.state_dict().values():
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
         (out.parent / f"{out.name}.rank{t.dist.rank}.sha256").write_text(h.hexdigest())
-        return finish(t, **kwargs)
+        return finish(t, *args, **kwargs)
 
     fit_mod.finish = digest_then_finish
-    cfg = small_train_config(root, out, epochs=2, batch_size=16)
-    fit_mod.fit(cfg, resume=resume, progress=KillAfter(kill) if kill else None)
+    progress = KillAfter(kill) if kill else None
+    if resume:
+        fit_mod.resume(out, progress=progress)
+    else:
+        fit_mod.fit(small_train_config(root, out, epochs=2, batch_size=16), progress=progress)
 
 
 if __name__ == "__main__":

@@ -68,15 +68,13 @@ def test_killed_job_resumes_and_finishes(synthetic_root: Path, tmp_path: Path):
 
 def test_resume_with_another_number_of_processes(synthetic_root: Path, tmp_path: Path):
     """Killed with 2 processes after epoch 1, finished by a single process."""
-    from faceattr.engine.fit import fit
+    from faceattr.engine.fit import resume
 
     out = tmp_path / "run"
     killed = torchrun(str(HERE / "ddp_worker.py"), str(synthetic_root), str(out),
                       "--kill-after-epoch", "1")  # fmt: skip
     assert killed.returncode != 0
-    from conftest import small_train_config
-
-    result = fit(small_train_config(synthetic_root, out, epochs=2, batch_size=16), resume=True)
+    result = resume(out)
     assert result.epochs_done == 2 and result.world_size == 1
 
 

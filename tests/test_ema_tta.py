@@ -12,7 +12,7 @@ from safetensors import safe_open
 from conftest import InterruptAfterEpoch, small_train_config
 from faceattr.config import AugmentConfig, DataConfig
 from faceattr.engine.ema import ModelEma
-from faceattr.engine.fit import fit
+from faceattr.engine.fit import fit, resume
 from faceattr.errors import ModelError
 from faceattr.models import ModelInfo, create_model, load_model_file, save_model_file
 
@@ -70,7 +70,7 @@ def test_training_with_ema_saves_the_average_and_resumes_exactly(synthetic_root,
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         fit(cut, progress=InterruptAfterEpoch(1))
-    fit(cut, resume=True)
+    resume(cut.out)
     resumed = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)
     assert resumed["ema"]["updates"] == state["ema"]["updates"]
     for key, value in ema_w.items():

@@ -255,8 +255,7 @@ def _header_damage(data: bytes):
 @FUZZ
 @given(data=st.data())
 def test_model_file_readers(tmp_path, model_bytes, data):
-    from faceattr.inference.backends import open_backend
-    from faceattr.models import load_model_file, read_model_info
+    from faceattr.models import ModelFile, load_model_file, read_model_info
 
     kind = data.draw(st.sampled_from(["safetensors", "onnx"]))
     original = model_bytes[kind]
@@ -271,7 +270,7 @@ def test_model_file_readers(tmp_path, model_bytes, data):
         if loaded is not None:  # only an intact file loads: the digest covers every weight
             assert blob[-1000:] == original[-1000:]
     else:
-        backend = _expect_result_or_error(open_backend, path, "onnx")
+        backend = _expect_result_or_error(lambda: ModelFile.for_backend(path, "onnx").open())
         if backend is not None:
             x = np.zeros((1, 3, 40, 40), np.float32)
             _expect_result_or_error(lambda: backend.logits(x))

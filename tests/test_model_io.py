@@ -216,26 +216,26 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
 def test_run_directory_with_only_last_model(tmp_path: Path) -> None:
     # Training writes last.safetensors every epoch and model.safetensors once it has a best
     # model: a run directory with only the former resolves to it, the same way everywhere.
-    from faceattr.runs import resolve_model
+    from faceattr.models.file import ModelFile
 
     run = tmp_path / "run"
     model = _trained_like()
     last = save_model_file(run / "last.safetensors", model, _info())
-    assert resolve_model(run) == last
+    assert ModelFile.resolve(run).path == last
     loaded, info = load_model_file(run)
     assert info == read_model_info(run) == read_model_info(last)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     best = save_model_file(run / "model.safetensors", model, _info())
-    assert resolve_model(run) == best  # the best model wins once there is one
+    assert ModelFile.resolve(run).path == best  # the best model wins once there is one
 
 
 def test_run_directory_without_model_files(tmp_path: Path) -> None:
-    from faceattr.runs import resolve_model
+    from faceattr.models.file import ModelFile
 
     (tmp_path / "config.json").write_text("{}")
-    for resolve in (resolve_model, load_model_file, read_model_info):
+    for resolve in (ModelFile.resolve, load_model_file, read_model_info):
         with pytest.raises(ModelError, match="no model.safetensors or last.safetensors"):
             resolve(tmp_path)
 
@@ -248,10 +248,10 @@ def _flip_byte(path: Path, offset_from_end: int) -> None:
 
 def test_damaged_tensor_bytes_are_refused_on_load(tmp_path: Path) -> None:
     from faceattr.models.digest import DIGEST_KEY
-    from faceattr.models.info import read_safetensors_metadata
+    from faceattr.models.file import ModelFile
 
     path = save_model_file(tmp_path / "m.safetensors", _trained_like(), _info())
-    assert len(read_safetensors_metadata(path)[DIGEST_KEY]) == 64
+    assert len(ModelFile(path).metadata[DIGEST_KEY]) == 64
     load_model_file(path)  # intact: loads
     _flip_byte(path, 100)  # inside the tensor data; the header is untouched
     read_model_info(path)  # the header still reads

@@ -66,7 +66,7 @@ def test_both_backends_give_the_same_probabilities(exported, synthetic_root, tta
 
 
 def test_onnx_file_describes_itself(exported):
-    from faceattr.models.info import read_model_info
+    from faceattr.models import read_model_info
 
     original = read_model_info(exported / "model.safetensors")
     onnx_info = read_model_info(exported / "model.onnx")
@@ -113,7 +113,7 @@ def test_int8_export_is_calibrated_and_compared(exported, synthetic_root, tmp_pa
     cmp = summary["int8_vs_fp32"]
     assert cmp["images"] == 150 and {"fp32", "int8", "drop"} <= set(cmp["at_0.5"])
     assert out.stat().st_size < (exported / "model.onnx").stat().st_size
-    from faceattr.models.info import read_model_info
+    from faceattr.models import read_model_info
 
     assert read_model_info(out).extra["export"]["calibration"]["images"] == 64
 
@@ -203,12 +203,12 @@ def test_damaged_onnx_weights_are_refused(exported, tmp_path):
 
 
 def test_torch_backend_cannot_run_onnx(exported):
-    from faceattr.inference.backends import resolve_backend
+    from faceattr.models.file import ModelFile
 
     with pytest.raises(UsageError, match="ONNX Runtime"):
-        resolve_backend(exported / "model.onnx", "torch")
-    assert resolve_backend(exported, "auto")[1] == "torch"
-    assert resolve_backend(exported / "model.onnx", "auto")[1] == "onnx"
+        ModelFile.for_backend(exported / "model.onnx", "torch")
+    assert ModelFile.for_backend(exported, "auto").backend == "torch"
+    assert ModelFile.for_backend(exported / "model.onnx", "auto").backend == "onnx"
 
 
 BLOCK_TORCH = (
@@ -233,8 +233,8 @@ def test_commands_that_need_torch_name_the_extra(command, tmp_path):
 def test_onnx_run_directory_without_torch_uses_its_export(exported):
     code = (
         "import sys\nsys.modules['torch'] = None\n"
-        "from faceattr.inference.backends import resolve_backend\n"
-        f"print(resolve_backend({str(exported)!r}, 'auto')[1])\n"
+        "from faceattr.models.file import ModelFile\n"
+        f"print(ModelFile.for_backend({str(exported)!r}, 'auto').backend)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "onnx", r.stderr

@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 from conftest import perturb_head
 from faceattr.cli.app import app
 from faceattr.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-from faceattr.engine.fit import write_history
 from faceattr.errors import DataError, UsageError
 from faceattr.metrics import metrics_report
 from faceattr.report import ReportOptions, build_report, load_runs, write_report
 from faceattr.report import analysis as an
 from faceattr.report import comparison as cmp
 from faceattr.report.load import Predictions, count_file_parameters, run_names
+from faceattr.runs import RunDir
 
 runner = CliRunner()
 
@@ -93,8 +93,7 @@ def make_run(
     run.mkdir(parents=True)
     cfg = config or TrainConfig(data=DataConfig(root=root), out=str(run))
     cfg.save(run / "config.json")
-    write_history(
-        run / "history.csv",
+    RunDir(run).write_history(
         [
             {"epoch": e, "lr": 1e-3, "train_loss": 0.6 / e, "train_accuracy": 0.8,
              "val_loss": 0.5 / e, "val_mean_accuracy": 0.8 + e / 100,

@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from conftest import InterruptAfterEpoch
 from conftest import small_train_config as small_config
-from faceattr.config import AugmentConfig, DataConfig, TrainConfig
-from faceattr.engine.fit import fit
+from faceattr.config import AugmentConfig, DataConfig
+from faceattr.engine.fit import fit, resume
 from faceattr.errors import UsageError
 
 
@@ -48,14 +48,14 @@ def test_resume_after_interrupt_matches_uninterrupted(synthetic_root, tmp_path):
     interrupted = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, progress=InterruptAfterEpoch(2))
-    resumed = fit(replace(cfg, out=str(tmp_path / "cut")), resume=True)
+    resumed = resume(tmp_path / "cut")
     assert resumed.epochs_done == 3
     a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # A finished run is not retrained.
-    again = fit(replace(cfg, out=str(tmp_path / "cut")), resume=True)
+    again = resume(tmp_path / "cut")
     assert again.already_finished
 
 
@@ -70,7 +70,7 @@ def test_existing_run_dir_is_not_overwritten(synthetic_root, tmp_path):
 
 def test_resume_of_a_non_run_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="not a run directory"):
-        fit(TrainConfig(out=str(tmp_path)), resume=True)
+        resume(tmp_path)
 
 
 @pytest.mark.slow

@@ -178,11 +178,11 @@ def test_ctrl_c_then_the_same_command_continues(synthetic_root, tmp_path, monkey
     real = fit_module.run_epoch
     calls = {"n": 0}
 
-    def ctrl_c_in_the_third_epoch(t, epoch, progress):
+    def ctrl_c_in_the_third_epoch(t, state, epoch, progress, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # trial 0 ran 2 epochs; trial 1 is interrupted in its first
             raise KeyboardInterrupt
-        return real(t, epoch, progress)
+        return real(t, state, epoch, progress, **kwargs)
 
     monkeypatch.setattr(fit_module, "run_epoch", ctrl_c_in_the_third_epoch)
     args = ["tune", *base(synthetic_root), "--epochs", "2", "--param", "lr=0.003,0.005",

@@ -31,8 +31,8 @@ import torch
 from faceattr.config import TrainConfig
 from faceattr.metrics import compute_metrics, tune_thresholds, two_fold_tuned
 from faceattr.models import load_model_file, save_model_file
+from faceattr.models.file import ModelFile
 from faceattr.models.head import TTA_MODES
-from faceattr.runs import resolve_model
 
 LICENSE = (
     "Weights derived from CelebA (Liu et al., ICCV 2015), which is licensed for non-commercial "
@@ -99,7 +99,7 @@ def main() -> None:
         export_onnx(Path(args.out), args.root, args.int8_budget)
         return
 
-    src = resolve_model(args.run)
+    src = ModelFile.resolve(args.run).path
     model, info = load_model_file(src)
     if args.tta is not None:
         model.tta = args.tta

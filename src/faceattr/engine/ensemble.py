@@ -22,8 +22,9 @@ import torch
 from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
 from faceattr.errors import ModelError, UsageError
 from faceattr.fileio import sha256_of
+from faceattr.models.file import ModelFile
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import resolve_model, run_config
+from faceattr.runs import RunDir
 
 SAVE_DTYPES = {name: getattr(torch, name) for name in ENSEMBLE_DTYPES}
 
@@ -38,14 +39,15 @@ def _common_carve(paths: Sequence[Path], data: DataConfig) -> tuple[DataConfig, 
     carves: dict[tuple[float, int], Path] = {}
     notes = []
     for p in paths:
-        cfg = run_config(p)
-        if cfg is None:
+        run = RunDir.containing(p)
+        if run is None:
             notes.append(
                 f"{p.name} is not in a run directory: its validation carve cannot be checked "
                 f"(assumed the default, {data.valid_fraction:g} of the identities, seed "
                 f"{data.split_seed})."
             )
             continue
+        cfg = run.config()
         carves.setdefault((cfg.data.valid_fraction, cfg.data.split_seed), p)
     if len(carves) > 1:
         listed = "; ".join(f"{p} (fraction {f:g}, seed {s})" for (f, s), p in carves.items())
@@ -109,7 +111,7 @@ def make_ensemble(
     defaults = TrainConfig()
     metric = threshold_metric or defaults.threshold_metric
     drop = max_accuracy_drop if max_accuracy_drop is not None else defaults.threshold_accuracy_drop
-    paths = [resolve_model(m) for m in models]
+    paths = [ModelFile.resolve(m).path for m in models]
     loaded = [load_model_file(p) for p in paths]
     info = ensemble_info([i for _, i in loaded], [_source(p) for p in paths], tta=tta)
     ensemble = combine([m for m, _ in loaded], [i for _, i in loaded], info)

@@ -12,17 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.config import NUMBER_LIMITS, DataConfig, check_number
+from faceattr.config import EVAL_BATCH_SIZE, NUMBER_LIMITS, DataConfig, check_number
 from faceattr.data.batches import iter_pixel_batches
 from faceattr.data.table import AttributeTable
 from faceattr.errors import DataError
-from faceattr.fileio import atomic_open, atomic_write_text
+from faceattr.fileio import atomic_open
 from faceattr.inference.predictor import Predictor
 from faceattr.metrics import metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import RUN_MODEL_FILES, run_config, run_dir_of
-from faceattr.utils import to_json
+from faceattr.runs import RunDir
 
 
 def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> AttributeTable:
@@ -33,8 +32,9 @@ def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> At
     """
     from faceattr.data import load_split
 
-    run_cfg = run_config(path)
-    if run_cfg is not None:
+    run = RunDir.containing(path)
+    if run is not None:
+        run_cfg = run.config()
         data = replace(
             data, valid_fraction=run_cfg.data.valid_fraction, split_seed=run_cfg.data.split_seed
         )
@@ -90,7 +90,7 @@ def evaluate_model(
     split: str = "test",
     *,
     backend: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     threshold: float | None = None,
     tta: str | None = None,
@@ -133,18 +133,16 @@ def evaluate_model(
         skipped_images=len(skipped),
         notes=list(table.notes),
     )
-    run = run_dir_of(path)
+    run = RunDir.containing(path)
     if save and run is not None:
         # The run's own model writes metrics-<split>.json (what `report` reads); another file
         # in the run (an export such as model-int8.onnx) gets its name appended.
-        tag = "" if path.name in RUN_MODEL_FILES else f"-{path.stem}"
-        metrics_file = run / f"metrics-{split}{tag}.json"
-        atomic_write_text(metrics_file, to_json(metrics, indent=2) + "\n")
+        tag = RunDir.eval_tag(path)
+        metrics_file = run.write_metrics(split, metrics, tag)
         save_predictions(
-            run / f"predictions-{split}{tag}.npz", table, index, probs, targets,
-            list(info.attributes),
-        )  # fmt: skip
-        metrics["saved_to"] = str(run)
+            run.predictions_file(split, tag), table, index, probs, targets, list(info.attributes)
+        )
+        metrics["saved_to"] = str(run.path)
         metrics["saved_as"] = metrics_file.name
     return metrics
 

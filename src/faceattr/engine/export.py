@@ -40,9 +40,9 @@ from faceattr.extras import require
 from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes, sha256_of
 from faceattr.metrics import compute_metrics
 from faceattr.models.digest import with_onnx_metadata
-from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta, is_onnx
+from faceattr.models.file import ModelFile, ModelRef
+from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta
 from faceattr.progress import NullProgress, Progress
-from faceattr.runs import DEFAULT_MODEL_NAME, resolve_model, run_dir_of
 
 OPSET = 18
 
@@ -51,24 +51,22 @@ class ExportRefused(FaceAttrError):
     """int8 lost too much accuracy: nothing was written (exit code 1)."""
 
 
-def default_output(model: str | os.PathLike[str], source: Path, int8: bool) -> Path:
+def default_output(source: ModelFile, int8: bool) -> Path:
     """RUN/model.onnx (model-int8.onnx) for a run directory, FILE.onnx beside a file."""
-    if str(model) == DEFAULT_MODEL_NAME:
+    if source.is_default:
         raise UsageError(
             "Exporting the default model needs --out FILE.onnx (it would land inside the "
             "installed package otherwise)."
         )
-    stem = source.stem + ("-int8" if int8 else "")
-    return source.with_name(stem + ".onnx")
+    stem = source.path.stem + ("-int8" if int8 else "")
+    return source.path.with_name(stem + ".onnx")
 
 
-def _torch_to_onnx(source: Path, dest: Path, tta: str) -> ModelInfo:
+def _torch_to_onnx(source: ModelFile, dest: Path, tta: str) -> ModelInfo:
     """Write the fp32 graph of ``source`` to ``dest`` (metadata added later); its info."""
     import torch
 
-    from faceattr.models.io import load_model_file
-
-    model, info = load_model_file(source, device="cpu")
+    model, info = source.load(device="cpu")
     model.tta = "none"  # TTA stays outside the graph
     x = torch.zeros(2, 3, info.img_size, info.img_size)
     batch = torch.export.Dim("batch", min=1)
@@ -260,7 +258,7 @@ def self_check(reference: np.ndarray, exported: np.ndarray, thresholds: np.ndarr
 
 
 def export_model(
-    model: str | os.PathLike[str],
+    model: ModelRef,
     out: str | os.PathLike[str] | None = None,
     *,
     fmt: str = "onnx",
@@ -304,10 +302,10 @@ def export_model(
         raise UsageError("--fp16-weights is for fp32 exports; --int8 stores int8 weights already.")
     progress = progress or NullProgress()
     started = time.perf_counter()
-    source = resolve_model(model)
-    if is_onnx(source):
-        raise UsageError(f"{source} is already an ONNX file; export a .safetensors model.")
-    out_path = Path(out) if out is not None else default_output(model, source, int8)
+    source = ModelFile.resolve(model)
+    if source.format == "onnx":
+        raise UsageError(f"{source.path} is already an ONNX file; export a .safetensors model.")
+    out_path = Path(out) if out is not None else default_output(source, int8)
     if out_path.suffix.lower() != ".onnx":
         raise UsageError(f"--out must end in .onnx, got {out_path}.")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +315,7 @@ def export_model(
            for k in ("fp32", "int8")]  # fmt: skip
     try:
         return _export(
-            model, source, out_path, tmp, int8=int8, data=data,
+            source, out_path, tmp, int8=int8, data=data,
             calibration_images=calibration_images, eval_split=eval_split,
             eval_images=eval_images, max_accuracy_drop=max_accuracy_drop, tta=tta,
             fp16_weights=fp16_weights, progress=progress, started=started,
@@ -327,17 +325,16 @@ def export_model(
             t.unlink(missing_ok=True)
 
 
-def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: bool,
+def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
             data: DataConfig | None, calibration_images: int, eval_split: str | None,
             eval_images: int | None, max_accuracy_drop: float, tta: str | None,
             fp16_weights: bool, progress: Progress,
             started: float) -> dict[str, Any]:  # fmt: skip
     from faceattr.engine.evaluate import split_table
     from faceattr.inference.predictor import Predictor
-    from faceattr.models.info import read_model_info
 
     fp32_tmp, int8_tmp = tmp
-    base_info = read_model_info(source)
+    base_info = source.info
     info = replace(base_info, tta=tta or base_info.tta)
 
     # Real images: calibration (train split) and the held-out check split.
@@ -346,14 +343,14 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
     check_source = ""
     if data is not None:
         if int8 or eval_split is None:  # without a held-out split, these are the check too
-            table = split_table(source, info, data, "train")
+            table = split_table(source.path, info, data, "train")
             rows = _sample_rows(len(table), calibration_images)
             what = "reading calibration images" if int8 else "reading images to check on"
             calib, _ = _table_pixels(table.subset(rows), info, data, progress, what)
         if int8 and calib is not None:
             calib_note = {"dataset": data.dataset, "split": "train", "images": int(len(calib))}
         if eval_split is not None:
-            table = split_table(source, info, data, eval_split)
+            table = split_table(source.path, info, data, eval_split)
             if eval_images is not None:
                 table = table.subset(_sample_rows(len(table), eval_images))
             check, check_targets = _table_pixels(table, info, data, progress,
@@ -364,7 +361,7 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
     if check is None:
         check, check_source = _bundled_faces(info), "the bundled example photo"
 
-    progress.log(f"Exporting {source} to ONNX (opset {OPSET})...")
+    progress.log(f"Exporting {source.path} to ONNX (opset {OPSET})...")
     _torch_to_onnx(source, fp32_tmp, info.tta)
     # int8 quantizes the plain fp32 graph; an fp32 export stores fp16 weights as such.
     stored_fp16 = 0 if int8 else store_weights_fp16(fp32_tmp, exact_only=not fp16_weights)
@@ -379,11 +376,11 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
         written = int8_tmp
 
     reference = Predictor(source, backend="torch", device="cpu", tta=info.tta)
-    exported = Predictor(written, backend="onnx", device="cpu")
+    exported = Predictor(ModelFile(written), backend="onnx", device="cpu")
     ref_probs = reference.probabilities_of_pixels(check)
     out_probs = exported.probabilities_of_pixels(check)
     summary: dict[str, Any] = {
-        "model": str(source),
+        "model": str(source.path),
         "out": str(out_path),
         "format": "onnx",
         "precision": "int8" if int8 else "fp32",
@@ -393,9 +390,8 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
         "check": self_check(ref_probs, out_probs, reference.thresholds, check_source),
     }
     if int8 and check_targets is not None:
-        fp32_probs = Predictor(fp32_tmp, backend="onnx", device="cpu").probabilities_of_pixels(
-            check
-        )
+        fp32 = Predictor(ModelFile(fp32_tmp), backend="onnx", device="cpu")
+        fp32_probs = fp32.probabilities_of_pixels(check)
         comparison = compare_int8(fp32_probs, out_probs, check_targets, info, str(eval_split))
         summary["int8_vs_fp32"] = comparison
         worst = max(comparison["at_0.5"]["drop"], comparison["tuned"]["drop"])
@@ -412,8 +408,8 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
         summary["int8_vs_fp32"] = None  # no held-out split given: not measured
 
     provenance = {
-        "source": source.name,
-        "source_sha256": sha256_of(source),
+        "source": source.path.name,
+        "source_sha256": sha256_of(source.path),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": summary["precision"],
         "opset": OPSET,
@@ -422,9 +418,9 @@ def _export(model: Any, source: Path, out_path: Path, tmp: list[Path], *, int8: 
         "check": summary["check"],
         "int8_vs_fp32": summary.get("int8_vs_fp32"),
     }
-    run = run_dir_of(source)
+    run = source.run
     if run is not None:
-        provenance["run"] = run.name
+        provenance["run"] = run.path.name
     final_info = replace(info, extra={**info.extra, "export": provenance})
     entries = {METADATA_KEY: final_info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
     blob = with_onnx_metadata(written.read_bytes(), entries, producer="faceattr")

@@ -1,35 +1,31 @@
-"""``fit()``: a whole training run, owning seeding, device, AMP, schedule, checkpoints and resume.
+"""``fit()`` and ``resume()``: a whole training run, owning seeding, device, AMP, schedule and
+the epoch loop; the run directory's files belong to :class:`faceattr.runs.RunDir`.
 
 Every epoch ends with an atomic checkpoint, so Ctrl-C or ``kill -9`` loses at most the epoch
-in progress and ``fit(..., resume=True)`` continues bit-for-bit: all randomness of epoch ``e``
+in progress and :func:`resume` continues bit-for-bit: all randomness of epoch ``e``
 (shuffling, augmentation, dropout) is drawn from generators seeded by ``(seed, e)``.
 
-A run goes through named steps: :func:`open_run` (a new run directory, or the state of the one
-to resume), :func:`setup` (data, model, optimizer: a :class:`Training`), :func:`restore`
-(resume only), :func:`run_epoch` once per epoch (train, validate, checkpoint) and
-:func:`finish` (thresholds, final model and metrics). Distributed training belongs in
-:func:`setup` (the process group, the device of this rank, the wrapped ``train_model``) and in
-the two functions that write files, :func:`save_checkpoint` and :func:`finish`.
+A run goes through named steps: :func:`setup` (data, model, optimizer: a :class:`Training`),
+:func:`restore` (resume only: the state dicts and the :class:`RunState`), :func:`run_epoch`
+once per epoch (train, validate, checkpoint) and :func:`finish` (thresholds, final model and
+metrics). Distributed training belongs in :func:`setup` (the process group, the device of this
+rank, the wrapped ``train_model``), in :func:`validate` (the gathered predictions) and in the
+two functions that write files, :func:`save_checkpoint` and :func:`finish` (rank 0 only).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
 
-from faceattr import __version__
 from faceattr.config import TrainConfig
-from faceattr.data.registry import DATASETS
 from faceattr.data.table import AttributeTable
 from faceattr.data.transforms import BatchAugment, Preprocessing
 from faceattr.engine import distributed
@@ -39,25 +35,16 @@ from faceattr.engine.ema import ModelEma
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.engine.optim import Scheduler, amp_setup, make_optimizer, make_scheduler
 from faceattr.errors import Interrupted, ModelError, UsageError
-from faceattr.fileio import (
-    WriteError,
-    atomic_open,
-    atomic_write_text,
-    check_free_space,
-    hold_lock,
-    remove_stale_temps,
-)
+from faceattr.fileio import check_free_space
 from faceattr.losses import make_loss, pos_weight_from_rates
+from faceattr.malloc import tune_allocator
 from faceattr.metrics import compute_metrics, metrics_report, tune_thresholds
-from faceattr.models import AttributeModel, ModelInfo
+from faceattr.models.build import build_model, model_info_for, start_from_parent
+from faceattr.models.head import AttributeModel
+from faceattr.models.info import ModelInfo, check_tta
 from faceattr.progress import EpochEnd, NullProgress, Progress
-from faceattr.runs import BEST_FILE, CONFIG_FILE, HISTORY_FILE, LAST_FILE, LOCK_FILE, STATE_FILE
-from faceattr.utils import prefetch, to_json
-
-HISTORY_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",
-    "val_strict_accuracy", "images_per_second", "seconds",
-)  # fmt: skip
+from faceattr.runs import RunDir
+from faceattr.utils import prefetch
 
 
 @dataclass
@@ -75,13 +62,46 @@ class FitResult:
     world_size: int = 1  # processes that trained (torchrun)
     global_batch_size: int = 0  # batch_size * world_size
 
+    def to_json(self) -> dict[str, Any]:
+        """``faceattr train --json`` (see docs/formats.md)."""
+        return {
+            "run_dir": str(self.run_dir),
+            "best_epoch": self.best_epoch,
+            "epochs_done": self.epochs_done,
+            "already_finished": self.already_finished,
+            "stopped_early": self.stopped_early,
+            "skipped_images": self.skipped_images,
+            "history": self.history,
+            "world_size": self.world_size,
+            "global_batch_size": self.global_batch_size,
+            "valid": self.metrics,
+        }
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what ``train_state.pt`` keeps besides the state dicts."""
+
+    epoch: int = 0  # the last finished epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float = -1.0  # validation mean accuracy of the best epoch
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> RunState:
+        return cls(epoch=saved["epoch"], history=saved["history"],
+                   best_metric=saved["best_metric"], best_epoch=saved["best_epoch"],
+                   bad_epochs=saved.get("bad_epochs", 0))  # fmt: skip
+
 
 @dataclass
 class Training:
-    """Everything a run holds while it trains (made by :func:`setup`)."""
+    """What a run is built from (made once by :func:`setup`; the epochs change only the
+    weights and optimizer state inside it)."""
 
     cfg: TrainConfig
-    run_dir: Path
+    run: RunDir
     device: torch.device
     train_table: AttributeTable
     valid_table: AttributeTable
@@ -102,17 +122,6 @@ class Training:
     channels_last: bool = False  # cfg.channels_last resolved for the device
     dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job
     valid_rows: np.ndarray | None = None  # distributed: this rank's rows of the valid split
-    # Progress through the run: what train_state.pt keeps besides the state dicts.
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_metric: float = -1.0  # validation mean accuracy of the best epoch
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the best one (early stopping)
-    next_epoch: int = 1
-    # This session's last validation: probabilities of the best epoch (if it ran in this
-    # session) and the labels, so finish() need not predict the split again.
-    best_probs: np.ndarray | None = None
-    valid_targets: np.ndarray | None = None
-    skipped_images: int = 0
 
     @property
     def eval_model(self) -> AttributeModel:
@@ -120,155 +129,124 @@ class Training:
         return cast(AttributeModel, self.ema.module) if self.ema is not None else self.model
 
 
-def fit(
-    cfg: TrainConfig,
-    *,
-    progress: Progress | None = None,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-) -> FitResult:
-    """Train a model as ``cfg`` says, writing the run directory ``cfg.out``.
+class Validation(NamedTuple):
+    """Probabilities ``[N, A]`` of a model on the validation split and its labels."""
 
-    ``resume=True`` continues the run in ``cfg.out`` from its last finished epoch (its own
-    ``config.json`` wins over ``cfg``). ``init_from`` is a model file whose weights start the
-    run (fine-tuning): backbone tensors are copied, head rows are matched by attribute name.
-    Progress, log lines and one :class:`~faceattr.progress.EpochEnd` per epoch go to
-    ``progress``.
+    probs: np.ndarray
+    targets: np.ndarray
+
+
+class Epoch(NamedTuple):
+    """What :func:`run_epoch` did: the event told to progress, its validation, images skipped."""
+
+    event: EpochEnd
+    validation: Validation
+    skipped: int
+
+
+def fit(
+    cfg: TrainConfig, *, progress: Progress | None = None, init_from: str | Path | None = None
+) -> FitResult:
+    """Train a new model as ``cfg`` says, writing the run directory ``cfg.out``.
+
+    ``init_from`` is a model file whose weights start the run (fine-tuning): backbone tensors
+    are copied, head rows are matched by attribute name. Progress, log lines and one
+    :class:`~faceattr.progress.EpochEnd` per epoch go to ``progress``.
     """
-    ctx = distributed.init(cfg.device)
-    progress = (progress or NullProgress()) if ctx.is_main else NullProgress()
     if not cfg.out:
         raise UsageError("TrainConfig.out is empty: say which run directory to write.")
-    run_dir = Path(cfg.out)
-    # One process writes a run directory at a time: rank 0 holds its lock for the whole run.
-    lock = (
-        hold_lock(run_dir, LOCK_FILE, what="run directory", note=progress.log)
-        if ctx.is_main
-        else contextlib.nullcontext()
-    )
-    with lock:
-        if ctx.is_main and (run_dir / CONFIG_FILE).exists():  # a run's own folder, locked:
-            removed = remove_stale_temps(run_dir)  # nobody else writes here, all are stale
+    return _locked(cfg, progress, resume=False, init_from=init_from)
+
+
+def resume(run_dir: str | Path, *, progress: Progress | None = None) -> FitResult:
+    """Continue the run in ``run_dir`` from its last finished epoch, with its own settings
+    (``config.json``); a finished run returns its result without training."""
+    run = RunDir(run_dir)
+    run.check_resumable()
+    cfg = replace(run.config(), out=str(run.path))
+    return _locked(cfg, progress, resume=True, init_from=None)
+
+
+def _locked(
+    cfg: TrainConfig, progress: Progress | None, *, resume: bool, init_from: str | Path | None
+) -> FitResult:
+    """The run, with its folder locked by rank 0 (one process writes a run at a time)."""
+    tune_allocator()  # the training step is 2x faster on the CPU (faceattr.malloc)
+    ctx = distributed.init(cfg.device)
+    progress = (progress or NullProgress()) if ctx.is_main else NullProgress()
+    run = RunDir(cfg.out)
+    with run.lock(note=progress.log) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            removed = run.remove_stale_temps()  # locked: nobody else writes here
             if removed:
                 progress.log(removed)
         try:
-            return _fit(cfg, ctx, progress, resume=resume, init_from=init_from)
+            return _fit(cfg, run, ctx, progress, resume=resume, init_from=init_from)
         except KeyboardInterrupt:
-            raise Interrupted(resume_hint(run_dir)) from None
+            raise Interrupted(run.resume_hint()) from None
 
 
 def _fit(
     cfg: TrainConfig,
+    run: RunDir,
     ctx: Dist,
     progress: Progress,
     *,
     resume: bool,
     init_from: str | Path | None,
 ) -> FitResult:
-    cfg, state = open_run(cfg, resume)
+    if not resume:
+        run.check_new()
+    saved = run.load_state() if resume else None
     distributed.barrier(ctx)  # every rank has looked at the folder before rank 0 writes
-    if state is not None and state.get("finished"):
-        return _finished_result(Path(cfg.out), state)
+    if saved is not None and saved.get("finished"):
+        return _finished_result(run, saved)
     cfg = replace(cfg, world_size=ctx.world_size)
-    if state is not None:
+    if saved is not None:
         init_from = None  # the checkpoint has the weights
     elif resume and cfg.parent:  # a fine-tuning run that had not finished an epoch
-        init_from = Path(cfg.parent) / BEST_FILE
+        init_from = RunDir(cfg.parent).best_file
     t = setup(cfg, progress, init_from=init_from, ctx=ctx)
     if ctx.is_main:
-        check_free_space(t.run_dir, checkpoint_bytes(t), "this run's checkpoints")
-    if state is not None:
-        restore(t, state, progress)
+        check_free_space(run.path, checkpoint_bytes(t), "this run's checkpoints")
+    state = RunState()
+    if saved is not None:
+        state = restore(t, saved, progress)
     elif ctx.is_main:
         if resume:
-            progress.log(f"Resuming {t.run_dir}: no epoch was finished yet, starting at epoch 1.")
-        t.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(t.run_dir / CONFIG_FILE)
-    stopped_early = False
-    for epoch in range(t.next_epoch, cfg.epochs + 1):
-        run_epoch(t, epoch, progress)
-        if cfg.patience is not None and t.bad_epochs >= cfg.patience and epoch < cfg.epochs:
+            progress.log(f"Resuming {run.path}: no epoch was finished yet, starting at epoch 1.")
+        run.save_config(cfg)
+    first = state.epoch + 1
+    best: Validation | None = None  # of the best epoch, when it ran in this session
+    skipped, stopped_early = 0, False
+    for epoch in range(first, cfg.epochs + 1):
+        done = run_epoch(t, state, epoch, progress, first=epoch == first)
+        skipped += done.skipped
+        if done.event.best:
+            best = done.validation
+        if cfg.patience is not None and state.bad_epochs >= cfg.patience and epoch < cfg.epochs:
             stopped_early = True
             progress.log(f"Early stopping: no improvement for {cfg.patience} epoch(s).")
             break
-    return finish(t, stopped_early=stopped_early)
-
-
-def resume_hint(run_dir: Path) -> str:
-    """What an interrupted run kept and the command that continues it."""
-    if not (run_dir / CONFIG_FILE).exists():
-        return f"No epoch of {run_dir} was finished, so nothing was kept."
-    epoch = saved_epoch(run_dir)
-    done = {0: "No epoch was finished yet", 1: "Epoch 1 is saved"}.get(
-        epoch, f"Epochs 1-{epoch} are saved"
-    )
-    return f"{done} in {run_dir}: `faceattr train --resume {run_dir}` continues the run."
-
-
-def saved_epoch(run_dir: Path) -> int:
-    """The last epoch whose resume state is complete on disk (0: none)."""
-    if not (run_dir / STATE_FILE).exists():
-        return 0
-    try:
-        state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # damaged state: open_run says so when it is resumed
-        return 0
-    return int(state.get("epoch", 0))
+    return finish(t, state, best, stopped_early=stopped_early, skipped_images=skipped)
 
 
 def checkpoint_bytes(t: Training) -> int:
-    """Disk space the run's checkpoints still need: the best and last model files, the resume
-    state (weights, optimizer moments, EMA) and, while one is replaced, a temp copy of it."""
+    """Disk space the run's checkpoints still need (see :meth:`RunDir.bytes_needed`)."""
     weights = sum(v.numel() * v.element_size() for v in t.model.state_dict().values())
     state = weights * (3 + (t.ema is not None))  # AdamW keeps two moments per weight
-    need = 2 * weights + 2 * state
-    have = sum(
-        (t.run_dir / n).stat().st_size
-        for n in (BEST_FILE, LAST_FILE, STATE_FILE)
-        if (t.run_dir / n).exists()
-    )
-    return max(state, need - have)
+    return t.run.bytes_needed(weights, state)
 
 
-def open_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The configuration to train and, when resuming, the saved training state (None when the
-    run has not finished an epoch yet). A new run refuses a folder that holds one already."""
-    run_dir = Path(cfg.out)
-    if not resume:
-        if (run_dir / CONFIG_FILE).exists():
-            raise UsageError(
-                f"{run_dir} already holds a training run.",
-                f"Continue it with `faceattr train --resume {run_dir}`, or choose another --out.",
-            )
-        return cfg, None
-    if not (run_dir / CONFIG_FILE).exists():
-        raise UsageError(
-            f"Cannot resume: {run_dir} is not a run directory (no {CONFIG_FILE}).",
-            "Pass the directory a previous `faceattr train` wrote (its --out).",
-        )
-    cfg = replace(TrainConfig.load(run_dir / CONFIG_FILE), out=str(run_dir))
-    state = None
-    if (run_dir / STATE_FILE).exists():
-        try:
-            state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a damaged zip or pickle
-            raise ModelError(
-                f"The resume state {run_dir / STATE_FILE} cannot be read: {e}",
-                f"Its model files can still be used ({BEST_FILE}, {LAST_FILE}); to train "
-                "again, start a new run.",
-            ) from e
-    return cfg, state
-
-
-def _finished_result(run_dir: Path, state: dict[str, Any]) -> FitResult:
-    metrics_path = run_dir / "metrics-valid.json"
+def _finished_result(run: RunDir, saved: dict[str, Any]) -> FitResult:
+    metrics_file = run.metrics_file("valid")
     return FitResult(
-        run_dir=run_dir,
-        best_epoch=state["best_epoch"],
-        best_mean_accuracy=state["best_metric"],
-        epochs_done=state["epoch"],
-        history=state["history"],
-        metrics=json.loads(metrics_path.read_text()) if metrics_path.exists() else {},
+        run_dir=run.path,
+        best_epoch=saved["best_epoch"],
+        best_mean_accuracy=saved["best_metric"],
+        epochs_done=saved["epoch"],
+        history=saved["history"],
+        metrics=run.read_metrics("valid") if metrics_file.exists() else {},
         already_finished=True,
     )
 
@@ -282,59 +260,6 @@ def load_train_valid(cfg: TrainConfig) -> tuple[AttributeTable, AttributeTable]:
     train = load_split(d, "train", sample=d.sample, seed=cfg.seed, table=table)
     valid = load_split(d, "valid", attributes=train.attributes, table=table)
     return train, valid
-
-
-def build_model(cfg: TrainConfig, num_attributes: int, progress: Progress) -> AttributeModel:
-    """The untrained model ``cfg.model`` describes: backbone weights imported, frozen parts
-    frozen."""
-    from faceattr.models import create_model
-    from faceattr.models.freeze import freeze_backbone, unfreeze
-    from faceattr.models.weights import load_backbone_weights
-
-    m = cfg.model
-    model = create_model(
-        m.arch,
-        num_attributes,
-        num_features=m.num_features,
-        dropout=m.dropout,
-        pretrained=m.pretrained,
-        img_size=cfg.data.img_size,
-    )
-    if m.weights:
-        report = load_backbone_weights(model, m.weights, by_order=m.weights_by_order)
-        progress.log(f"Backbone weights from {m.weights}: {report.summary()}")
-    if m.freeze_backbone or cfg.unfreeze is not None:
-        freeze_backbone(model)
-    if cfg.unfreeze is not None:
-        n: int | Literal["all"] = "all" if cfg.unfreeze == "all" else int(cfg.unfreeze)
-        groups = unfreeze(model, n)
-        progress.log(f"Unfrozen backbone groups: {groups}")
-    return model
-
-
-def model_info_for(cfg: TrainConfig, attributes: list[str], train_rates: np.ndarray) -> ModelInfo:
-    """The self-description saved in the run's model files (thresholds come at the end)."""
-    from faceattr.models import model_data_config
-
-    data_cfg = model_data_config(cfg.model.arch)
-    spec = DATASETS.get(cfg.data.dataset)
-    assert cfg.data.crop is not None  # filled in when the config is built
-    return ModelInfo(
-        arch=cfg.model.arch,
-        attributes=list(attributes),
-        num_features=cfg.model.num_features,
-        dropout=cfg.model.dropout,
-        img_size=cfg.data.img_size,
-        crop=list(cfg.data.crop),
-        mean=list(data_cfg["mean"]),
-        std=list(data_cfg["std"]),
-        thresholds=None,
-        tta=cfg.tta,
-        train_positive_rates=[float(r) for r in train_rates],
-        dataset=cfg.data.dataset,
-        license=spec.license if spec is not None else None,
-        faceattr_version=__version__,
-    )
 
 
 def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
@@ -351,9 +276,6 @@ def setup(
 ) -> Training:
     """Read the data, build the model, loss, optimizer and schedule of a run (``ctx``: this
     process's rank when distributed: its device, its share of validation, DDP)."""
-    from faceattr.engine.finetune import start_from_parent
-    from faceattr.models.head import check_tta
-
     ctx = ctx or Dist()
     device = distributed.device_for(ctx, cfg.device)
     torch.manual_seed(cfg.seed)  # the model's initial weights
@@ -364,7 +286,7 @@ def setup(
     attributes = train_table.attributes
     train_rates = train_table.positive_rates()
 
-    model = build_model(cfg, len(attributes), progress)
+    model = build_model(cfg, len(attributes), progress.log)
     model.tta = check_tta(cfg.tta)
     if init_from is not None:
         progress.log(start_from_parent(model, init_from, attributes))
@@ -402,7 +324,7 @@ def setup(
     )
     return Training(
         cfg=cfg,
-        run_dir=Path(cfg.out),
+        run=RunDir(cfg.out),
         device=device,
         train_table=train_table,
         valid_table=valid_table,
@@ -426,82 +348,52 @@ def setup(
     )
 
 
-def restore(t: Training, state: dict[str, Any], progress: Progress) -> None:
-    """Continue from a checkpoint: weights, optimizer, schedule, EMA and the run's counters."""
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    saved_world = int(state.get("world_size", 1))
+def restore(t: Training, saved: dict[str, Any], progress: Progress) -> RunState:
+    """Continue from a checkpoint: weights, optimizer, schedule and EMA into ``t``; the run's
+    counters returned. Model files and history a kill left behind the state are rewritten."""
+    t.model.load_state_dict(saved["model"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    saved_world = int(saved.get("world_size", 1))
     if t.scheduler is not None and saved_world != t.dist.world_size:
         # Another number of processes: other steps per epoch. Rebuild the schedule's
         # position from the epochs done instead of the saved step count.
         progress.log(
             f"Resuming with {t.dist.world_size} process(es) a run that used {saved_world}: "
-            f"the schedule continues from epoch {state['epoch']} at {t.steps_per_epoch} "
+            f"the schedule continues from epoch {saved['epoch']} at {t.steps_per_epoch} "
             "steps per epoch."
         )
         with warnings.catch_warnings():  # stepping a schedule without optimizer steps is the point
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state["epoch"] * t.steps_per_epoch):
+            for _ in range(saved["epoch"] * t.steps_per_epoch):
                 t.scheduler.step()
-    elif t.scheduler is not None and state.get("scheduler") is not None:
-        t.scheduler.load_state_dict(state["scheduler"])
-    if t.scaler is not None and state.get("scaler") is not None:
-        t.scaler.load_state_dict(state["scaler"])
-    if t.ema is not None and state.get("ema") is not None:
-        t.ema.load_state_dict(state["ema"])
-    t.history = state["history"]
-    t.best_metric, t.best_epoch = state["best_metric"], state["best_epoch"]
-    t.bad_epochs, t.next_epoch = state["bad_epochs"], state["epoch"] + 1
-    repaired = repair_epoch_files(t, state["epoch"]) if t.dist.is_main else []
+    elif t.scheduler is not None and saved.get("scheduler") is not None:
+        t.scheduler.load_state_dict(saved["scheduler"])
+    if t.scaler is not None and saved.get("scaler") is not None:
+        t.scaler.load_state_dict(saved["scaler"])
+    if t.ema is not None and saved.get("ema") is not None:
+        t.ema.load_state_dict(saved["ema"])
+    state = RunState.from_saved(saved)
+    repaired: list[str] = []
+    if t.dist.is_main:
+        info = replace(t.info, extra={"epoch": state.epoch})
+        best = state.best_epoch == state.epoch
+        repaired = t.run.repair(state.epoch, t.eval_model, info, best=best, history=state.history)
     distributed.barrier(t.dist)
     fixed = f"; rewrote {', '.join(repaired)} from it" if repaired else ""
     progress.log(
-        f"Resuming {t.run_dir} after epoch {state['epoch']} of {t.cfg.epochs} (the newest "
-        f"complete epoch in {STATE_FILE}{fixed})."
+        f"Resuming {t.run.path} after epoch {state.epoch} of {t.cfg.epochs} (the newest "
+        f"complete epoch in {t.run.state_file.name}{fixed})."
     )
-
-
-def _file_epoch(path: Path) -> int | None:
-    from faceattr.models.info import read_model_info
-
-    try:
-        return int(read_model_info(path).extra.get("epoch", 0)) if path.exists() else None
-    except Exception:  # damaged or foreign: rewrite it
-        return None
-
-
-def repair_epoch_files(t: Training, epoch: int) -> list[str]:
-    """The resume state is written first in every checkpoint: a run killed after it but
-    before the epoch's model files and history gets them rewritten here (names returned)."""
-    from faceattr.models import save_model_file
-
-    info = replace(t.info, extra={"epoch": epoch})
-    repaired = []
-    if _file_epoch(t.run_dir / LAST_FILE) != epoch:
-        save_model_file(t.run_dir / LAST_FILE, t.eval_model, info)
-        repaired.append(LAST_FILE)
-    if t.best_epoch == epoch and _file_epoch(t.run_dir / BEST_FILE) != epoch:
-        save_model_file(t.run_dir / BEST_FILE, t.eval_model, info)
-        repaired.append(BEST_FILE)
-    if _history_rows(t.run_dir / HISTORY_FILE) != len(t.history):
-        write_history(t.run_dir / HISTORY_FILE, t.history)
-        repaired.append(HISTORY_FILE)
-    return repaired
-
-
-def _history_rows(path: Path) -> int:
-    if not path.exists():
-        return -1
-    with open(path, encoding="utf-8", newline="") as fh:
-        return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+    return state
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)
 
 
-def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
-    """One pass over the training split, with this epoch's seeded shuffle and augmentation."""
+def train_epoch(t: Training, epoch: int, progress: Progress, *, first: bool) -> EpochStats:
+    """One pass over the training split, with this epoch's seeded shuffle and augmentation
+    (``first``: the session's first epoch, which says where its batches come from)."""
     cfg, ctx = t.cfg, t.dist
     # Dropout etc. of this epoch (and of this rank: ranks see different images).
     torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * ctx.rank)
@@ -522,7 +414,7 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
         pin_memory=t.device.type == "cuda",
         drop_last=rows >= cfg.batch_size,
         data=cfg.data,
-        progress=progress if epoch == t.next_epoch else None,  # say it once per session
+        progress=progress if first else None,
         order=order,
     )
     if t.device.type == "cuda":  # read (and pin) the next batch while the GPU trains
@@ -555,7 +447,6 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
             f"Check the images under {t.train_table.image_dir}.",
         )
     if stats.skipped:
-        t.skipped_images += len(stats.skipped)
         progress.log(
             f"Skipped {len(stats.skipped)} unreadable image(s) this epoch, e.g. "
             + ", ".join(Path(p).name for p in stats.skipped[:3])
@@ -563,8 +454,8 @@ def train_epoch(t: Training, epoch: int, progress: Progress) -> EpochStats:
     return stats
 
 
-def validate(t: Training, model: torch.nn.Module, progress: Progress) -> np.ndarray:
-    """``[N, A]`` probabilities of ``model`` on the validation split (labels kept in ``t``)."""
+def validate(t: Training, model: torch.nn.Module, progress: Progress) -> Validation:
+    """``model``'s probabilities on the validation split, and the labels."""
     mine = len(t.valid_table) if t.valid_rows is None else len(t.valid_rows)
     progress.start("validating", total=mine)
     probs, targets, index, _ = predict_batches(
@@ -583,29 +474,30 @@ def validate(t: Training, model: torch.nn.Module, progress: Progress) -> np.ndar
         order = np.argsort(rows, kind="stable")
         probs = np.concatenate([p[1] for p in parts])[order]
         targets = np.concatenate([p[2] for p in parts])[order]
-    t.valid_targets = targets
-    return probs
+    return Validation(probs, targets)
 
 
-def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
-    """Train epoch ``epoch``, validate, checkpoint, and tell ``progress``."""
+def run_epoch(
+    t: Training, state: RunState, epoch: int, progress: Progress, *, first: bool = False
+) -> Epoch:
+    """Train epoch ``epoch``, validate, update ``state``, checkpoint, and tell ``progress``."""
     lr = t.optimizer.param_groups[0]["lr"]
-    stats = train_epoch(t, epoch, progress)
+    stats = train_epoch(t, epoch, progress, first=first)
     distributed.sync_buffers(t.dist, t.model)  # one model on every rank (running statistics)
     if t.ema is not None:
         distributed.sync_buffers(t.dist, t.ema.module)
     start = time.perf_counter()
-    probs = validate(t, t.eval_model, progress)
-    assert t.valid_targets is not None
+    validation = validate(t, t.eval_model, progress)
+    probs, targets = validation
     val = compute_metrics(
-        probs, t.valid_targets, t.info.attributes, train_positive_rates=t.info.train_positive_rates
+        probs, targets, t.info.attributes, train_positive_rates=t.info.train_positive_rates
     )
     row = {
         "epoch": epoch,
         "lr": float(lr),
         "train_loss": stats.loss,
         "train_accuracy": stats.accuracy,
-        "val_loss": _val_loss(probs, t.valid_targets),
+        "val_loss": _val_loss(probs, targets),
         "val_mean_accuracy": val["mean_accuracy"],
         "val_strict_accuracy": val["strict_accuracy"],
         "val_mean_balanced_accuracy": val["mean_balanced_accuracy"],  # not in history.csv
@@ -613,89 +505,64 @@ def run_epoch(t: Training, epoch: int, progress: Progress) -> EpochEnd:
         "images_per_second": stats.images_per_second * t.dist.world_size,
         "seconds": stats.seconds + (time.perf_counter() - start),
     }
-    t.history.append(row)
-    best = val["mean_accuracy"] > t.best_metric
+    state.history.append(row)
+    state.epoch = epoch
+    best = val["mean_accuracy"] > state.best_metric
     if best:
-        t.best_metric, t.best_epoch, t.bad_epochs = val["mean_accuracy"], epoch, 0
-        t.best_probs = probs
+        state.best_metric, state.best_epoch, state.bad_epochs = val["mean_accuracy"], epoch, 0
     else:
-        t.bad_epochs += 1
-    save_checkpoint(t, epoch, best)
+        state.bad_epochs += 1
+    save_checkpoint(t, state, best)
     event = EpochEnd(epoch=epoch, epochs=t.cfg.epochs, row=row, best=best)
     progress.epoch_end(event)
-    return event
+    return Epoch(event, validation, len(stats.skipped))
 
 
-def save_checkpoint(t: Training, epoch: int, best: bool) -> None:
-    """The files of a finished epoch, each written atomically: first the resume state (the
-    epoch counts as done once it is on disk), then the model (also as the best one when it
-    is) and the history, which :func:`repair_epoch_files` can rebuild from the state."""
-    from faceattr.models import save_model_file
-
-    if not t.dist.is_main:  # only rank 0 writes; the others wait until the files are there
-        distributed.barrier(t.dist)
-        return
-    info = replace(t.info, extra={"epoch": epoch})
-    state = {
-        "epoch": epoch,
-        "model": t.model.state_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
-        "ema": t.ema.state_dict() if t.ema is not None else None,
-        "history": t.history,
-        "best_metric": t.best_metric,
-        "best_epoch": t.best_epoch,
-        "bad_epochs": t.bad_epochs,
-        "world_size": t.dist.world_size,
-        "finished": False,  # set after thresholds are stored
-    }
-    run = t.run_dir
-    try:
-        _save_state(run / STATE_FILE, state)
-    except WriteError as e:
-        done = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
-        raise WriteError(e.message, _kept(run, f"The last complete checkpoint ({done}) is "
-                                              "intact.", e)) from e  # fmt: skip
-    try:
-        if best:
-            save_model_file(run / BEST_FILE, t.eval_model, info)
-        save_model_file(run / LAST_FILE, t.eval_model, info)
-        write_history(run / HISTORY_FILE, t.history)
-    except WriteError as e:
-        raise WriteError(
-            e.message,
-            _kept(
-                run,
-                f"Epoch {epoch} is saved in {STATE_FILE}; its model files are rewritten on resume.",
-                e,
-            ),
-        ) from e
+def save_checkpoint(t: Training, state: RunState, best: bool) -> None:
+    """The files of the epoch ``state`` has just finished (rank 0 writes, the others wait)."""
+    if t.dist.is_main:
+        saved = {
+            "epoch": state.epoch,
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+            "ema": t.ema.state_dict() if t.ema is not None else None,
+            "history": state.history,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "bad_epochs": state.bad_epochs,
+            "world_size": t.dist.world_size,
+            "finished": False,  # set after thresholds are stored
+        }
+        info = replace(t.info, extra={"epoch": state.epoch})
+        t.run.save_epoch(state.epoch, saved, t.eval_model, info, best=best,
+                         history=state.history)  # fmt: skip
     distributed.barrier(t.dist)
 
 
-def _kept(run_dir: Path, what: str, error: WriteError) -> str:
-    """A checkpoint's write failed: what is safe, the fix, and the command that continues."""
-    fix = (error.hint or "").splitlines()[-1]
-    return f"{what}\n{fix} Then `faceattr train --resume {run_dir}` continues the run."
+def finish(
+    t: Training,
+    state: RunState,
+    best: Validation | None,
+    *,
+    stopped_early: bool = False,
+    skipped_images: int = 0,
+) -> FitResult:
+    """Tune the best model's thresholds on the validation split (``best``: its predictions,
+    when the best epoch ran in this session) and store them in it; write its validation
+    metrics; mark the run finished."""
+    from faceattr.models.io import load_model_file
 
-
-def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
-    """Tune the best model's thresholds on the validation split and store them in it; write
-    its validation metrics; mark the run finished."""
-    from faceattr.models import load_model_file, save_model_file
-
-    cfg = t.cfg
-    if t.best_epoch == 0:
+    cfg, run = t.cfg, t.run
+    if state.best_epoch == 0:
         raise ModelError("Training produced no model (no epoch finished).")
-    best_model, _ = load_model_file(t.run_dir / BEST_FILE, device=str(t.device))
-    probs = t.best_probs
-    if probs is None:  # the best epoch ran before a resume
-        probs = validate(t, best_model, NullProgress())
-    targets = t.valid_targets
-    assert targets is not None
+    best_model, _ = load_model_file(run.best_file, device=str(t.device))
+    if best is None:  # the best epoch ran before a resume
+        best = validate(t, best_model, NullProgress())
+    probs, targets = best
     attributes, train_rates = t.info.attributes, t.info.train_positive_rates
-    info = replace(t.info, extra={"epoch": t.best_epoch})
+    info = replace(t.info, extra={"epoch": state.best_epoch})
     thresholds = None
     if cfg.tune_thresholds:
         thresholds = tune_thresholds(
@@ -706,23 +573,21 @@ def finish(t: Training, *, stopped_early: bool = False) -> FitResult:
         )
         info = replace(info, thresholds=[float(x) for x in thresholds])
     metrics = metrics_report(probs, targets, attributes, thresholds, train_rates)
-    metrics.update(split="valid", model=str(t.run_dir / BEST_FILE))
+    metrics.update(split="valid", model=str(run.best_file))
     if t.dist.is_main:
-        save_model_file(t.run_dir / BEST_FILE, best_model, info)
-        atomic_write_text(t.run_dir / "metrics-valid.json", to_json(metrics, indent=2) + "\n")
-        final_state = torch.load(t.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        final_state["finished"] = True
-        _save_state(t.run_dir / STATE_FILE, final_state)
+        run.save_model(run.best_file, best_model, info)
+        run.write_metrics("valid", metrics)
+        run.mark_finished()
     distributed.barrier(t.dist)
     return FitResult(
-        run_dir=t.run_dir,
-        best_epoch=t.best_epoch,
-        best_mean_accuracy=t.best_metric,
-        epochs_done=int(t.history[-1]["epoch"]) if t.history else 0,
-        history=t.history,
+        run_dir=run.path,
+        best_epoch=state.best_epoch,
+        best_mean_accuracy=state.best_metric,
+        epochs_done=int(state.history[-1]["epoch"]) if state.history else 0,
+        history=state.history,
         metrics=metrics,
         notes=t.notes,
-        skipped_images=t.skipped_images,
+        skipped_images=skipped_images,
         stopped_early=stopped_early,
         world_size=t.dist.world_size,
         global_batch_size=cfg.batch_size * t.dist.world_size,
@@ -735,21 +600,3 @@ def _val_loss(probs: np.ndarray, targets: np.ndarray) -> float:
     t = np.nan_to_num(targets)
     ll = -(t * np.log(p) + (1 - t) * np.log(1 - p))
     return float(ll[known].mean()) if known.any() else float("nan")
-
-
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: _fmt(row.get(k)) for k in HISTORY_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_open(path, "wb") as fh:
-        torch.save(state, fh)

@@ -8,8 +8,8 @@
   re-running the same command continues it; other settings are refused.
 - Resume: a trial whose process died (kill -9, a crash, a lost machine) is marked failed and
   tried again with the same parameters in the same run directory, continuing from its last
-  finished epoch (``fit(resume=True)``). On this host that is noticed at once (the process is
-  gone); elsewhere through Optuna's heartbeat, after :data:`GRACE_SECONDS`.
+  finished epoch (:func:`faceattr.engine.fit.resume`). On this host that is noticed at once
+  (the process is gone); elsewhere through Optuna's heartbeat, after :data:`GRACE_SECONDS`.
 - A grid study enqueues every combination once, so several workers never run one twice.
 """
 
@@ -274,8 +274,8 @@ def run_study(
     TrainConfig of a trial: the base train options with the trial's parameter ``values``."""
     from optuna.trial import TrialState
 
-    from faceattr.config import TrainConfig
-    from faceattr.engine.fit import fit
+    from faceattr.engine.fit import fit, resume
+    from faceattr.runs import RunDir
 
     progress = progress or NullProgress()
     study_dir = Path(study_dir)
@@ -301,8 +301,8 @@ def run_study(
         progress.log(f"Trial {trial.number}: {shown} -> {run_dir}")
         reporter = _Reporter(trial, settings.metric, progress)
         try:
-            if (run_dir / "config.json").exists():  # a retried trial: continue its run
-                result = fit(TrainConfig(out=str(run_dir)), progress=reporter, resume=True)
+            if RunDir(run_dir).is_run():  # a retried trial: continue its run
+                result = resume(run_dir, progress=reporter)
             else:
                 result = fit(make_config(values, run_dir), progress=reporter)
         except KeyboardInterrupt:
@@ -408,5 +408,7 @@ def study_run_dirs(study_dir: str | Path, best: int | None = None) -> list[Path]
     # the study's own trials folder.
     here = [Path(t["run_dir"]) if Path(t["run_dir"]).is_absolute() else
             Path(study_dir) / TRIALS_DIR / Path(t["run_dir"]).name for t in done]  # fmt: skip
-    dirs = [d for d in here if (d / "config.json").exists()]
+    from faceattr.runs import RunDir
+
+    dirs = [d for d in here if RunDir(d).is_run()]
     return dirs[:best] if best else dirs

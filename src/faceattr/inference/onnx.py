@@ -94,14 +94,6 @@ def open_session(
         ) from e
 
 
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The string metadata (``metadata_props``) of an ONNX file (read without a session)."""
-    from faceattr.models.digest import onnx_metadata
-
-    p = Path(path)
-    return onnx_metadata(p.read_bytes(), p)
-
-
 def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> str:
     """The input name, after checking the graph has one image input and ``[B, A]`` logits."""
     inputs, outputs = session.get_inputs(), session.get_outputs()

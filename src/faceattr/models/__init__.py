@@ -20,8 +20,9 @@ _EXPORTS = {
     "unfreeze": "freeze",
     "AttributeModel": "head",
     "build_head": "head",
+    "ModelFile": "file",
     "ModelInfo": "info",
-    "read_model_info": "info",
+    "read_model_info": "file",
     "load_model_file": "io",
     "save_model_file": "io",
     "count_parameters": "registry",
@@ -35,6 +36,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from faceattr.models.file import ModelFile, read_model_info
     from faceattr.models.freeze import (
         UnfrozenGroups,
         backbone_groups,
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
         unfreeze,
     )
     from faceattr.models.head import AttributeModel, build_head
-    from faceattr.models.info import ModelInfo, read_model_info
+    from faceattr.models.info import ModelInfo
     from faceattr.models.io import load_model_file, save_model_file
     from faceattr.models.registry import (
         count_parameters,
@@ -68,6 +70,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AttributeModel",
     "LoadReport",
+    "ModelFile",
     "ModelInfo",
     "UnfrozenGroups",
     "backbone_groups",

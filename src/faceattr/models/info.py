@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,6 @@ from faceattr.errors import ModelError
 METADATA_KEY = "faceattr"
 # Bumped only when a reader of the old layout would misread the new one.
 FORMAT_VERSION = 1
-ONNX_SUFFIX = ".onnx"
 
 
 def check_tta(mode: str) -> str:
@@ -149,10 +147,6 @@ class ModelInfo:
         return cls(**kwargs)
 
 
-def is_onnx(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() == ONNX_SUFFIX
-
-
 def info_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> ModelInfo:
     """The validated :class:`ModelInfo` in a model file's string metadata (``kind`` names the
     format in messages: "a safetensors file", "an ONNX file")."""
@@ -177,34 +171,3 @@ def info_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> Model
     info = ModelInfo.from_dict(data)
     info.validate()
     return info
-
-
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file's header (numpy reader: no torch needed)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error type for any malformed header
-        raise ModelError(
-            f"{path} is not a safetensors file (or it is truncated/corrupt): {e}",
-            "Pass a model file written by `faceattr train` (model.safetensors) or "
-            "`faceattr export` (.onnx), or use `--model default`.",
-        ) from e
-
-
-def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """The :class:`ModelInfo` of a model file (``.safetensors`` or ``.onnx``), reading only
-    its metadata.
-
-    ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
-    """
-    from faceattr.runs import resolve_model
-
-    p = resolve_model(path)
-    if is_onnx(p):
-        from faceattr.inference.onnx import read_onnx_metadata
-
-        return info_from_metadata(read_onnx_metadata(p), p, "an ONNX file")
-    return info_from_metadata(read_safetensors_metadata(p), p, "a safetensors file")

@@ -14,19 +14,13 @@ import torch
 
 from faceattr.errors import FaceAttrError, ModelError
 from faceattr.fileio import atomic_write_bytes
-from faceattr.models.digest import verify_safetensors, with_safetensors_digest
+from faceattr.models.digest import with_safetensors_digest
 from faceattr.models.ensemble import EnsembleModel
+from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.head import AttributeModel
-from faceattr.models.info import (
-    FORMAT_VERSION,
-    METADATA_KEY,
-    ModelInfo,
-    is_onnx,
-    read_model_info,
-)
-from faceattr.runs import resolve_model
+from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo
 
-__all__ = ["ModelInfo", "load_model_file", "read_model_info", "save_model_file"]
+__all__ = ["load_model_file", "save_model_file"]
 
 
 def _state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -140,22 +134,23 @@ def _arch_names(info: ModelInfo) -> str:
 
 
 def load_model_file(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    path: ModelRef, *, device: str | torch.device = "cpu"
 ) -> tuple[AttributeModel | EnsembleModel, ModelInfo]:
     """Rebuild the model a file describes and load its weights (float32, eval mode).
 
-    ``path`` is any MODEL reference :func:`faceattr.runs.resolve_model` accepts.
+    ``path`` is any MODEL reference :meth:`ModelFile.resolve` accepts.
     """
     from safetensors.torch import load
 
-    p = resolve_model(path)
-    if is_onnx(p):
+    file = ModelFile.resolve(path)
+    p = file.path
+    if file.format == "onnx":
         raise ModelError(
             f"{p} is an ONNX file: it runs through ONNX Runtime only, not as a PyTorch model.",
             "Predict or evaluate it with `--backend onnx` (or auto); for training, Grad-CAM or "
             "`--backend torch`, use the .safetensors model it was exported from.",
         )
-    info = read_model_info(p)
+    info = file.info
     try:
         model = _build(info)
     except FaceAttrError as e:
@@ -165,8 +160,7 @@ def load_model_file(
             f"The file was written by faceattr {info.faceattr_version}; upgrading faceattr "
             "and timm/torchvision usually helps.",
         ) from e
-    blob = p.read_bytes()
-    verify_safetensors(blob, p)
+    blob, _ = file.read_verified()
     try:
         state = load(blob)
     except Exception as e:

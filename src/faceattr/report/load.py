@@ -1,4 +1,5 @@
-"""Read what a run directory holds (config, history, metrics, predictions, model file size).
+"""What a report needs from run directories (config, history, metrics, predictions, model
+file size), read through :class:`faceattr.runs.RunDir`.
 
 Nothing here needs torch: a report is built from files only; the model is loaded later and
 only for Grad-CAM.
@@ -6,8 +7,6 @@ only for Grad-CAM.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import shlex
 from collections import Counter
@@ -20,6 +19,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from faceattr.errors import DataError, UsageError
+from faceattr.runs import RunDir
 
 # Splits looked for when the user does not name one: the held-out test split first.
 AUTO_SPLITS = ("test", "valid", "train", "all")
@@ -178,23 +178,6 @@ def _finite(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def read_history(path: Path) -> list[dict[str, float | None]]:
-    """``history.csv`` -> one dict per epoch (numbers as float, empty cells as None)."""
-    if not path.exists():
-        return []
-    rows: list[dict[str, float | None]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            parsed: dict[str, float | None] = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value) if value not in ("", None) else None
-                except ValueError:
-                    parsed[key] = None
-            rows.append(parsed)
-    return rows
-
-
 class FileParameters(NamedTuple):
     """Learned parameters stored in a model file: all of them, and the attribute head's."""
 
@@ -247,12 +230,7 @@ def read_predictions(path: Path) -> Predictions:
         )
 
 
-def available_splits(run_dir: Path) -> list[str]:
-    """Splits with a ``metrics-<split>.json`` in ``run_dir``."""
-    return sorted(p.stem[len("metrics-") :] for p in run_dir.glob("metrics-*.json"))
-
-
-def _check_run_dir(path: Path) -> Path:
+def _check_run_dir(path: Path) -> RunDir:
     path = Path(path).expanduser()
     if not path.exists():
         raise UsageError(
@@ -262,24 +240,25 @@ def _check_run_dir(path: Path) -> Path:
     if path.is_file():
         raise UsageError(
             f"{path} is a file; `faceattr report` reads run directories.",
-            "Pass the directory `faceattr train --out` wrote (it holds config.json, "
-            "history.csv, metrics-*.json and model.safetensors).",
+            "Pass the directory `faceattr train --out` wrote (it holds its config, history, "
+            "metrics and model files).",
         )
-    if not (path / "config.json").exists():
+    run = RunDir(path)
+    if not run.is_run():
         raise UsageError(
-            f"{path} is not a run directory (no config.json).",
+            f"{path} is not a run directory (no {run.config_file.name}).",
             "Pass the directory `faceattr train --out` wrote.",
         )
-    return path
+    return run
 
 
-def choose_split(run_dirs: list[Path], split: str | None) -> str:
+def choose_split(runs: list[RunDir], split: str | None) -> str:
     """The split every run has metrics for: ``split`` itself, or the first of test/valid/...
 
     Raises :class:`DataError` with the exact ``faceattr eval`` commands that would make the
     missing files.
     """
-    have = {p: set(available_splits(p)) for p in run_dirs}
+    have = {run: set(run.splits()) for run in runs}
     if split is None:
         for candidate in AUTO_SPLITS:
             if all(candidate in s for s in have.values()):
@@ -288,14 +267,13 @@ def choose_split(run_dirs: list[Path], split: str | None) -> str:
     missing = [p for p, s in have.items() if split not in s]
     if missing:
         cmds = []
-        for p in missing:
-            cfg = _read_json(p / "config.json")
-            root = cfg.get("data", {}).get("root") or "DATASET_DIR"
+        for run in missing:
+            root = run.config_dict().get("data", {}).get("root") or "DATASET_DIR"
             cmds.append(
-                f"faceattr eval {shlex.quote(str(p))} --root {shlex.quote(str(root))} "
+                f"faceattr eval {shlex.quote(str(run.path))} --root {shlex.quote(str(root))} "
                 f"--split {split}"
             )
-        names = ", ".join(str(p) for p in missing)
+        names = ", ".join(str(run.path) for run in missing)
         found = sorted(set().union(*have.values()))
         also = f" (splits with metrics: {', '.join(found)})" if found else ""
         raise DataError(
@@ -304,13 +282,6 @@ def choose_split(run_dirs: list[Path], split: str | None) -> str:
             + "\n  ".join(cmds),
         )
     return split
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"Cannot read {path}: {exc}", "Re-run the command that wrote it.") from exc
 
 
 def run_names(paths: list[Path]) -> list[str]:
@@ -325,15 +296,16 @@ def run_names(paths: list[Path]) -> list[str]:
 
 def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
     """Read the run directory ``path`` for the evaluated ``split`` (metrics must exist)."""
-    path = _check_run_dir(Path(path))
-    config = _read_json(path / "config.json")
-    metrics_file = path / f"metrics-{split}.json"
+    run = _check_run_dir(Path(path))
+    path = run.path
+    config = run.config_dict()
+    metrics_file = run.metrics_file(split)
     if not metrics_file.exists():
-        choose_split([path], split)  # raises with the eval command
-    metrics = _read_json(metrics_file)
+        choose_split([run], split)  # raises with the eval command
+    metrics = run.read_metrics(split)
     notes: list[str] = []
     predictions = None
-    pred_file = path / f"predictions-{split}.npz"
+    pred_file = run.predictions_file(split)
     if pred_file.exists():
         try:
             predictions = read_predictions(pred_file)
@@ -345,9 +317,7 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
                 "by different evaluations?); per-image views skipped. Re-run `faceattr eval`."
             )
             predictions = None
-    model_path = next(
-        (p for p in (path / "model.safetensors", path / "last.safetensors") if p.exists()), None
-    )
+    model_path = run.model_file()
     parameters = trainable = None
     if model_path is not None:
         try:
@@ -356,11 +326,11 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
             trainable = head if frozen else parameters
         except (OSError, ValueError, SafetensorError) as exc:
             notes.append(f"Could not read the header of {model_path.name} ({exc}).")
-    run = RunData(
+    data = RunData(
         name=name or path.resolve().name,
         path=path,
         config=config,
-        history=read_history(path / "history.csv"),
+        history=run.read_history(),
         split=split,
         metrics=metrics,
         predictions=predictions,
@@ -370,25 +340,26 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
         notes=notes,
     )
     if not pred_file.exists():
-        run.notes.append(
+        data.notes.append(
             f"No per-image predictions for the {split} split, so subgroup analysis, "
             "calibration, correlations, the gallery and Grad-CAM are left out. Make them with "
-            f"`{run.eval_command()}`."
+            f"`{data.eval_command()}`."
         )
     if split == "valid" and metrics.get("threshold_source") == "tuned":
-        run.notes.append(
+        data.notes.append(
             "These are validation metrics and the decision thresholds were tuned on the same "
             "images, so they are slightly optimistic; evaluate a test split for unbiased numbers."
         )
-    return run
+    return data
 
 
 def load_runs(paths: list[str | Path], split: str | None = None) -> list[RunData]:
     """Read several run directories for one common split (see :func:`choose_split`)."""
     if not paths:
         raise UsageError("No run directory given.", "Usage: faceattr report RUN_DIR...")
-    dirs = [_check_run_dir(Path(p)) for p in paths]
-    if len({d.resolve() for d in dirs}) != len(dirs):
+    runs = [_check_run_dir(Path(p)) for p in paths]
+    if len({run.path.resolve() for run in runs}) != len(runs):
         raise UsageError("The same run directory was given twice.")
-    chosen = choose_split(dirs, split)
+    chosen = choose_split(runs, split)
+    dirs = [run.path for run in runs]
     return [load_run(d, chosen, n) for d, n in zip(dirs, run_names(dirs), strict=True)]
