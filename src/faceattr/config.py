@@ -20,14 +20,18 @@ Crop = tuple[float, float, float, float]
 # 178x218 images that is the central 178x178 square (the face without most of the background).
 CELEBA_CROP: Crop = (0.0, 20 / 218, 1.0, 198 / 218)
 FULL_IMAGE: Crop = (0.0, 0.0, 1.0, 1.0)
-# `--crop` values: None = the dataset's default (faceattr.data.registry). "square" is the old
-# name of "band", kept so existing commands still work.
+# `--crop` values: None = the dataset's default (DATASET_CROPS). "square" is the old name of
+# "band", kept so existing commands still work.
 CROP_MODES: dict[str, Crop | None] = {
     "auto": None,
     "band": CELEBA_CROP,
     "full": FULL_IMAGE,
     "square": CELEBA_CROP,
 }
+# The part of each image a model of a dataset format sees by default (DataConfig.crop when none
+# is given; a format not listed gets CelebA's band). WFLW faces are already cut out by their
+# box (with a margin): keep the whole cut; a csv dataset's framing is unknown: the whole image.
+DATASET_CROPS: dict[str, Crop] = {"celeba": CELEBA_CROP, "wflw": FULL_IMAGE, "csv": FULL_IMAGE}
 
 # The allowed values of the string settings below, each listed once; the CLI's choices and
 # the core's checks both read these.
@@ -50,6 +54,9 @@ EXPORT_MAX_ACCURACY_DROP = 0.2
 # Faces per model call in predict; chosen by measurement on a 2-core CPU
 # (benchmarks/bench_predict.py): larger batches were no faster per image.
 PREDICT_BATCH_SIZE = 16
+EVAL_BATCH_SIZE = 64  # images per model call in eval
+# Faces whose box is shorter than this many pixels are dropped (predict, index, the detectors).
+MIN_FACE_SIZE = 20.0
 
 
 def default_lr(optimizer: str) -> float:
@@ -68,18 +75,15 @@ class DataConfig:
     split_seed: int = 0  # seed of that carve: fixed so eval sees the same held-out identities
     img_size: int = 128  # model input, pixels (square)
     # Fractions of the (face) image kept before resizing; None = the dataset's default
-    # (its DatasetSpec.crop), filled in on construction so a saved config holds the value.
+    # (DATASET_CROPS), filled in on construction so a saved config holds the value.
     crop: Crop | None = None
     workers: int | None = None  # DataLoader workers; None = min(4, CPUs)
     cache: str = "auto"  # CACHE_MODES: auto = use a `data prepare` cache when one matches
     face_margin: float = 0.25  # wflw: crop = face box made square + this fraction per side
 
     def __post_init__(self) -> None:
-        if self.crop is None:
-            from faceattr.data.registry import DATASETS
-
-            spec = DATASETS.get(self.dataset)  # an unknown name fails when the data is read
-            object.__setattr__(self, "crop", spec.crop if spec else CELEBA_CROP)
+        if self.crop is None:  # an unknown dataset name fails when the data is read
+            object.__setattr__(self, "crop", DATASET_CROPS.get(self.dataset, CELEBA_CROP))
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,7 @@ class Limit:
 
 
 # The numeric settings' ranges, each listed once: build_config / with_overrides check them, and
-# the CLI checks the options that set them (and predict/eval's own numbers, NUMBER_LIMITS).
+# the CLI checks the options that set them (and the commands' other numbers, NUMBER_LIMITS).
 LIMITS: dict[str, Limit] = {
     "data.sample": Limit(1),
     "data.valid_fraction": Limit(0, 1, low_open=True, high_open=True),
@@ -298,13 +302,31 @@ LIMITS: dict[str, Limit] = {
     "ema": Limit(0, 1, high_open=True),
     "threshold_accuracy_drop": Limit(0, 1),
 }
-# Numbers of other commands (by option name): a decision threshold is a probability.
+# The other numbers of the commands, by option name (the Python name of its parameter),
+# checked as the settings' are; the library checks some of them too.
 NUMBER_LIMITS: dict[str, Limit] = {
-    "threshold": Limit(0, 1),
-    "min_score": Limit(0, 1),
+    "threshold": Limit(0, 1),  # predict, eval: a decision threshold is a probability
+    "fail_under": Limit(0, 1),  # eval: metrics are fractions
+    "batch_size": Limit(1),  # predict, eval: images per model call
+    "workers": Limit(0),  # predict, index: decoding threads (0: none)
+    "min_score": Limit(0, 1),  # predict, index: the face finding
     "min_face_size": Limit(0),
-    "max_accuracy_drop": Limit(0, 100),
-    "fail_under": Limit(0, 1),  # metrics are fractions
+    "max_faces": Limit(1),
+    "max_pixels": Limit(1),  # predict
+    "top": Limit(0),  # predict: rows per face (0: all)
+    "limit": Limit(0),  # search: faces (0: all)
+    "max_accuracy_drop": Limit(0, 100),  # export: points of mean accuracy
+    "calibration_images": Limit(16),
+    "eval_images": Limit(0),  # 0: all
+    "gap": Limit(0),  # report: points of accuracy
+    "gallery": Limit(0),
+    "gradcam": Limit(0),
+    "trials": Limit(1),  # tune
+    "nproc": Limit(1),  # train: processes
+    "n_train": Limit(1),  # data fetch synthetic: images per split
+    "n_valid": Limit(1),
+    "n_test": Limit(1),
+    "top_pairs": Limit(1),  # data stats --top
 }
 
 

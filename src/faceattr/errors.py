@@ -3,6 +3,13 @@
 Every message says what failed, the offending value, and how to fix it. The CLI turns a
 :class:`FaceAttrError` into a red message and exit code 1 (2 for :class:`UsageError`); any other
 exception is a bug and keeps its traceback.
+
+Messages and hints are read by library callers and by command-line users alike, so they name
+a setting as the Python keyword that sets it, in backticks: ```root=DIR```, ```no_detect=True```,
+```model="default"```, or a TrainConfig field (```optim.lr=0.01```). The CLI shows each as its
+flag (``--root DIR``, ``--no-detect``, ``--model default``, ``--lr 0.01``) in one place,
+:func:`faceattr.cli.common.as_flags`. A whole command to run is written as one, in backticks
+(```faceattr data fetch celeba --root DIR```): both kinds of user can run it in a shell.
 """
 
 from __future__ import annotations

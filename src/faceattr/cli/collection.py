@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,8 +15,11 @@ from faceattr.cli.options import (
     MinFaceSizeOption,
     MinScoreOption,
     WorkersOption,
-    check_numbers,
 )
+from faceattr.config import MIN_FACE_SIZE
+
+if TYPE_CHECKING:
+    from faceattr.collection.search import SearchResult
 
 DbOption = Annotated[
     str,
@@ -38,7 +40,7 @@ def index_command(
     ] = "default",
     detector: DetectorOption = None,
     min_score: MinScoreOption = None,
-    min_face_size: MinFaceSizeOption = 20.0,
+    min_face_size: MinFaceSizeOption = MIN_FACE_SIZE,
     max_faces: MaxFacesOption = None,
     workers: WorkersOption = None,
     reindex: Annotated[
@@ -70,14 +72,13 @@ def index_command(
     """
     from faceattr.collection.indexer import index_folders
 
-    check_numbers(dict(min_score=min_score, min_face_size=min_face_size))
     summary = index_folders(
         paths, db, model=model, detector=detector, min_score=min_score,
         min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
         prune=prune, progress=RichProgress(),
     )  # fmt: skip
     if json_out:
-        print_json(asdict(summary))
+        print_json(summary.to_json())
         return
     s = summary
     err.print(
@@ -105,7 +106,7 @@ def search_command(
         Path | None,
         typer.Option(help="Faces whose attributes are most like the face in this image."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many faces (0: all).", min=0)] = 20,
+    limit: Annotated[int, typer.Option(help="At most this many faces (0: all).")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Write the results to this CSV file.")
@@ -128,9 +129,10 @@ def search_command(
       faceattr search '(Blond_Hair or Gray_Hair) and Smiling > 0.9' --html blond.html
       faceattr search --like me.jpg --limit 50 --json
     """
-    from faceattr.collection.search import contact_sheet, like_image, search_index
+    from faceattr.collection.search import like_image, search_index
     from faceattr.errors import UsageError
     from faceattr.fileio import atomic_open, atomic_write_text
+    from faceattr.report.contact_sheet import contact_sheet
 
     if (query is None) == (like is None):
         raise UsageError(
@@ -150,28 +152,28 @@ def search_command(
     if csv_file is not None:
         import csv
 
-        results = found["results"]
-        names = list(results[0]["probabilities"]) if results else []  # the same in every row
+        results = found.results
+        names = list(results[0].probabilities) if results else []  # the same in every row
         with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="results CSV") as fh:
             w = csv.writer(fh)
             w.writerow(["image", "face", "x", "y", "w", "h", "match", *names])
             for r in results:
-                w.writerow([r["image"], r["face"], *r["box"], r["match"],
-                            *[r["probabilities"][k] for k in names]])  # fmt: skip
+                w.writerow([r.image, r.face, *r.box, r.match,
+                            *[r.probabilities[k] for k in names]])  # fmt: skip
         err.print(f"Wrote {csv_file}", highlight=False)
     if json_out:
-        print_json(found)
+        print_json(found.to_json())
     elif html_file is None and csv_file is None:
         _table(found)
 
 
-def _table(found: dict) -> None:
-    results = found["results"]
+def _table(found: SearchResult) -> None:
+    results = found.results
     if not results:
         out.print("No face matches.")
         return
     # A query's attributes; for --like (all 40 of them) the table keeps to the similarity.
-    names = [] if "like" in found else list(results[0]["probabilities"])
+    names = [] if found.like is not None else list(results[0].probabilities)
     table = Table(title=f"{len(results)} face(s)", title_justify="left")
     table.add_column("match", justify="right")
     table.add_column("image")
@@ -179,6 +181,6 @@ def _table(found: dict) -> None:
     for name in names:
         table.add_column(name, justify="right")
     for r in results:
-        table.add_row(f"{r['match']:.3f}", r["image"], str(r["face"]),
-                      *[f"{r['probabilities'][k]:.3f}" for k in names])  # fmt: skip
+        table.add_row(f"{r.match:.3f}", r.image, str(r.face),
+                      *[f"{r.probabilities[k]:.3f}" for k in names])  # fmt: skip
     out.print(table)

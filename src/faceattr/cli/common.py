@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,7 +64,9 @@ class Group(typer.core.TyperGroup):
 
 class Command(typer.core.TyperCommand):
     """Every faceattr command: flowing help paragraphs, flags shown without a value type
-    (``--json``, not ``--json <bool>``), and each number's allowed range in its help."""
+    (``--json``, not ``--json <bool>``), and each number's allowed range (``config.LIMITS`` /
+    ``NUMBER_LIMITS``, see :func:`faceattr.cli.options.option_limit`) said in its help and
+    checked before the command runs (exit 2)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from faceattr.cli.options import option_limit
@@ -72,13 +75,18 @@ class Command(typer.core.TyperCommand):
         super().__init__(*args, **kwargs)
         _flags_take_no_value(self.params)
         for param in self.params:
-            limit = option_limit(param.name or "")
-            typer_range = getattr(param, "min", None) is not None or getattr(param, "max", None)
-            if limit is not None and isinstance(param, typer.core.TyperOption) and not typer_range:
+            limit = option_limit(param)
+            if limit is not None and isinstance(param, typer.core.TyperOption):
                 text = param.help or ""
                 if "must be" not in text.lower():
                     rule = limit.describe().replace("[", "\\[")  # no rich markup
                     param.help = f"{text} Must be {rule}.".strip()
+
+    def invoke(self, ctx: Any) -> Any:
+        from faceattr.cli.options import check_numbers
+
+        handle_errors(check_numbers)(self, ctx.params)  # a number out of range: exit 2
+        return super().invoke(ctx)
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)
@@ -121,14 +129,45 @@ def handle_errors(fn: F) -> F:
             if hint:
                 from rich.markup import escape
 
-                err.print(escape(hint), highlight=False)
+                err.print(escape(as_flags(hint)), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+# A setting named in a core message: `root=DIR`, `no_detect=True`, `optim.lr=0.01`.
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)?)=([^`]*)`")
+
+
+def as_flags(text: str) -> str:
+    """``text`` from the core, for the command line: each setting it names as ```name=value```
+    (see :mod:`faceattr.errors`) becomes the flag that sets it, ```--name value```.
+
+    A TrainConfig field (``optim.lr``) becomes the flag declared for it (``--lr``); another
+    name its own flag (``calibration_root`` -> ``--calibration-root``). ``=True`` is the flag
+    alone, ``=False`` its ``--no-`` form; quotes around a value are dropped.
+    """
+
+    def flag(match: re.Match[str]) -> str:
+        from faceattr.cli.options import SETTING_FLAGS
+
+        name, value = match.group(1), match.group(2).strip()
+        by_key = {key: f for f, key in SETTING_FLAGS.items()}
+        option = by_key.get(name) or "--" + name.rpartition(".")[2].replace("_", "-")
+        if value == "True":
+            return f"`{option}`"
+        if value == "False":
+            return f"`--no-{option[2:]}`"
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"`{option} {value}`" if value else f"`{option}`"
+
+    return _SETTING.sub(flag, text)
+
+
 def report_error(exc: FaceAttrError) -> None:
-    """The red "Error:" line and the hint (printed literally: no rich markup in them)."""
+    """The red "Error:" line and the hint (printed literally: no rich markup in them), with
+    the settings they name shown as flags (:func:`as_flags`)."""
     import os
 
     from rich.markup import escape
@@ -136,9 +175,9 @@ def report_error(exc: FaceAttrError) -> None:
     # Under torchrun every process reports; say which one when it is not the first.
     rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
     where = "" if rank == "0" else f" (process {rank})"
-    err.print(f"[bold red]Error{where}:[/] {escape(exc.message)}", highlight=False)
+    err.print(f"[bold red]Error{where}:[/] {escape(as_flags(exc.message))}", highlight=False)
     if exc.hint:
-        err.print(escape(exc.hint), highlight=False)
+        err.print(escape(as_flags(exc.hint)), highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -224,7 +263,9 @@ class RichProgress(Progress):
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            err.print(message, highlight=False)
+            from rich.markup import escape
+
+            err.print(escape(as_flags(message)), highlight=False)
 
     def epoch_end(self, event: EpochEnd) -> None:
         r = event.row

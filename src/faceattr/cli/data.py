@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from faceattr.cli.common import Command, Group, err, handle_errors, out
-from faceattr.cli.options import CropOption, DatasetArgument, choice, data_config
+from faceattr.cli.options import choice, data_config, setting
+from faceattr.cli.settings import CropOption, DatasetArgument
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
-from faceattr.config import field_default
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
 data_app = typer.Typer(
@@ -59,13 +59,9 @@ def fetch_command(
         bool, typer.Option("--keep-archive", help="Keep img_align_celeba.zip after extracting.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    n_train: Annotated[int, typer.Option(help="synthetic: training images.", min=1)] = DEMO_SIZES[
-        0
-    ],
-    n_valid: Annotated[int, typer.Option(help="synthetic: validation images.", min=1)] = DEMO_SIZES[
-        1
-    ],
-    n_test: Annotated[int, typer.Option(help="synthetic: test images.", min=1)] = DEMO_SIZES[2],
+    n_train: Annotated[int, typer.Option(help="synthetic: training images.")] = DEMO_SIZES[0],
+    n_valid: Annotated[int, typer.Option(help="synthetic: validation images.")] = DEMO_SIZES[1],
+    n_test: Annotated[int, typer.Option(help="synthetic: test images.")] = DEMO_SIZES[2],
     seed: Annotated[int, typer.Option(help="synthetic: random seed.")] = 0,
 ) -> None:
     """Download a dataset into --root in its official layout, verifying every file.
@@ -199,22 +195,27 @@ def _fetch_wflw(
 @data_app.command("prepare", cls=Command)
 @handle_errors
 def prepare_command(
+    ctx: typer.Context,
     dataset: DatasetArgument,
-    root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
+    root: Annotated[
+        Path, setting("data.root", "--root", help="Dataset folder (as for train/eval).")
+    ],
     img_size: Annotated[
         int | None,
-        typer.Option(
-            help="Side of the square model input, pixels (as train's "
-            f"(default: {field_default('data.img_size')})).",
-            min=8,
+        setting(
+            "data.img_size",
+            "--img-size",
+            help="Side of the square model input, pixels (as train's (default: {default})).",
         ),
     ] = None,
     crop: CropOption = None,
     labels: Annotated[
-        Path | None, typer.Option(help="Labels file (for datasets that need one).")
+        Path | None,
+        setting("data.labels", "--labels", help="Labels file (for datasets that need one)."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Decoding processes (default: min(4, CPUs)).", min=0)
+        int | None,
+        setting("data.workers", "--workers", help="Decoding processes (default: min(4, CPUs))."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even an up-to-date cache.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -229,10 +230,10 @@ def prepare_command(
     from faceattr.cli.common import RichProgress, print_json
     from faceattr.data.cache import prepare_cache
 
-    data = data_config(
-        dict(dataset=dataset, root=root, labels=labels, img_size=img_size, crop=crop)
+    data = data_config(ctx)
+    res = prepare_cache(
+        data, workers=data.workers, force=force, progress=RichProgress(quiet=as_json)
     )
-    res = prepare_cache(data, workers=workers, force=force, progress=RichProgress(quiet=as_json))
     if as_json:
         print_json(
             {
@@ -278,16 +279,20 @@ def prepare_command(
 @data_app.command("stats", cls=Command)
 @handle_errors
 def stats_command(
+    ctx: typer.Context,
     dataset: DatasetArgument,
-    root: Annotated[Path, typer.Option(help="Dataset folder (as for train/eval).")],
+    root: Annotated[
+        Path, setting("data.root", "--root", help="Dataset folder (as for train/eval).")
+    ],
     labels: Annotated[
-        Path | None, typer.Option(help="csv: the labels file (default ROOT/labels.csv).")
+        Path | None,
+        setting("data.labels", "--labels", help="csv: the labels file (default ROOT/labels.csv)."),
     ] = None,
     split: Annotated[str, typer.Option(help="all, train, valid (val) or test.")] = "all",
     plot: Annotated[
         Path | None, typer.Option(help="Write the correlation heatmap to this .png file.")
     ] = None,
-    top: Annotated[int, typer.Option(help="Strongest pairs listed per sign.", min=1)] = 10,
+    top_pairs: Annotated[int, typer.Option("--top", help="Strongest pairs listed per sign.")] = 10,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object with every number.")
     ] = False,
@@ -307,8 +312,8 @@ def stats_command(
 
     if plot is not None:
         check_plot_path(plot)  # before reading the data: fail fast on a bad file name
-    table = read_dataset(data_config(dict(dataset=dataset, root=root, labels=labels)))
-    stats = dataset_stats(table, split, top=top)
+    table = read_dataset(data_config(ctx))
+    stats = dataset_stats(table, split, top=top_pairs)
     if plot is not None:
         stats["plot"] = str(plot_correlation(stats, plot))
     if as_json:

@@ -9,19 +9,14 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import (
-    CacheOption,
-    DatasetOption,
-    WorkersOption,
-    check_numbers,
-    choice,
-    data_config,
-)
+from faceattr.cli.options import choice, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
 from faceattr.config import ENSEMBLE_DTYPES, THRESHOLD_METRICS, TTA_MODES
 
 
 @handle_errors
 def ensemble_command(
+    ctx: typer.Context,
     models: Annotated[
         list[str],
         typer.Argument(help="Two or more run directories or .safetensors model files."),
@@ -32,13 +27,16 @@ def ensemble_command(
     dataset: DatasetOption = None,
     root: Annotated[
         Path | None,
-        typer.Option(
+        setting(
+            "data.root",
+            "--root",
             help="Dataset folder: evaluate the members and the ensemble on --split and tune "
-            "the ensemble's thresholds there (without it they stay at 0.5)."
+            "the ensemble's thresholds there (without it they stay at 0.5).",
         ),
     ] = None,
     labels: Annotated[
-        Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")
+        Path | None,
+        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
     ] = None,
     split: Annotated[
         str,
@@ -57,20 +55,23 @@ def ensemble_command(
     ] = "float32",
     threshold_metric: Annotated[
         str | None,
-        typer.Option(
+        setting(
+            "threshold_metric",
+            "--threshold-metric",
             **choice(THRESHOLD_METRICS),
-            help="What tuned thresholds maximise (default: as train).",
+            help="What tuned thresholds maximise (default: as train, {default}).",
         ),
     ] = None,
     threshold_accuracy_drop: Annotated[
         float | None,
-        typer.Option(
+        setting(
+            "threshold_accuracy_drop",
+            "--threshold-accuracy-drop",
             help="Tuned thresholds may cost an attribute at most this much accuracy "
-            "(default: as train, 0.02).",
-            min=0.0,
+            "(default: as train, {default}).",
         ),
     ] = None,
-    workers: WorkersOption = None,
+    workers: DataWorkers = None,
     cache: CacheOption = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
@@ -93,12 +94,7 @@ def ensemble_command(
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.ensemble import make_ensemble
 
-    check_numbers(dict(threshold_accuracy_drop=threshold_accuracy_drop))
-    data = None
-    if root is not None:
-        data = data_config(
-            dict(dataset=dataset, root=root, labels=labels, workers=workers, cache=cache)
-        )
+    data = data_config(ctx) if root is not None else None
     summary = make_ensemble(
         models,
         out_file,

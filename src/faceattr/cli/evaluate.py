@@ -9,15 +9,9 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import (
-    BackendOption,
-    CacheOption,
-    DatasetOption,
-    TtaOverride,
-    WorkersOption,
-    check_numbers,
-    data_config,
-)
+from faceattr.cli.options import BackendOption, TtaOverride, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
+from faceattr.config import EVAL_BATCH_SIZE
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -27,15 +21,17 @@ SUMMARY_METRICS = (
 
 @handle_errors
 def eval_command(
+    ctx: typer.Context,
     model: Annotated[
         str,
         typer.Argument(help="A run directory, a .safetensors or .onnx model file, or 'default'."),
     ],
     backend: BackendOption = "auto",
     dataset: DatasetOption = None,
-    root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    root: Annotated[Path | None, setting("data.root", "--root", help="Dataset folder.")] = None,
     labels: Annotated[
-        Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")
+        Path | None,
+        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
     ] = None,
     split: Annotated[str, typer.Option(help="train, valid (val), test or all.")] = "test",
     threshold: Annotated[
@@ -45,9 +41,9 @@ def eval_command(
         ),
     ] = None,  # fmt: skip
     tta: TtaOverride = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model call (64).", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = EVAL_BATCH_SIZE,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    workers: WorkersOption = None,
+    workers: DataWorkers = None,
     cache: CacheOption = None,
     fail_under: Annotated[
         float | None,
@@ -74,7 +70,6 @@ def eval_command(
     from faceattr.engine.evaluate import evaluate_model
     from faceattr.errors import UsageError, unknown_name_error
 
-    check_numbers(dict(threshold=threshold, fail_under=fail_under))
     if metric not in SUMMARY_METRICS:
         raise unknown_name_error("metric", metric, SUMMARY_METRICS)
     if root is None:
@@ -82,7 +77,7 @@ def eval_command(
     split = resolve_split_name(split)
     metrics = evaluate_model(
         model,
-        data_config(dict(dataset=dataset, root=root, labels=labels, workers=workers, cache=cache)),
+        data_config(ctx),
         split,
         backend=backend,
         batch_size=batch_size,

@@ -8,15 +8,8 @@ from typing import Annotated
 import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import (
-    CacheOption,
-    DatasetOption,
-    TtaOverride,
-    WorkersOption,
-    check_numbers,
-    choice,
-    data_config,
-)
+from faceattr.cli.options import TtaOverride, choice, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
 from faceattr.config import (
     EXPORT_CALIBRATION_IMAGES,
     EXPORT_CHECK_IMAGES,
@@ -27,6 +20,7 @@ from faceattr.config import (
 
 @handle_errors
 def export_command(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Argument(help="A run directory, a .safetensors model file, or 'default'.")
     ],
@@ -51,20 +45,20 @@ def export_command(
     ] = None,
     calibration_root: Annotated[
         Path | None,
-        typer.Option(
-            help="Dataset folder with real aligned faces: int8 calibrates on its train split; "
-            "with --eval-split the export is checked on its held-out images.",
+        setting(
+            "data.root",
+            "--calibration-root",
+            help="Dataset folder with real aligned faces: int8 calibrates on its train "
+            "split; with --eval-split the export is checked on its held-out images.",
         ),
     ] = None,
     dataset: DatasetOption = None,
     labels: Annotated[
-        Path | None, typer.Option(help="csv: labels file (default ROOT/labels.csv).")
+        Path | None,
+        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
     ] = None,
     calibration_images: Annotated[
-        int,
-        typer.Option(
-            help=f"Train images int8 calibrates on ({EXPORT_CALIBRATION_IMAGES}).", min=16
-        ),
+        int, typer.Option(help=f"Train images int8 calibrates on ({EXPORT_CALIBRATION_IMAGES}).")
     ] = EXPORT_CALIBRATION_IMAGES,
     eval_split: Annotated[
         str | None,
@@ -76,7 +70,7 @@ def export_command(
     eval_images: Annotated[
         int,
         typer.Option(
-            help=f"At most this many --eval-split images (0: all; {EXPORT_CHECK_IMAGES}).", min=0
+            help=f"At most this many --eval-split images (0: all; {EXPORT_CHECK_IMAGES})."
         ),
     ] = EXPORT_CHECK_IMAGES,
     max_accuracy_drop: Annotated[
@@ -84,7 +78,6 @@ def export_command(
         typer.Option(
             help="Refuse int8 when it loses more than this many points of mean accuracy "
             f"against fp32, at 0.5 or at the tuned thresholds ({EXPORT_MAX_ACCURACY_DROP}).",
-            min=0.0,
         ),
     ] = EXPORT_MAX_ACCURACY_DROP,
     tta: TtaOverride = None,
@@ -96,7 +89,7 @@ def export_command(
             "check against PyTorch shows the change). Not with --int8.",
         ),
     ] = False,
-    workers: WorkersOption = None,
+    workers: DataWorkers = None,
     cache: CacheOption = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the export summary as JSON on stdout.")
@@ -116,13 +109,7 @@ def export_command(
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.export import export_model, iter_summary_lines
 
-    check_numbers(dict(max_accuracy_drop=max_accuracy_drop))
-    data = None
-    if calibration_root is not None:
-        data = data_config(
-            dict(dataset=dataset, root=calibration_root, labels=labels, workers=workers,
-                 cache=cache)
-        )  # fmt: skip
+    data = data_config(ctx) if calibration_root is not None else None
     summary = export_model(
         model,
         out_file,

@@ -1,22 +1,30 @@
-"""Options several commands share, and how options become a TrainConfig.
+"""How options become a TrainConfig, and the options several commands share.
 
-Every option that sets a configuration value defaults to None ("not given");
-:func:`config_changes` turns the given ones into changes that
-:func:`faceattr.config.build_config` applies to the library's defaults (train, eval, data
-prepare) or :func:`faceattr.config.with_overrides` to a parent run's settings (finetune).
+An option that sets a TrainConfig field is declared with :func:`setting`, which names the field
+and the flag together (``setting("optim.lr", "--lr", help=...)``): grep for a flag and you land
+on the field it sets. Such an option defaults to None ("not given"); :func:`config_changes`
+reads the given ones from the command's context, so :func:`faceattr.config.build_config` can
+apply them to the library's defaults (train, eval, data prepare) or
+:func:`faceattr.config.with_overrides` to a parent run's settings (finetune).
+
+Ranges are not declared on options (no typer ``min=``/``max=``): a setting's range is its
+field's in ``config.LIMITS``, another number's is in ``config.NUMBER_LIMITS`` under its
+parameter name. :class:`faceattr.cli.common.Command` says the range in --help and checks it
+(:func:`check_numbers`) before a command runs.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 
 from faceattr.config import (
     BACKENDS,
-    CACHE_MODES,
     CROP_MODES,
     LIMITS,
     NUMBER_LIMITS,
@@ -27,57 +35,112 @@ from faceattr.config import (
     field_default,
     limit_problem,
 )
-from faceattr.data.registry import DATASETS, dataset_names
 
-# Command-line option (its Python parameter name) -> the TrainConfig field it sets.
-OPTION_FIELDS: dict[str, str] = {
-    "dataset": "data.dataset",
-    "root": "data.root",
-    "labels": "data.labels",
-    "attributes": "data.attributes",
-    "sample": "data.sample",
-    "valid_fraction": "data.valid_fraction",
-    "img_size": "data.img_size",
-    "crop": "data.crop",
-    "workers": "data.workers",
-    "cache": "data.cache",
-    "arch": "model.arch",
-    "num_features": "model.num_features",
-    "dropout": "model.dropout",
-    "pretrained": "model.pretrained",
-    "weights": "model.weights",
-    "weights_by_order": "model.weights_by_order",
-    "freeze_backbone": "model.freeze_backbone",
-    "optimizer": "optim.optimizer",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "scheduler": "optim.scheduler",
-    "warmup_epochs": "optim.warmup_epochs",
-    "loss": "optim.loss",
-    "backbone_lr_mult": "optim.backbone_lr_mult",
-    "augment": "augment",  # a preset; the flags below adjust it
-    "hflip": "augment.hflip",
-    "random_crop": "augment.crop_scale",
-    "shift": "augment.shift",
-    "rotation": "augment.rotation",
-    "color_jitter": "augment.brightness",
-    "erasing": "augment.erasing",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "device": "device",
-    "amp": "amp",
-    "channels_last": "channels_last",
-    "compile": "compile",
-    "sync_bn": "sync_bn",
-    "seed": "seed",
-    "patience": "patience",
-    "ema": "ema",
-    "tta": "tta",
-    "tune_thresholds": "tune_thresholds",
-    "threshold_metric": "threshold_metric",
-    "threshold_accuracy_drop": "threshold_accuracy_drop",
-    "out_dir": "out",
-}
+
+class Param(Protocol):
+    """A click parameter, as far as these functions read one (typer may vendor click)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def opts(self) -> Sequence[str]: ...
+    @property
+    def callback(self) -> Callable[..., Any] | None: ...
+
+
+class CommandParams(Protocol):
+    """A click command, as far as these functions read one."""
+
+    @property
+    def params(self) -> Sequence[Param]: ...
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What an option declared with :func:`setting` sets."""
+
+    key: str  # the TrainConfig field: "epochs", "optim.lr"
+    flag: str  # its option: "--epochs", "--lr" (an argument's name for an argument)
+
+
+# Each setting's flag -> the TrainConfig field it sets, filled in by the declarations.
+SETTING_FLAGS: dict[str, str] = {}
+
+
+def setting(
+    key: str,
+    *flags: str,
+    help: str,
+    panel: str | None = None,
+    default: Any = None,
+    **options: Any,
+) -> Any:
+    """``typer.Option(*flags, ...)`` for an option that sets the TrainConfig field ``key``.
+
+    ``{default}`` in ``help`` shows the field's default (``default``: the text to show instead,
+    for a default derived from other settings); booleans show as on/off. A flag sets one
+    field wherever it is declared (a second field is an error at import).
+    """
+    flag = flags[0].split("/")[0]  # "--amp/--no-amp" -> "--amp"
+    if SETTING_FLAGS.setdefault(flag, key) != key:
+        raise ValueError(f"{flag} sets {SETTING_FLAGS[flag]}; it cannot set {key} too.")
+    shown = field_default(key) if default is None else default  # a KeyError: no such field
+    if isinstance(shown, bool):
+        shown = "on" if shown else "off"
+    return typer.Option(
+        *flags,
+        help=help.replace("{default}", str(shown)),
+        rich_help_panel=panel,
+        callback=_marked(Setting(key, flag)),
+        **options,
+    )
+
+
+def setting_argument(key: str, name: str, *, help: str, **options: Any) -> Any:
+    """``typer.Argument`` for an argument (shown as ``name``) that sets the field ``key``."""
+    field_default(key)  # a KeyError: no such field
+    return typer.Argument(help=help, callback=_marked(Setting(key, name)), **options)
+
+
+def _marked(found: Setting) -> Callable[[Any], Any]:
+    """The click callback that marks an option as ``found``'s: it passes the value through.
+    typer wraps it with functools.update_wrapper, so :func:`setting_of` finds it again."""
+
+    def given(value: Any) -> Any:
+        return value
+
+    vars(given)["setting"] = found
+    return given
+
+
+def setting_of(param: Param) -> Setting | None:
+    """The :class:`Setting` an option (or argument) was declared with; None for the others."""
+    callback = inspect.unwrap(param.callback) if param.callback is not None else None
+    found = getattr(callback, "setting", None)
+    return found if isinstance(found, Setting) else None
+
+
+def option_limit(param: Param) -> Limit | None:
+    """The allowed range of a command's number: its setting's (``config.LIMITS``) or its own
+    (``config.NUMBER_LIMITS``, by parameter name)."""
+    found = setting_of(param)
+    if found is not None:
+        return LIMITS.get(found.key)
+    return NUMBER_LIMITS.get(param.name or "")
+
+
+def check_numbers(command: CommandParams, values: Mapping[str, Any]) -> None:
+    """A UsageError (exit 2) naming every number of ``command`` in ``values`` (by parameter
+    name) that is outside its range or not finite."""
+    from faceattr.errors import UsageError
+
+    problems = []
+    for param in command.params:
+        problem = limit_problem(option_limit(param), values.get(param.name or ""))
+        if problem:
+            problems.append(f"{param.opts[0]} {problem}")
+    if problems:
+        raise UsageError("; ".join(problems) + ".")
 
 
 def _attribute_tuple(text: str) -> tuple[str, ...] | None:
@@ -87,51 +150,35 @@ def _attribute_tuple(text: str) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
-# How an option's value becomes the config's (paths are stored as strings).
+# How a setting's option value becomes the config's value (paths are stored as strings).
 _CONVERT: dict[str, Callable[[Any], Any]] = {
-    "attributes": _attribute_tuple,
-    "crop": lambda mode: CROP_MODES[mode],
+    "data.attributes": _attribute_tuple,
+    "data.crop": lambda mode: CROP_MODES[mode],
 }
 
 
-def option_limit(name: str) -> Limit | None:
-    """The allowed range of the option ``name`` (its config field's, or its own)."""
-    return NUMBER_LIMITS.get(name) or LIMITS.get(OPTION_FIELDS.get(name, ""))
-
-
-def check_numbers(options: Mapping[str, Any]) -> None:
-    """A UsageError (exit 2) naming every numeric option outside its range or not finite:
-    the ranges of the config fields the options set (``config.LIMITS``) and of the other
-    commands' numbers (``config.NUMBER_LIMITS``)."""
-    from faceattr.errors import UsageError
-
-    problems = []
-    for name, value in options.items():
-        problem = limit_problem(option_limit(name), value)
-        if problem:
-            problems.append(f"--{name.replace('_', '-')} {problem}")
-    if problems:
-        raise UsageError("; ".join(problems) + ".")
-
-
-def config_changes(options: Mapping[str, Any]) -> dict[str, Any]:
-    """TrainConfig changes (``"section.field" -> value``) from a command's options (each
-    number checked against its range first)."""
-    check_numbers(options)
+def config_changes(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+    """TrainConfig changes (``"section.field" -> value``) from the settings given to ``ctx``'s
+    command; ``values`` (by parameter name) replace what was given (tune's trials). Every
+    number is checked against its range first."""
+    given = {**ctx.params, **values}
+    check_numbers(ctx.command, given)
     changes: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in OPTION_FIELDS or value is None:
+    for param in ctx.command.params:
+        found = setting_of(param)
+        value = given.get(param.name or "")
+        if found is None or value is None:
             continue
         if isinstance(value, Path):
             value = str(value)
-        changes[OPTION_FIELDS[name]] = _CONVERT.get(name, lambda v: v)(value)
+        changes[found.key] = _CONVERT.get(found.key, lambda v: v)(value)
     return changes
 
 
-def data_config(options: Mapping[str, Any]) -> DataConfig:
-    """The DataConfig that data options (``dataset``, ``root``, ``img_size``, ...) describe,
-    with the library's defaults for the ones not given."""
-    return build_config(config_changes(options)).data
+def data_config(ctx: typer.Context) -> DataConfig:
+    """The DataConfig the data settings given to ``ctx``'s command (``--root``, ``--dataset``,
+    ``--img-size``, ...) describe, with the library's defaults for the others."""
+    return build_config(config_changes(ctx)).data
 
 
 def choice(values: Sequence[str], name: str | None = None) -> dict[str, Any]:
@@ -151,36 +198,7 @@ def choice(values: Sequence[str], name: str | None = None) -> dict[str, Any]:
     return {"parser": parse, "metavar": name or f"[{listed}]"}
 
 
-# Options several commands share.
-DATASET_HELP = "Dataset format: " + "; ".join(f"{s.name}: {s.summary}" for s in DATASETS.values())
-DatasetOption = Annotated[
-    str | None,
-    typer.Option(
-        **choice(dataset_names()),
-        help=f"{DATASET_HELP} (default: {field_default('data.dataset')}).",
-    ),
-]
-DatasetArgument = Annotated[
-    str, typer.Argument(**choice(dataset_names(), "DATASET"), help=f"{DATASET_HELP}.")
-]
-CropOption = Annotated[
-    str | None,
-    typer.Option(
-        **choice(CROP_MODES),
-        help="Part of each image the model sees: band (CelebA's face band, rows 20-198 of the "
-        "218-row aligned crop: on CelebA's 178x218 images the central 178x178 square), full "
-        "(the whole image, squashed to a square), or auto (the dataset's default). square is "
-        "the old name of band.",
-    ),
-]
-CacheOption = Annotated[
-    str | None,
-    typer.Option(
-        **choice(CACHE_MODES),
-        help="auto: read pixels from a `faceattr data prepare` cache when one matches; "
-        "off: always decode the image files.",
-    ),
-]
+# Options several commands share that set no TrainConfig field (those are in cli/settings.py).
 # eval/predict: override the test-time augmentation stored in the model file.
 TtaOverride = Annotated[
     str | None,
@@ -200,14 +218,12 @@ BackendOption = Annotated[
         '`pip install "faceattr\\[train]"`).',
     ),
 ]
-WorkersOption = Annotated[
-    int | None,
-    typer.Option(
-        help="Threads that decode (and detect and align) images ahead of the model; 0: none "
-        "(default: one per core, at most 4).",
-        min=0,
-    ),
-]
+WORKERS_HELP = (
+    "Threads that decode (and detect and align) images ahead of the model; 0: none (default: "
+    "one per core, at most 4)."
+)
+# predict, index: decoding threads (eval and the others set data.workers: settings.DataWorkers).
+WorkersOption = Annotated[int | None, typer.Option(help=WORKERS_HELP)]
 
 
 # The face-finding options `predict` and `index` share.
@@ -222,5 +238,5 @@ MinFaceSizeOption = Annotated[
     float, typer.Option(help="Drop faces smaller than this many pixels (shorter side).")
 ]
 MaxFacesOption = Annotated[
-    int | None, typer.Option(help="Keep at most N faces per image (best first).", min=1)
+    int | None, typer.Option(help="Keep at most N faces per image (best first).")
 ]

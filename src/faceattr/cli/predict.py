@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,29 +19,28 @@ from faceattr.cli.options import (
     MinScoreOption,
     TtaOverride,
     WorkersOption,
-    check_numbers,
 )
-from faceattr.config import PREDICT_BATCH_SIZE
+from faceattr.config import MIN_FACE_SIZE, PREDICT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from faceattr.inference.results import ImageResult
 
 
 def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
     """Files as given, folders expanded to their images, '-' read from stdin (one path a line)."""
-    from faceattr.data.images import list_images
+    from faceattr.data.images import expand_image_paths
     from faceattr.errors import UsageError
 
-    result: list[str] = []
+    given: list[str] = []
     for p in paths:
         if p == "-":
-            result.extend(line.strip() for line in sys.stdin if line.strip())
-            continue
-        path = Path(p)
-        if path.is_dir():
-            found = list_images(path, recursive=recursive)
-            if not found:
-                err.print(f"[yellow]Warning:[/] no images in folder {path}", highlight=False)
-            result.extend(str(f) for f in found)
+            given.extend(line.strip() for line in sys.stdin if line.strip())
         else:
-            result.append(p)  # missing files become per-image errors, not a crash
+            given.append(p)
+    # Missing files stay in the list: they become per-image errors, not a crash.
+    result, empty = expand_image_paths(given, recursive)
+    for folder in empty:
+        err.print(f"[yellow]Warning:[/] no images in folder {folder}", highlight=False)
     if not result:
         raise UsageError(
             "No input images.", "Pass image files, folders, or - to read paths from stdin."
@@ -78,7 +77,7 @@ def predict_command(
     ] = False,  # fmt: skip
     detector: DetectorOption = None,
     min_score: MinScoreOption = None,
-    min_face_size: MinFaceSizeOption = 20.0,
+    min_face_size: MinFaceSizeOption = MIN_FACE_SIZE,
     max_faces: MaxFacesOption = None,
     save_crops: Annotated[
         Path | None, typer.Option(help="Write each face's aligned crop into this folder.")
@@ -90,14 +89,12 @@ def predict_command(
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Recurse into folders.")
     ] = False,
-    top: Annotated[int, typer.Option(help="Rows per face in the table (0 = all).", min=0)] = 0,
-    batch_size: Annotated[
-        int, typer.Option(help="Faces per model call.", min=1)
-    ] = PREDICT_BATCH_SIZE,
+    top: Annotated[int, typer.Option(help="Rows per face in the table (0 = all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Faces per model call.")] = PREDICT_BATCH_SIZE,
     workers: WorkersOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     max_pixels: Annotated[
-        int | None, typer.Option(help="Refuse images larger than this many pixels.", min=1)
+        int | None, typer.Option(help="Refuse images larger than this many pixels.")
     ] = None,
 ) -> None:
     """Predict the attributes of the faces in images.
@@ -116,7 +113,6 @@ def predict_command(
     from faceattr.inference.draw import PictureWriter
     from faceattr.inference.predictor import Predictor, iter_predictions
 
-    check_numbers(dict(threshold=threshold, min_score=min_score, min_face_size=min_face_size))
     inputs = expand_inputs(paths, recursive)
     found = None
     if not no_detect:
@@ -147,11 +143,11 @@ def predict_command(
             results = [rows.write(r) for r in predictions]
         err.print(f"Wrote {csv_file}", highlight=False)
     if json_out:
-        print_json(results)
+        print_json([r.to_json() for r in results])
     elif csv_file is None:
         for r in results:
             render_result(r, top)
-    failed = [r for r in results if r["error"]]
+    failed = [r for r in results if r.error]
     if failed:
         err.print(f"[bold red]{len(failed)} of {len(results)} image(s) could not be read.[/]")
         raise typer.Exit(1)
@@ -165,35 +161,35 @@ class CsvRows:
         self.attributes = attributes
         self.writer.writerow(["image", "face", "x", "y", "w", "h", "score", *attributes, "error"])
 
-    def write(self, r: dict[str, Any]) -> dict[str, Any]:
+    def write(self, r: ImageResult) -> ImageResult:
         attributes = self.attributes
-        if r["error"] or not r["faces"]:
-            self.writer.writerow([r["image"], "", "", "", "", "", "", *[""] * len(attributes),
-                                  r["error"] or ""])  # fmt: skip
+        if r.error or not r.faces:
+            self.writer.writerow([r.image, "", "", "", "", "", "", *[""] * len(attributes),
+                                  r.error or ""])  # fmt: skip
             return r
-        for i, face in enumerate(r["faces"]):
-            probs = face["probabilities"]
+        for i, face in enumerate(r.faces):
+            probs = face.probabilities
             self.writer.writerow(
-                [r["image"], i, *face["box"], face["score"], *[probs[a] for a in attributes], ""]
+                [r.image, i, *face.box, face.score, *[probs[a] for a in attributes], ""]
             )
         return r
 
 
-def render_result(r: dict[str, Any], top: int) -> None:
-    if r["error"]:
-        err.print(f"[bold red]{r['image']}:[/] {r['error']}", highlight=False)
+def render_result(r: ImageResult, top: int) -> None:
+    if r.error:
+        err.print(f"[bold red]{r.image}:[/] {r.error}", highlight=False)
         return
-    if not r["faces"]:
-        out.print(f"{r['image']}: no face found", highlight=False)
+    if not r.faces:
+        out.print(f"{r.image}: no face found", highlight=False)
         return
-    for i, face in enumerate(r["faces"]):
-        title = r["image"] if len(r["faces"]) == 1 else f"{r['image']} face {i + 1}"
+    for i, face in enumerate(r.faces):
+        title = r.image if len(r.faces) == 1 else f"{r.image} face {i + 1}"
         table = Table(title=title, title_justify="left")
         table.add_column("attribute")
         table.add_column("probability", justify="right")
         table.add_column("present", justify="center")
-        present = set(face["attributes"])
-        items = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
+        present = set(face.attributes)
+        items = sorted(face.probabilities.items(), key=lambda kv: -kv[1])
         if top:
             items = items[:top]
         for name, p in items:

@@ -56,16 +56,15 @@ def report_command(
         float,
         typer.Option(
             help="Flag subgroup accuracy gaps of at least this many points (beyond what base "
-            "rates explain).",
-            min=0,
+            "rates explain)."
         ),
     ] = 5.0,  # fmt: skip
     gallery: Annotated[
         int,
-        typer.Option(help="Images in the gallery of worst errors (0 = none, at most 48).", min=0),
+        typer.Option(help="Images in the gallery of worst errors (0 = none, at most 48)."),
     ] = 12,
     gradcam: Annotated[
-        int, typer.Option(help="Images with Grad-CAM heat maps (0 = none, at most 12).", min=0)
+        int, typer.Option(help="Images with Grad-CAM heat maps (0 = none, at most 12).")
     ] = 6,
     gradcam_attributes: Annotated[
         str | None,

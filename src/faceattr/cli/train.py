@@ -1,204 +1,66 @@
 """`faceattr train` and `faceattr finetune`.
 
-Every option defaults to None ("not given"); :func:`faceattr.cli.options.config_changes` maps
-the given ones onto TrainConfig fields. train applies them to the library's defaults
+Every option that sets a TrainConfig field is declared with
+:func:`faceattr.cli.options.setting` (the shared ones in :mod:`faceattr.cli.settings`) and
+defaults to None ("not given"); :func:`faceattr.cli.options.config_changes` reads the given ones
+from the command's context. train applies them to the library's defaults
 (:func:`faceattr.config.build_config`), finetune to its parent run's settings
-(:func:`faceattr.config.with_overrides`). No default is restated here.
+(:func:`faceattr.config.with_overrides`). No default or range is restated here.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import DATASET_HELP, CacheOption, CropOption, choice, config_changes
-from faceattr.config import (
-    AUGMENT_PRESETS,
-    DEFAULT_AUGMENT,
-    LOSSES,
-    OPTIMIZERS,
-    SCHEDULERS,
-    THRESHOLD_METRICS,
-    TTA_MODES,
-    field_default,
+from faceattr.cli.options import choice, config_changes, setting
+from faceattr.cli.settings import (
+    DATA_HELP,
+    DATASET_HELP,
+    MODEL_HELP,
+    RUN_HELP,
+    TRAIN_HELP,
+    Attributes,
+    Augment,
+    BackboneLrMult,
+    BatchSize,
+    CacheOption,
+    ColorJitter,
+    CropOption,
+    Device,
+    Ema,
+    Epochs,
+    Erasing,
+    Hflip,
+    LossOpt,
+    Lr,
+    Opt,
+    Patience,
+    RandomCrop,
+    Rotation,
+    Sample,
+    Sched,
+    Seed,
+    Shift,
+    ThresholdDrop,
+    ThresholdMetricOpt,
+    TtaOpt,
+    TuneThresholds,
+    Warmup,
+    WeightDecay,
+    Workers,
 )
 from faceattr.data.registry import dataset_names
+from faceattr.runs import RunDir
 
-TRAIN_HELP = "Training"
-DATA_HELP = "Data"
-AUG_HELP = "Augmentation"
-MODEL_HELP = "Model"
-RUN_HELP = "Run"
+if TYPE_CHECKING:
+    from faceattr.engine.fit import FitResult
 
-# Options shared by train and finetune; in finetune "not given" means "as the parent run".
-Attributes = Annotated[
-    str | None,
-    typer.Option(
-        help="Comma-separated attribute names (case-insensitive), e.g. Male,Smiling. "
-        "Default: all the dataset has.",
-        rich_help_panel=DATA_HELP,
-    ),
-]
-Sample = Annotated[
-    int | None,
-    typer.Option(
-        help="Train on a seeded random subset of N training images.",
-        rich_help_panel=DATA_HELP,
-        min=1,
-    ),
-]
-Epochs = Annotated[
-    int | None,
-    typer.Option(
-        help=f"Epochs (train default: {field_default('epochs')}; finetune: the parent's).",
-        rich_help_panel=TRAIN_HELP,
-        min=1,
-    ),
-]
-BatchSize = Annotated[
-    int | None,
-    typer.Option(
-        help=f"Batch size (train default: {field_default('batch_size')}).",
-        rich_help_panel=TRAIN_HELP,
-        min=1,
-    ),
-]
-Lr = Annotated[
-    float | None,
-    typer.Option(
-        help="Peak learning rate (train default: 1e-3 for adam/adamw, 0.05 for sgd; "
-        "finetune: the parent's / 10).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-Opt = Annotated[
-    str | None,
-    typer.Option(
-        **choice(OPTIMIZERS),
-        help=f"Optimizer (train default: {field_default('optim.optimizer')}).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-Sched = Annotated[
-    str | None,
-    typer.Option(
-        **choice(SCHEDULERS),
-        help="Learning-rate schedule, stepped per batch "
-        f"(train default: {field_default('optim.scheduler')}).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-LossOpt = Annotated[
-    str | None,
-    typer.Option(
-        **choice(LOSSES),
-        help="bce, weighted-bce (class weights from training positive rates) or focal "
-        f"(train default: {field_default('optim.loss')}).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-WeightDecay = Annotated[
-    float | None,
-    typer.Option(
-        help=f"Weight decay (train default: {field_default('optim.weight_decay')}).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-Warmup = Annotated[
-    float | None, typer.Option(help="Warm-up epochs (cosine/onecycle).", rich_help_panel=TRAIN_HELP)
-]
-Patience = Annotated[
-    int | None,
-    typer.Option(
-        help="Stop after N epochs without validation improvement.",
-        rich_help_panel=TRAIN_HELP,
-        min=1,
-    ),
-]
-Ema = Annotated[
-    float | None,
-    typer.Option(
-        help="Keep an exponential moving average of the weights with this decay per "
-        "step (e.g. 0.998) and validate/save it; 0 = off.",
-        rich_help_panel=TRAIN_HELP,
-        min=0.0,
-        max=0.99999,
-    ),
-]
-TtaOpt = Annotated[
-    str | None,
-    typer.Option(
-        **choice(TTA_MODES),
-        help="Test-time augmentation stored in the model: flip averages each face "
-        f"with its mirror image (2x inference cost) (train default: {field_default('tta')}).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-Augment = Annotated[
-    str | None,
-    typer.Option(
-        **choice(tuple(AUGMENT_PRESETS)),
-        help="Preset: none, flip, light (flip, crop, shift, colour) or strong "
-        "(+ rotation, erasing). The flags below adjust it "
-        f"(train default: {DEFAULT_AUGMENT}; finetune: the parent's).",
-        rich_help_panel=AUG_HELP,
-    ),
-]
-Hflip = Annotated[
-    bool | None,
-    typer.Option(
-        "--hflip/--no-hflip",
-        help="Random horizontal flips (default: as --augment says; on in light and strong).",
-        rich_help_panel=AUG_HELP,
-    ),
-]
-RandomCrop = Annotated[
-    float | None,
-    typer.Option(
-        help="Random crop: zoom in by up to this fraction (0.1).", rich_help_panel=AUG_HELP
-    ),
-]
-Shift = Annotated[
-    float | None, typer.Option(help="Random shift, fraction of the side.", rich_help_panel=AUG_HELP)
-]
-Rotation = Annotated[
-    float | None, typer.Option(help="Random rotation, +-degrees.", rich_help_panel=AUG_HELP)
-]
-ColorJitter = Annotated[
-    float | None,
-    typer.Option(
-        help="Brightness/contrast/saturation jitter (0.2 = +-20%).", rich_help_panel=AUG_HELP
-    ),
-]
-Erasing = Annotated[
-    float | None,
-    typer.Option(
-        help="Probability of a random erased patch (occlusion).", rich_help_panel=AUG_HELP
-    ),
-]
-Device = Annotated[
-    str | None,
-    typer.Option(
-        help="auto (CUDA when present), cpu, cuda, cuda:N, mps (default: auto).",
-        rich_help_panel=RUN_HELP,
-    ),
-]
-Seed = Annotated[
-    int | None,
-    typer.Option(
-        help=f"Random seed (train default: {field_default('seed')}).", rich_help_panel=RUN_HELP
-    ),
-]
-Workers = Annotated[
-    int | None,
-    typer.Option(
-        help="Image decoding processes (default: min(4, CPUs)).", rich_help_panel=RUN_HELP, min=0
-    ),
-]
+# Options of train and finetune that set no config field.
 Json = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
 ]
@@ -210,69 +72,43 @@ PrintConfig = Annotated[
         "without training.",
     ),
 ]
-BackboneLrMult = Annotated[
-    float | None,
-    typer.Option(
-        help="Backbone learning rate = lr x this (discriminative fine-tuning).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-TuneThresholds = Annotated[
-    bool | None,
-    typer.Option(
-        "--tune-thresholds/--no-tune-thresholds",
-        help="Tune one decision threshold per attribute on the validation split "
-        "(stored in the model; on by default).",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
-ThresholdDrop = Annotated[
-    float | None,
-    typer.Option(
-        help="Tuned thresholds may cost an attribute at most this much accuracy "
-        f"(train default: {field_default('threshold_accuracy_drop')}; 1 = no limit).",
-        rich_help_panel=TRAIN_HELP,
-        min=0,
-    ),
-]
-ThresholdMetricOpt = Annotated[
-    str | None,
-    typer.Option(
-        **choice(THRESHOLD_METRICS),
-        help="What tuned thresholds maximise.",
-        rich_help_panel=TRAIN_HELP,
-    ),
-]
 
 
 @handle_errors
 def train_command(
+    cli: typer.Context,  # the options given (ctx is the distributed context below)
     dataset: Annotated[
         str | None,
-        typer.Option(
+        setting(
+            "data.dataset",
+            "--dataset",
             **choice(dataset_names()),
-            help=f"{DATASET_HELP} (default: {field_default('data.dataset')}).",
-            rich_help_panel=DATA_HELP,
+            panel=DATA_HELP,
+            help=f"{DATASET_HELP} (default: {{default}}).",
         ),
     ] = None,
     root: Annotated[
-        Path | None, typer.Option(help="Dataset folder.", rich_help_panel=DATA_HELP)
+        Path | None, setting("data.root", "--root", help="Dataset folder.", panel=DATA_HELP)
     ] = None,
     labels: Annotated[
         Path | None,
-        typer.Option(
-            help="csv: labels file (columns image, optional split, then one 1/0 "
-            "column per attribute; blank = unknown). Default ROOT/labels.csv.",
-            rich_help_panel=DATA_HELP,
+        setting(
+            "data.labels",
+            "--labels",
+            panel=DATA_HELP,
+            help="csv: labels file (columns image, optional split, then one 1/0 column per "
+            "attribute; blank = unknown). Default ROOT/labels.csv.",
         ),
     ] = None,
     arch: Annotated[
         str | None,
-        typer.Option(
+        setting(
+            "model.arch",
+            "--arch",
+            panel=MODEL_HELP,
             help="celebnet (small CNN from scratch), a torchvision name (mobilenet_v2, "
             "resnet50, densenet121, ...) or any timm name. See --list-archs "
-            f"(default: {field_default('model.arch')}).",
-            rich_help_panel=MODEL_HELP,
+            "(default: {default}).",
         ),
     ] = None,
     sample: Sample = None,
@@ -290,68 +126,77 @@ def train_command(
     tta: TtaOpt = None,
     img_size: Annotated[
         int | None,
-        typer.Option(
-            help=f"Input size in pixels (square) (default: {field_default('data.img_size')}).",
-            rich_help_panel=DATA_HELP,
-            min=16,
+        setting(
+            "data.img_size",
+            "--img-size",
+            panel=DATA_HELP,
+            help="Input size in pixels (square) (default: {default}).",
         ),
     ] = None,
     valid_fraction: Annotated[
         float | None,
-        typer.Option(
-            help="Validation share carved out of train when the data has no "
-            "validation split (by identity when known) "
-            f"(default: {field_default('data.valid_fraction')}).",
-            rich_help_panel=DATA_HELP,
+        setting(
+            "data.valid_fraction",
+            "--valid-fraction",
+            panel=DATA_HELP,
+            help="Validation share carved out of train when the data has no validation "
+            "split (by identity when known) (default: {default}).",
         ),
     ] = None,
     crop: CropOption = None,
     pretrained: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "model.pretrained",
             "--pretrained",
+            panel=MODEL_HELP,
             help="Start from ImageNet weights (downloads; needs network).",
-            rich_help_panel=MODEL_HELP,
         ),
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option(
+        setting(
+            "model.weights",
+            "--weights",
+            panel=MODEL_HELP,
             help="Start the backbone from a local weights file (.pth/.pt/.safetensors).",
-            rich_help_panel=MODEL_HELP,
         ),
     ] = None,
     weights_by_order: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "model.weights_by_order",
             "--weights-by-order",
-            help="Map --weights onto the backbone tensor by tensor in order, for a file whose "
-            "names faceattr does not recognise (the shapes must line up).",
-            rich_help_panel=MODEL_HELP,
+            panel=MODEL_HELP,
+            help="Map --weights onto the backbone tensor by tensor in order, for a file "
+            "whose names faceattr does not recognise (the shapes must line up).",
         ),
     ] = None,
     freeze_backbone: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "model.freeze_backbone",
             "--freeze-backbone",
+            panel=MODEL_HELP,
             help="Train only the head (linear probe).",
-            rich_help_panel=MODEL_HELP,
         ),
     ] = None,
     num_features: Annotated[
         int | None,
-        typer.Option(
-            help="Hidden width of the attribute head (0 = linear) "
-            f"(default: {field_default('model.num_features')}).",
-            rich_help_panel=MODEL_HELP,
-            min=0,
+        setting(
+            "model.num_features",
+            "--num-features",
+            panel=MODEL_HELP,
+            help="Hidden width of the attribute head (0 = linear) (default: {default}).",
         ),
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(
-            help=f"Head dropout (default: {field_default('model.dropout')}).",
-            rich_help_panel=MODEL_HELP,
+        setting(
+            "model.dropout",
+            "--dropout",
+            panel=MODEL_HELP,
+            help="Head dropout (default: {default}).",
         ),
     ] = None,
     augment: Augment = None,
@@ -367,24 +212,26 @@ def train_command(
     device: Device = None,
     amp: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "amp",
             "--amp/--no-amp",
-            help="Mixed precision on CUDA (default: on).",
-            rich_help_panel=RUN_HELP,
+            panel=RUN_HELP,
+            help="Mixed precision on CUDA (default: {default}).",
         ),
     ] = None,
     channels_last: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "channels_last",
             "--channels-last/--no-channels-last",
-            help="Channels-last memory format (default: on for the CPU and CUDA, where it is "
-            "faster).",
-            rich_help_panel=RUN_HELP,
+            panel=RUN_HELP,
+            help="Channels-last memory format (default: on for the CPU and CUDA, where it "
+            "is faster).",
         ),
     ] = None,
     compile: Annotated[
         bool | None,
-        typer.Option("--compile", help="torch.compile the model.", rich_help_panel=RUN_HELP),
+        setting("compile", "--compile", help="torch.compile the model.", panel=RUN_HELP),
     ] = None,
     nproc: Annotated[
         int | None,
@@ -392,16 +239,16 @@ def train_command(
             help="Train with N processes on this machine (distributed data parallel: one per "
             "GPU, or CPU processes with gloo) by starting torchrun for you. --batch-size is "
             "per process. On a cluster run torchrun yourself (docs/distributed.md).",
-            min=1,
             rich_help_panel=RUN_HELP,
         ),
     ] = None,
     sync_bn: Annotated[
         bool | None,
-        typer.Option(
+        setting(
+            "sync_bn",
             "--sync-bn",
+            panel=RUN_HELP,
             help="Distributed on CUDA: batch-norm statistics over all processes.",
-            rich_help_panel=RUN_HELP,
         ),
     ] = None,
     seed: Seed = None,
@@ -409,10 +256,11 @@ def train_command(
     cache: CacheOption = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option(
+        setting(
+            "out",
             "--out",
+            panel=RUN_HELP,
             help="Run directory to write (default: runs/<dataset>-<arch>-<time>).",
-            rich_help_panel=RUN_HELP,
         ),
     ] = None,
     resume: Annotated[
@@ -439,13 +287,13 @@ def train_command(
     Example:
       faceattr train --root data/celeba --arch densenet121 --sample 29500 --loss weighted-bce
     """
-    options = dict(locals())  # every option, before anything else is defined here
     from faceattr.extras import require
 
     require("torch", what="faceattr train")
-    from faceattr.config import TrainConfig, build_config
+    from faceattr.config import build_config
     from faceattr.engine import distributed
     from faceattr.engine.fit import fit
+    from faceattr.engine.fit import resume as resume_run
 
     if nproc and nproc > 1 and not (distributed.launched() or print_config or list_archs):
         _launch_torchrun(nproc)  # runs this same command in N processes, then exits
@@ -457,9 +305,8 @@ def train_command(
             out.print(name, highlight=False)
         return
     if resume is not None:
-        cfg = TrainConfig(out=str(resume))
-        result = fit(cfg, progress=RichProgress(), resume=True)
-        if distributed.init(cfg.device).is_main:
+        result = resume_run(resume, progress=RichProgress())
+        if distributed.init().is_main:  # the process group resume_run joined
             _report(result, json_out)
         return
     if root is None:
@@ -470,7 +317,7 @@ def train_command(
             "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
             "fetch synthetic --root data/synthetic` for a small demo set).",
         )
-    cfg = build_config(config_changes(options))
+    cfg = build_config(config_changes(cli))
     if not cfg.out:
         from dataclasses import replace
 
@@ -521,23 +368,10 @@ def _default_run_dir(dataset: str, arch: str) -> Path:
     return Path("runs") / f"{dataset}-{safe}-{stamp}"
 
 
-def _report(result, json_out: bool) -> None:
+def _report(result: FitResult, json_out: bool) -> None:
     m = result.metrics
     if json_out:
-        print_json(
-            {
-                "run_dir": str(result.run_dir),
-                "best_epoch": result.best_epoch,
-                "epochs_done": result.epochs_done,
-                "already_finished": result.already_finished,
-                "stopped_early": result.stopped_early,
-                "skipped_images": result.skipped_images,
-                "history": result.history,
-                "world_size": result.world_size,
-                "global_batch_size": result.global_batch_size,
-                "valid": m,
-            }
-        )
+        print_json(result.to_json())
         return
     if result.already_finished:
         out.print(
@@ -556,7 +390,7 @@ def _report(result, json_out: bool) -> None:
         highlight=False,
     )
     out.print(
-        f"Model: {result.run_dir / 'model.safetensors'}\n"
+        f"Model: {RunDir(result.run_dir).best_file}\n"
         f"Next: faceattr eval {result.run_dir} --root ... | faceattr predict IMAGE --model "
         f"{result.run_dir}",
         highlight=False,
@@ -565,6 +399,7 @@ def _report(result, json_out: bool) -> None:
 
 @handle_errors
 def finetune_command(
+    cli: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory to start from.")],
     unfreeze: Annotated[
         str,
@@ -574,8 +409,8 @@ def finetune_command(
     ] = "all",
     lr: Annotated[
         float | None,
-        typer.Option(
-            help="Learning rate (default: the parent's / 10).", rich_help_panel=TRAIN_HELP
+        setting(
+            "optim.lr", "--lr", help="Learning rate (default: the parent's / 10).", panel=TRAIN_HELP
         ),
     ] = None,
     backbone_lr_mult: BackboneLrMult = None,
@@ -583,10 +418,12 @@ def finetune_command(
     batch_size: BatchSize = None,
     attributes: Annotated[
         str | None,
-        typer.Option(
+        setting(
+            "data.attributes",
+            "--attributes",
+            panel=DATA_HELP,
             help="Attributes (may differ from the parent's: matching head rows are kept, "
             "new ones start fresh).",
-            rich_help_panel=DATA_HELP,
         ),
     ] = None,
     sample: Sample = None,
@@ -613,10 +450,11 @@ def finetune_command(
     workers: Workers = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option(
+        setting(
+            "out",
             "--out",
             help="Run directory to write (default: RUN_DIR-finetune).",
-            rich_help_panel=RUN_HELP,
+            panel=RUN_HELP,
         ),
     ] = None,
     print_config: PrintConfig = False,
@@ -631,13 +469,12 @@ def finetune_command(
     Example:
       faceattr finetune runs/frozen --unfreeze all --epochs 3
     """
-    options = dict(locals())  # every option, before anything else is defined here
     from faceattr.extras import require
 
     require("torch", what="faceattr finetune")
     from faceattr.engine.finetune import finetune, finetune_config
 
-    cfg = finetune_config(run_dir, unfreeze=unfreeze, changes=config_changes(options))
+    cfg = finetune_config(run_dir, unfreeze=unfreeze, changes=config_changes(cli))
     if print_config:
         print_json(cfg.to_dict())
         return

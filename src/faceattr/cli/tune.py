@@ -9,27 +9,30 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import OPTION_FIELDS, choice
+from faceattr.cli.options import choice, config_changes, setting_of
 from faceattr.config import TUNE_METRICS, TUNE_PRUNERS, TUNE_SAMPLERS
 
 # Train options that make no sense as --param (they say where things are, not how to train).
 _NOT_PARAMS = {"root", "labels", "dataset", "out_dir", "weights", "device", "workers", "cache"}
-_NOT_BASE = {"out_dir", "resume", "print_config", "list_archs", "json_out", "nproc"}
 
 
 def _train_command() -> Any:
+    """`faceattr train` as a click command, to parse the train options tune is given."""
     import typer.main
 
-    from faceattr.cli.app import app
+    from faceattr.cli.common import Command
+    from faceattr.cli.train import train_command
 
-    return typer.main.get_command(app).get_command(None, "train")  # type: ignore[attr-defined]
+    train = typer.Typer()
+    train.command("train", cls=Command)(train_command)
+    return typer.main.get_command(train)  # one command: that command itself
 
 
 def _kinds(train: Any) -> dict[str, type]:
-    """Each train option --param may set -> the Python type of its values."""
+    """Each train setting --param may set -> the Python type of its values."""
     kinds: dict[str, type] = {}
     for p in train.params:
-        if p.name not in OPTION_FIELDS or p.name in _NOT_PARAMS:
+        if setting_of(p) is None or p.name in _NOT_PARAMS:
             continue
         kind = p.type_descriptor.annotation  # the option's value type, e.g. float
         kinds[p.name] = kind if kind in (bool, int, float) else str
@@ -49,7 +52,7 @@ def tune_command(
     ] = None,  # fmt: skip
     trials: Annotated[
         int | None,
-        typer.Option(help="Finished trials to reach (default 10; grid: every combination).", min=1),
+        typer.Option(help="Finished trials to reach (default 10; grid: every combination)."),
     ] = None,  # fmt: skip
     study_dir: Annotated[
         Path | None, typer.Option(help="The study's folder: study.db and trials/trial-NNN.")
@@ -129,8 +132,8 @@ def tune_command(
     train = _train_command()
     base_args = list(ctx.args)
     tctx = train.make_context("train", [*base_args, "--print-config"])
-    base = {k: v for k, v in tctx.params.items() if k not in _NOT_BASE}
-    if base.get("root") is None:
+    config_changes(tctx)  # the base options' numbers checked before any trial
+    if tctx.params.get("root") is None:
         raise UsageError("Missing --root: the dataset folder every trial trains on.")
     specs = [parse_param(p, _kinds(train)) for p in param]
     names = [s.name for s in specs]
@@ -151,10 +154,9 @@ def tune_command(
     )
 
     def make_config(values: dict[str, Any], run_dir: Path) -> Any:
-        from faceattr.cli.options import config_changes
         from faceattr.config import build_config
 
-        return build_config(config_changes({**base, **values, "out_dir": run_dir}))
+        return build_config(config_changes(tctx, **values, out_dir=run_dir))
 
     result = run_study(study_dir, settings, make_config, storage=storage,
                        progress=RichProgress())  # fmt: skip

@@ -1,13 +1,16 @@
 """The dataset formats faceattr reads, registered in one place.
 
-A :class:`DatasetSpec` says everything the rest of faceattr needs to know about a format: how
-to read a folder of it into an :class:`~faceattr.data.table.AttributeTable`, which part of each
-image the model sees by default, the licence its images carry into trained weights, and where
-its images live (for the report's gallery). To add a format, write its reader and register a
-spec in :data:`DATASETS`; nothing else changes.
+A :class:`DatasetSpec` says what the rest of faceattr needs to know about a format: how to
+read a folder of it into an :class:`~faceattr.data.table.AttributeTable`, the licence its images
+carry into trained weights, and where its images live (for the report's gallery). Which part of
+each image a model sees by default is a setting's default, so it lives in
+:data:`faceattr.config.DATASET_CROPS` (``DatasetSpec.crop`` reads it): this module imports
+:mod:`faceattr.config`, never the other way round. To add a format, write its reader and
+register a spec in :data:`DATASETS` (and its crop in ``DATASET_CROPS`` unless CelebA's band
+fits).
 
-This module is imported by :mod:`faceattr.config`, so it stays light: readers are imported
-when a dataset is read.
+It stays light (``faceattr --help`` lists the formats): readers are imported when a dataset is
+read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faceattr.config import CELEBA_CROP, FULL_IMAGE, Crop
+from faceattr.config import CELEBA_CROP, DATASET_CROPS, Crop
 
 if TYPE_CHECKING:
     from faceattr.config import DataConfig
@@ -31,11 +34,15 @@ class DatasetSpec:
     name: str
     summary: str  # one line for --help and error messages
     read: Callable[[DataConfig], AttributeTable]  # every labelled image, all splits
-    crop: Crop  # default part of each (face) image the model sees, as fractions
     license: str | None  # recorded in every model trained on it (None: the user's own data)
     # Folders that may hold the images of a dataset folder ROOT (the report's gallery and
     # Grad-CAM look there when the folder saved at evaluation is gone); [] when none is found.
     image_dirs: Callable[[Path], list[Path]]
+
+    @property
+    def crop(self) -> Crop:
+        """The part of each (face) image a model sees by default, as fractions."""
+        return DATASET_CROPS.get(self.name, CELEBA_CROP)
 
 
 def _found_image_dir(find: Callable[[Path], Any], root: Path) -> list[Path]:
@@ -89,7 +96,6 @@ DATASETS: dict[str, DatasetSpec] = {
             name="celeba",
             summary="CelebA in any layout (official, Kaggle, torchvision; also the synthetic set)",
             read=_read_celeba,
-            crop=CELEBA_CROP,
             license="Trained on CelebA: non-commercial research purposes only (CelebA agreement).",
             image_dirs=_celeba_images,
         ),
@@ -97,8 +103,6 @@ DATASETS: dict[str, DatasetSpec] = {
             name="wflw",
             summary="WFLW: six attribute flags per face, several faces per photo",
             read=_read_wflw,
-            # Faces are already cut out by their box (with a margin): keep the whole cut.
-            crop=FULL_IMAGE,
             license="Trained on WFLW (WIDER Face images): research use; see the WFLW/WIDER terms.",
             image_dirs=_wflw_images,
         ),
@@ -106,7 +110,6 @@ DATASETS: dict[str, DatasetSpec] = {
             name="csv",
             summary="your own images: a folder plus a labels CSV (--labels)",
             read=_read_csv,
-            crop=FULL_IMAGE,  # unknown framing: the whole image
             license=None,
             image_dirs=_csv_images,
         ),

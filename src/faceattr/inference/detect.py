@@ -44,6 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from faceattr.config import MIN_FACE_SIZE
 from faceattr.errors import FaceAttrError, UsageError, unknown_name_error
 
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -157,7 +158,7 @@ class _BaseDetector:
         self,
         *,
         min_score: float | None = None,
-        min_face_size: float = 20.0,
+        min_face_size: float = MIN_FACE_SIZE,
         max_faces: int | None = None,
         max_side: int | None = None,
         min_side: int | None = None,
@@ -400,7 +401,7 @@ def create_detector(
     name: str | None = None,
     *,
     min_score: float | None = None,
-    min_face_size: float = 20.0,
+    min_face_size: float = MIN_FACE_SIZE,
     max_faces: int | None = None,
     max_side: int | None = None,
     min_side: int | None = None,
