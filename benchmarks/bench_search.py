@@ -141,9 +141,9 @@ def bench_queries(args: argparse.Namespace, tmp: Path) -> None:
             t0 = time.perf_counter()
             found = search_index(q, db, limit=100)
             times.append(1000 * (time.perf_counter() - t0))
-        total = len(search_index(q, db, limit=None)["results"]) if args.count else "-"
+        total = len(search_index(q, db, limit=None).results) if args.count else "-"
         print(f"{q:48} {statistics.median(times):28.1f} {total!s:>9}  "
-              f"(returned {len(found['results'])})")  # fmt: skip
+              f"(returned {len(found.results)})")  # fmt: skip
 
 
 def main() -> None:

@@ -323,20 +323,20 @@ def test_first_n_results_equal_the_full_ranking(tmp_path):
     queries = ["Smiling", "not Male", "Smiling and not Male and Young > 0.2",
                "(Blond_Hair or Gray_Hair) and Smiling > 0.9", "Bangs and Male < 0.5"]  # fmt: skip
     for query in queries:
-        everything = search_index(query, tmp_path / "s.db", limit=None)["results"]
+        everything = search_index(query, tmp_path / "s.db", limit=None).results
         assert len(everything) > 100
-        scores = [(-r["match"]) for r in everything]
+        scores = [-r.match for r in everything]
         assert scores == sorted(scores)
         for limit in (1, 10, 100):
-            first = search_index(query, tmp_path / "s.db", limit=limit)["results"]
+            first = search_index(query, tmp_path / "s.db", limit=limit).results
             assert first == everything[:limit], (query, limit)
-    before = search_index("Smiling", tmp_path / "s.db", limit=None)["results"]
+    before = search_index("Smiling", tmp_path / "s.db", limit=None).results
     store = open_store(tmp_path / "s.db", create=False)
     with store.transaction():
         store.delete(["/p/0.jpg"])
     store.close()
-    after = search_index("Smiling", tmp_path / "s.db", limit=None)["results"]
-    assert [r for r in before if r["image"] != "/p/0.jpg"] == after != before
+    after = search_index("Smiling", tmp_path / "s.db", limit=None).results
+    assert [r for r in before if r.image != "/p/0.jpg"] == after != before
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

@@ -58,8 +58,28 @@ def test_no_face_is_a_valid_answer(trained_run, tmp_path):
 def test_python_api_detects(trained_run):
     [result] = faceattr.predict(ASTRONAUT, model=trained_run)
     assert len(result["faces"]) == 1 and result["error"] is None
-    [result] = faceattr.predict(Image.open(ASTRONAUT), model=trained_run, detect=False)
+    [result] = faceattr.predict(Image.open(ASTRONAUT), model=trained_run, no_detect=True)
     assert result["faces"][0]["box"][:2] == [0.0, 0.0]
+
+
+def test_python_api_speaks_the_cli(trained_run, synthetic_root, tmp_path):
+    """faceattr.predict takes folders and the CLI's option names, and answers what
+    `predict --json` prints; help() shows the real signature; dir() the public API."""
+    import inspect
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for image in sorted((synthetic_root / "img_align_celeba").glob("*.jpg"))[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    api = faceattr.predict([folder, ASTRONAUT], model=trained_run, no_detect=True, tta="flip")
+    r = invoke("predict", folder, ASTRONAUT, "--model", trained_run, "--no-detect", "--tta",
+               "flip", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert api == json.loads(r.stdout) and len(api) == 4
+    signature = inspect.signature(faceattr.predict)
+    assert {"no_detect", "min_face_size", "max_faces", "recursive"} <= set(signature.parameters)
+    assert not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    assert dir(faceattr) == ["__version__", "index", "predict", "search"]
 
 
 def test_unknown_detector_lists_choices(trained_run):
@@ -81,16 +101,16 @@ def test_image_modes_are_handled(trained_run, tmp_path):
 
 def test_default_model_ships_inside_the_package():
     from faceattr.models import read_model_info
-    from faceattr.runs import default_model_path
+    from faceattr.models.file import default_model_path
 
     path = default_model_path()
     # An ensemble of three small models, fp16 weights in both files (docs/default-model.md).
     assert path.exists() and path.stat().st_size < 30e6
-    assert default_model_path(onnx=True).stat().st_size < 30e6
+    assert default_model_path("onnx").stat().st_size < 30e6
     info = read_model_info(path)
     assert len(info.attributes) == 40 and len(info.thresholds) == 40
     assert "non-commercial" in info.license
-    assert info.arch == "ensemble" and read_model_info(default_model_path(onnx=True)).members
+    assert info.arch == "ensemble" and read_model_info(default_model_path("onnx")).members
 
 
 @needs_detector
@@ -110,7 +130,7 @@ def test_preprocessing_matches_the_pixel_steps_and_the_model_file():
     from faceattr.data import cut_box
     from faceattr.data.transforms import Preprocessing, normalize, preprocess
     from faceattr.models import read_model_info
-    from faceattr.runs import default_model_path
+    from faceattr.models.file import default_model_path
 
     info = read_model_info(default_model_path())
     prep = Preprocessing.from_info(info)

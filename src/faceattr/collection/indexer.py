@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from faceattr.collection.store import CollectionError, Store, open_store
+from faceattr.config import MIN_FACE_SIZE
 from faceattr.data.images import IMAGE_EXTENSIONS
 from faceattr.errors import UsageError
 from faceattr.fileio import sha256_of
+from faceattr.inference.results import ImageResult
+from faceattr.models.file import ModelFile, ModelRef
 from faceattr.progress import NullProgress, Progress
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -45,6 +48,10 @@ class IndexSummary:
     faces_in_index: int = 0
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)  # the first few failures
+
+    def to_json(self) -> dict[str, Any]:
+        """``faceattr index --json`` and :func:`faceattr.index` (docs/formats.md)."""
+        return asdict(self)
 
 
 def looks_like_image(path: Path) -> bool:
@@ -77,33 +84,6 @@ def walk(paths: Sequence[str | Path], skip: set[Path]) -> Iterator[Path]:
                     yield path
 
 
-def model_identity(model: str | Path | None) -> tuple[dict[str, Any], Path]:
-    """The identity an index records for its model: the file's name, its weights digest
-    (or the file's SHA-256), attributes and thresholds."""
-    from faceattr.inference.backends import resolve_backend
-    from faceattr.models.digest import DIGEST_KEY
-    from faceattr.models.info import is_onnx, read_model_info
-
-    path, _ = resolve_backend(model, "auto")
-    info = read_model_info(path)
-    if is_onnx(path):
-        from faceattr.inference.onnx import read_onnx_metadata
-
-        digest = read_onnx_metadata(path).get(DIGEST_KEY)
-    else:
-        from faceattr.models.info import read_safetensors_metadata
-
-        digest = read_safetensors_metadata(path).get(DIGEST_KEY)
-    identity = {
-        "name": "default" if model in (None, "default") else str(path),
-        "sha256": digest or sha256_of(path),
-        "arch": info.arch,
-        "attributes": list(info.attributes),
-        "thresholds": [float(t) for t in (info.thresholds or [0.5] * info.num_attributes)],
-    }
-    return identity, path
-
-
 def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("sha256", "attributes", "thresholds")
     return all(a.get(k) == b.get(k) for k in keys)
@@ -113,10 +93,10 @@ def index_folders(
     paths: Sequence[str | Path],
     db: str | Path,
     *,
-    model: str | Path | None = "default",
+    model: ModelRef = "default",
     detector: str | None = None,
     min_score: float | None = None,
-    min_face_size: float = 20.0,
+    min_face_size: float = MIN_FACE_SIZE,
     max_faces: int | None = None,
     workers: int | None = None,
     batch_size: int | None = None,
@@ -131,7 +111,8 @@ def index_folders(
 
     progress = progress or NullProgress()
     started = time.perf_counter()
-    identity, model_path = model_identity(model)
+    model_file = ModelFile.for_backend(model)  # the file predict would run
+    identity = model_file.identity()
     store = open_store(db, create=True)
     summary = IndexSummary(db=store.location)
     try:
@@ -173,21 +154,20 @@ def index_folders(
             with store.transaction():
                 summary.pruned = store.delete(gone)
 
-        engine = None
+        predictor = face_finder = None  # loaded once something needs predicting
         while todo:  # a second round takes the copies of files first seen in the first
             to_predict, todo = _resolve_copies(store, todo, summary)
             if not to_predict:
                 continue
-            if engine is None:
-                engine = (
-                    Predictor(model_path, batch_size=batch_size or PREDICT_BATCH_SIZE),
-                    create_detector(detector, min_score=min_score, min_face_size=min_face_size,
-                                    max_faces=max_faces),
-                )  # fmt: skip
+            if predictor is None:
+                predictor = Predictor(model_file, batch_size=batch_size or PREDICT_BATCH_SIZE)
+                face_finder = create_detector(
+                    detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
+                )
             stats = {p: (st, known, sha) for p, st, known, sha in to_predict}
             results = iter_predictions(
-                [str(p) for p, *_ in to_predict], engine[0], detector=engine[1],
-                progress=progress, total=len(to_predict), workers=workers, raw=True,
+                [str(p) for p, *_ in to_predict], predictor, detector=face_finder,
+                progress=progress, total=len(to_predict), workers=workers,
             )  # fmt: skip
             _write_results(store, results, stats, summary)
         store.columns()  # the column store searches read, built now rather than at the first
@@ -244,33 +224,27 @@ def _resolve_copies(
 
 def _write_results(
     store: Store,
-    results: Iterator[dict[str, Any]],
+    results: Iterator[ImageResult],
     stats: dict[Path, tuple[os.stat_result, int | None, str | None]],
     summary: IndexSummary,
 ) -> None:
     """Store each prediction; commit every COMMIT_EVERY seconds or COMMIT_IMAGES images."""
     last, pending = time.monotonic(), 0
-    conn = store.conn
-    store.begin()
-    in_image = False
-    try:
+    with store.batch() as commit:
         for r in results:
-            path = Path(r["image"])
+            path = Path(r.image)
             st, known, sha = stats[path]
-            faces = [{"box": f["box"], "score": f["score"], "landmarks": f.get("landmarks"),
-                      "probabilities": f["probability_array"]} for f in r["faces"]]  # fmt: skip
-            status = "error" if r["error"] else ("ok" if faces else "noface")
-            conn.execute("SAVEPOINT image")  # an image is stored whole or not at all
-            in_image = True
-            store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-                            status=status, error=r["error"], width=r.get("width"),
-                            height=r.get("height"), faces=faces)  # fmt: skip
-            conn.execute("RELEASE image")
-            in_image = False
-            if r["error"]:
+            faces = [{"box": f.box, "score": f.score, "landmarks": f.landmarks,
+                      "probabilities": f.probability_array} for f in r.faces]  # fmt: skip
+            status = "error" if r.error else ("ok" if faces else "noface")
+            with store.image_write():
+                store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                                status=status, error=r.error, width=r.width, height=r.height,
+                                faces=faces)  # fmt: skip
+            if r.error:
                 summary.failed += 1
                 if len(summary.errors) < 10:
-                    summary.errors.append({"image": str(path), "error": r["error"]})
+                    summary.errors.append({"image": str(path), "error": r.error})
             elif known is None:
                 summary.added += 1
             else:
@@ -278,12 +252,5 @@ def _write_results(
             summary.faces += len(faces)
             pending += 1
             if pending >= COMMIT_IMAGES or time.monotonic() - last > COMMIT_EVERY:
-                conn.execute("COMMIT")
-                store.begin()
+                commit()
                 last, pending = time.monotonic(), 0
-    except BaseException:
-        if in_image:
-            conn.execute("ROLLBACK TO image")
-        conn.execute("COMMIT")  # the whole images written so far are kept
-        raise
-    conn.execute("COMMIT")

@@ -28,7 +28,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,7 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """One write, all or nothing."""
         self.begin()
         try:
             yield
@@ -161,6 +162,33 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Callable[[], None]]:
+        """A long write in several transactions: the block gets a function that commits what
+        was written so far and starts the next one. An error keeps every image written
+        whole (see :meth:`image_write`) and re-raises."""
+
+        def commit() -> None:
+            self.conn.execute("COMMIT")
+            self.begin()
+
+        self.begin()
+        try:
+            yield commit
+        finally:
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def image_write(self) -> Iterator[None]:
+        """Inside :meth:`batch`: one image's rows, stored whole or not at all."""
+        self.conn.execute("SAVEPOINT image")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO SAVEPOINT image")
+            raise
+        self.conn.execute("RELEASE SAVEPOINT image")
 
     # ---- images
 
@@ -324,6 +352,13 @@ class Store:
             if old not in (ids_file, probs_file):
                 with contextlib.suppress(OSError):
                     old.unlink()
+
+    def face_ids_of(self, path: str) -> list[int]:
+        """The ids of the faces of the image at ``path``."""
+        rows = self.conn.execute(
+            "SELECT f.id FROM faces f JOIN images i ON i.id = f.image_id WHERE i.path = ?", (path,)
+        )
+        return [int(r[0]) for r in rows]
 
     def faces_by_id(self, ids: Sequence[int], columns: Sequence[int]) -> dict[int, dict]:
         """The faces ``ids``: image path, face number, box, detector score and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -180,3 +180,22 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
         and p.is_file()
     ]
     return sorted(found)
+
+
+def expand_image_paths(
+    paths: Iterable[str | Path], recursive: bool = False
+) -> tuple[list[str], list[Path]]:
+    """Files as given (a missing one stays: it becomes that image's error), folders expanded
+    to their images (:func:`list_images`); and the folders that held none."""
+    files: list[str] = []
+    empty: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = list_images(path, recursive=recursive)
+            if not found:
+                empty.append(path)
+            files.extend(str(f) for f in found)
+        else:
+            files.append(str(p))
+    return files, empty

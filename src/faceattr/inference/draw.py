@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from faceattr.fileio import atomic_open
+from faceattr.inference.results import FaceResult, ImageResult
 
 BOX_COLOUR = (40, 220, 90)
 
@@ -38,20 +38,20 @@ class PictureWriter:
         return self.crops_dir is not None or self.annotate_dir is not None
 
     def __call__(
-        self, result: dict[str, Any], image: Image.Image | None, crops: list[Image.Image]
+        self, result: ImageResult, image: Image.Image | None, crops: list[Image.Image]
     ) -> None:
-        if image is None or result["error"]:
+        if image is None or result.error:
             return
         if self.crops_dir is not None:
             for i, crop in enumerate(crops):
-                path = _output_name(Path(self.crops_dir), result["image"], f"_face{i}", self._used)
+                path = _output_name(Path(self.crops_dir), result.image, f"_face{i}", self._used)
                 _save_jpeg(crop, path)
         if self.annotate_dir is not None:
-            path = _output_name(Path(self.annotate_dir), result["image"], "", self._used)
-            _save_jpeg(annotate(image, result["faces"], self.top), path)
+            path = _output_name(Path(self.annotate_dir), result.image, "", self._used)
+            _save_jpeg(annotate(image, result.faces, self.top), path)
 
 
-def annotate(image: Image.Image, faces: list[dict[str, Any]], top: int = 3) -> Image.Image:
+def annotate(image: Image.Image, faces: list[FaceResult], top: int = 3) -> Image.Image:
     """A copy of ``image`` with each face's box, landmarks and top attributes drawn."""
     out = image.copy()
     draw = ImageDraw.Draw(out)
@@ -59,13 +59,13 @@ def annotate(image: Image.Image, faces: list[dict[str, Any]], top: int = 3) -> I
     width = max(2, side // 400)
     font = _font(max(12, side // 60))
     for face in faces:
-        x, y, w, h = face["box"]
+        x, y, w, h = face.box
         draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOUR, width=width)
-        for px, py in face.get("landmarks") or []:
+        for px, py in face.landmarks or []:
             r = width * 1.5
             draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 200, 0))
-        probs = face["probabilities"]
-        names = face["attributes"][:top] or ["(no attribute above threshold)"]
+        probs = face.probabilities
+        names = face.attributes[:top] or ["(no attribute above threshold)"]
         lines = [f"{n} {probs[n]:.2f}" if n in probs else n for n in names]
         text = "\n".join(lines)
         box = draw.multiline_textbbox((x, y + h + width), text, font=font)

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,8 +23,10 @@ from faceattr.data.images import load_image
 from faceattr.data.transforms import Preprocessing
 from faceattr.errors import FaceAttrError
 from faceattr.inference.align import align_face
-from faceattr.inference.backends import check_finite, open_backend
-from faceattr.inference.detect import Detector, create_detector
+from faceattr.inference.backends import check_finite
+from faceattr.inference.detect import Detector
+from faceattr.inference.results import FaceResult, ImageResult
+from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.info import check_tta
 from faceattr.progress import NullProgress, Progress
 from faceattr.utils import default_workers, ordered_map
@@ -39,15 +40,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded model with its preprocessing, test-time augmentation and thresholds.
 
-    ``model``: ``default``, a run directory, a ``.safetensors`` or an ``.onnx`` file;
-    ``backend``: ``auto`` (ONNX Runtime for ``.onnx`` files and the default model, PyTorch
-    otherwise), ``onnx`` or ``torch``. ``threshold`` overrides the per-attribute thresholds
-    stored in the model file, ``tta`` ("none" or "flip") the model's test-time augmentation.
+    ``model``: ``default``, a run directory, a ``.safetensors`` or an ``.onnx`` file (or a
+    :class:`~faceattr.models.file.ModelFile`); ``backend``: ``auto`` (ONNX Runtime for
+    ``.onnx`` files and the default model, PyTorch otherwise), ``onnx`` or ``torch``.
+    ``threshold`` overrides the per-attribute thresholds stored in the model file, ``tta``
+    ("none" or "flip") the model's test-time augmentation.
     """
 
     def __init__(
         self,
-        model: str | Path | None = None,
+        model: ModelRef = None,
         *,
         backend: str = "auto",
         device: str = "auto",
@@ -60,8 +62,9 @@ class Predictor:
             check_tta(tta)  # before the model is loaded
         if threshold is not None:
             check_number("threshold", threshold, NUMBER_LIMITS["threshold"])
-        self.backend = open_backend(model, backend, device=device, threads=threads)
-        self.path = self.backend.path
+        self.file = ModelFile.for_backend(model, backend)
+        self.backend = self.file.open(device=device, threads=threads)
+        self.path = self.file.path
         self.info = self.backend.info
         self.tta = tta if tta is not None else self.info.tta
         self.preprocessing = Preprocessing.from_info(self.info)
@@ -102,16 +105,25 @@ class Predictor:
         """``[N, A]`` probabilities for face crops laid out like CelebA's aligned images."""
         return self.probabilities_of_pixels(self.preprocessing.batch(crops))
 
-    def describe(self, probs: np.ndarray) -> dict[str, Any]:
-        """One face's ``probabilities`` (name -> p) and present ``attributes`` (by probability)."""
-        present = probs >= self.thresholds
+    def present(self, probs: np.ndarray) -> list[str]:
+        """The attributes present in one face's probabilities ``[A]`` at the thresholds, most
+        probable first."""
         order = np.argsort(-probs)
-        return {
-            "probabilities": {
+        above = probs >= self.thresholds
+        return [self.attributes[i] for i in order if above[i]]
+
+    def face_result(self, face: _Face, probs: np.ndarray) -> FaceResult:
+        """One face's :class:`FaceResult` from its probabilities ``[A]``."""
+        return FaceResult(
+            box=face.box,
+            score=face.score,
+            landmarks=face.landmarks,
+            probabilities={
                 a: round(float(p), 4) for a, p in zip(self.attributes, probs, strict=True)
             },
-            "attributes": [self.attributes[i] for i in order if present[i]],
-        }
+            attributes=self.present(probs),
+            probability_array=probs,
+        )
 
 
 @dataclass
@@ -195,7 +207,7 @@ class _Prepare:
 
 
 # Called once per image with (result, the decoded image or None, aligned crops per face).
-OnImage = Callable[[dict[str, Any], Image.Image | None, list[Image.Image]], None]
+OnImage = Callable[[ImageResult, Image.Image | None, list[Image.Image]], None]
 
 
 def iter_predictions(
@@ -208,15 +220,13 @@ def iter_predictions(
     total: int | None = None,
     on_image: OnImage | None = None,
     workers: int | None = None,
-    raw: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Yield one result dict per source, in order, batching faces across images.
+) -> Iterator[ImageResult]:
+    """Yield one :class:`ImageResult` per source, in order, batching faces across images.
 
     With a ``detector`` every face found is aligned and predicted; without one the whole
-    image is taken as an aligned face crop. An unreadable source yields an entry with
+    image is taken as an aligned face crop. An unreadable source yields a result with
     ``error`` set instead of raising. ``workers`` threads (default: one per core, at most 4;
-    0: none) prepare the next images while the model runs. ``raw`` adds each face's
-    unrounded probabilities as ``probability_array`` (float32, the model's attribute order).
+    0: none) prepare the next images while the model runs.
     """
     progress = progress or NullProgress()
     progress.start("predicting", total=total)
@@ -225,27 +235,19 @@ def iter_predictions(
     pending: list[_Item] = []
     n_faces = 0
 
-    def flush() -> Iterator[dict[str, Any]]:
+    def flush() -> Iterator[ImageResult]:
         faces = [f for item in pending for f in item.faces]
         if faces:
             pixels = np.stack([f.pixels for f in faces if f.pixels is not None])
             probs = predictor.probabilities_of_pixels(pixels)
         k = 0
         for item in pending:
-            entries = []
-            for face in item.faces:
-                entry: dict[str, Any] = {"box": face.box, "score": face.score}
-                if face.landmarks is not None:
-                    entry["landmarks"] = face.landmarks
-                entry.update(predictor.describe(probs[k]))
-                if raw:
-                    entry["probability_array"] = probs[k]
-                entries.append(entry)
-                k += 1
-            result: dict[str, Any] = {"image": item.image}
+            result = ImageResult(image=item.image, error=item.error)
             if item.size is not None:
-                result["width"], result["height"] = item.size
-            result.update(faces=entries, error=item.error)
+                result.width, result.height = item.size
+            for face in item.faces:
+                result.faces.append(predictor.face_result(face, probs[k]))
+                k += 1
             if on_image is not None:
                 on_image(result, item.picture, [f.crop for f in item.faces])
             yield result
@@ -261,42 +263,3 @@ def iter_predictions(
             n_faces = 0
     yield from flush()
     progress.finish()
-
-
-def predict(
-    images: str | Path | Image.Image | Iterable[str | Path | Image.Image],
-    model: str | Path | None = "default",
-    *,
-    threshold: float | None = None,
-    detect: bool = True,
-    detector: str | None = None,
-    min_score: float | None = None,
-    min_face_size: float = 20.0,
-    max_faces: int | None = None,
-    backend: str = "auto",
-    device: str = "auto",
-    batch_size: int = PREDICT_BATCH_SIZE,
-    tta: str | None = None,
-    workers: int | None = None,
-) -> list[dict[str, Any]]:
-    """Attributes of the faces in ``images`` (paths or PIL images).
-
-    Each face is found by a detector (``detector`` names one; None: the default) and aligned
-    like CelebA's crops; ``detect=False`` takes each whole image as an aligned crop.
-    Returns one dict per image: ``{"image", "width", "height", "faces": [{"box": [x, y, w,
-    h], "score", "landmarks": [[x, y] x 5], "probabilities": {attribute: p}, "attributes":
-    [present, most probable first]}], "error"}``. ``backend`` is ``auto`` (ONNX Runtime for
-    ``.onnx`` files and the default model), ``onnx`` or ``torch``; ``tta`` ("none" or
-    "flip") overrides the model's test-time augmentation.
-    """
-    if isinstance(images, (str, Path, Image.Image)):
-        images = [images]
-    predictor = Predictor(
-        model, backend=backend, device=device, batch_size=batch_size, threshold=threshold, tta=tta
-    )
-    found = None
-    if detect:
-        found = create_detector(
-            detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
-        )
-    return list(iter_predictions(images, predictor, detector=found, workers=workers))

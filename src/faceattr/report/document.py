@@ -74,7 +74,7 @@ class Tiles:
 
 @dataclass
 class Card:
-    """One gallery image with its right and wrong attributes."""
+    """One gallery image with its right and wrong attributes (or plain ``lines``)."""
 
     title: str
     image: bytes | None  # JPEG
@@ -82,6 +82,7 @@ class Card:
     wrong: list[str] = field(default_factory=list)
     right: list[str] = field(default_factory=list)
     name: str = ""  # file stem for Markdown
+    lines: list[str] = field(default_factory=list)  # neutral facts, e.g. probabilities
 
 
 @dataclass

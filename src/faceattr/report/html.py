@@ -96,9 +96,10 @@ def _card(c: Card) -> str:
     img = f'<img src="{data_uri(c.image, "image/jpeg")}" alt="{_attr(c.title)}">' if c.image else ""
     wrong = "".join(f'<li class="w">{inline(w)}</li>' for w in c.wrong)
     right = "".join(f'<li class="r">{inline(r)}</li>' for r in c.right)
+    lines = "".join(f"<li>{inline(x)}</li>" for x in c.lines)
     return (
         f'<div class="gcard">{img}<div class="gtext"><div class="gname">{inline(c.title)}</div>'
-        f'<div class="gsub">{inline(c.subtitle)}</div><ul>{wrong}{right}</ul></div></div>'
+        f'<div class="gsub">{inline(c.subtitle)}</div><ul>{wrong}{right}{lines}</ul></div></div>'
     )
 
 
@@ -152,6 +153,7 @@ def render_html(report: Report) -> str:
         else ""
     )
     body = "".join(_section(s) for s in report.sections)
+    glance_link = '<a href="#glance">At a glance</a>' if findings else ""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -159,7 +161,7 @@ def render_html(report: Report) -> str:
         f"<title>{html.escape(report.title)}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><h1>{inline(report.title)}</h1>'
         f'<div class="sub">{inline(report.subtitle)}</div></header>'
-        f'<nav class="toc"><a href="#glance">At a glance</a>{toc}</nav>'
+        f'<nav class="toc">{glance_link}{toc}</nav>'
         f"<main>{glance}{body}</main>"
         f"<footer>{inline(report.footer)}</footer>"
         f"<script>{JS}</script></body></html>\n"

@@ -87,7 +87,7 @@ class _Writer:
     def card(self, c: Card) -> str:
         img = f"![{c.title}]({self.file(c.name or c.title, 'jpg', c.image)})" if c.image else ""
         wrong = "<br>".join(f"✗ {w}" for w in c.wrong) or "–"
-        right = "<br>".join(f"✓ {r}" for r in c.right) or "–"
+        right = "<br>".join([*(f"✓ {r}" for r in c.right), *c.lines]) or "–"
         title = f"{_cell(c.title)} ({_cell(c.subtitle)})"
         return f"| {img}<br>{title} | {_cell(wrong)} | {_cell(right)} |"
 

@@ -91,7 +91,7 @@ details[open] > summary { margin-bottom: 6px; }
 .gcard img { height: 150px; width: auto; border-radius: 4px; flex: none; }
 .gcard .gtext { font-size: 11.5px; min-width: 0; }
 .gcard .gname { font-weight: 600; font-size: 12px; }
-.gcard .gsub { color: var(--muted); margin-bottom: 3px; }
+.gcard .gsub { color: var(--muted); margin-bottom: 3px; overflow-wrap: anywhere; }
 .gcard ul { margin: 0; padding: 0; list-style: none; }
 .gcard li.w { color: var(--bad); }
 .gcard li.w::before { content: "\\2717  "; }

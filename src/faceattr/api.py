@@ -1,0 +1,130 @@
+"""The Python API: ``faceattr.predict``, ``faceattr.index`` and ``faceattr.search``.
+
+Each is its command as a function: the same inputs (files and folders), the option names of
+the command line (``--no-detect`` is ``no_detect=True``, ``--min-face-size 40`` is
+``min_face_size=40``), and the same answer as the command's ``--json`` output (see
+docs/formats.md). Importing this module is cheap; each function imports what it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from faceattr.config import MIN_FACE_SIZE, PREDICT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from faceattr.models.file import ModelRef
+
+PathLike = str | os.PathLike[str]
+
+
+def predict(
+    images: PathLike | Image.Image | Iterable[PathLike | Image.Image],
+    model: ModelRef = "default",
+    *,
+    backend: str = "auto",
+    threshold: float | None = None,
+    tta: str | None = None,
+    no_detect: bool = False,
+    detector: str | None = None,
+    min_score: float | None = None,
+    min_face_size: float = MIN_FACE_SIZE,
+    max_faces: int | None = None,
+    recursive: bool = False,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    workers: int | None = None,
+    device: str = "auto",
+    max_pixels: int | None = None,
+) -> list[dict[str, Any]]:
+    """The attributes of the faces in ``images``, as ``faceattr predict --json`` says them.
+
+    ``images``: image files, folders (their images; ``recursive`` for subfolders) or PIL
+    images, one or several. Each face is found, aligned like CelebA's crops and predicted;
+    ``no_detect=True`` takes each whole image as an aligned crop. One dict per image::
+
+        {"image", "width", "height",
+         "faces": [{"box": [x, y, w, h], "score", "landmarks": [[x, y] x 5],
+                    "probabilities": {attribute: p}, "attributes": [present, most probable first]}],
+         "error"}
+
+    An image that cannot be read has ``error`` set and no faces. ``model``: ``default``, a
+    run directory, a ``.safetensors`` or ``.onnx`` file; ``backend``: ``auto`` (ONNX Runtime
+    for ``.onnx`` files and the default model), ``onnx`` or ``torch``; ``threshold``: one
+    decision threshold instead of the model's; ``tta``: ``none`` or ``flip`` instead of the
+    model's test-time augmentation.
+    """
+    from PIL import Image
+
+    from faceattr.data.images import expand_image_paths
+    from faceattr.inference.detect import create_detector
+    from faceattr.inference.predictor import Predictor, iter_predictions
+
+    items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
+    sources: list[Any] = []
+    for item in items:  # folders expand in place: results come in the order given
+        if isinstance(item, Image.Image):
+            sources.append(item)
+        else:
+            sources.extend(expand_image_paths([os.fspath(item)], recursive)[0])
+    predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size,
+                          threshold=threshold, tta=tta)  # fmt: skip
+    found = None if no_detect else create_detector(
+        detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
+    )  # fmt: skip
+    results = iter_predictions(sources, predictor, detector=found, workers=workers,
+                               max_pixels=max_pixels)  # fmt: skip
+    return [r.to_json() for r in results]
+
+
+def index(
+    paths: PathLike | Iterable[PathLike],
+    db: PathLike = "library.db",
+    *,
+    model: ModelRef = "default",
+    detector: str | None = None,
+    min_score: float | None = None,
+    min_face_size: float = MIN_FACE_SIZE,
+    max_faces: int | None = None,
+    workers: int | None = None,
+    reindex: bool = False,
+    prune: bool = False,
+) -> dict[str, Any]:
+    """Index the faces of the images under ``paths`` into ``db`` (an SQLite file, or a
+    ``postgresql://`` URL), incrementally, as ``faceattr index`` does; its ``--json`` summary.
+    """
+    from faceattr.collection.indexer import index_folders
+
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    roots = [os.fspath(p) for p in given]
+    summary = index_folders(
+        roots, os.fspath(db), model=model, detector=detector, min_score=min_score,
+        min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
+        prune=prune,
+    )  # fmt: skip
+    return summary.to_json()
+
+
+def search(
+    query: str | None = None,
+    db: PathLike = "library.db",
+    *,
+    like: PathLike | None = None,
+    limit: int | None = 20,
+) -> dict[str, Any]:
+    """Faces of the index ``db`` matching ``query`` (e.g. ``"Eyeglasses and not Male"``), or
+    (``like=IMAGE``) nearest to the face in an image, best first, as ``faceattr search
+    --json`` says them: ``{"query" or "like", "db", "results": [...]}``. ``limit``: at most
+    this many faces (None: all)."""
+    from faceattr.collection.search import like_image, search_index
+    from faceattr.errors import UsageError
+
+    if (query is None) == (like is None):
+        raise UsageError("Pass a query or like=IMAGE (one of them).")
+    if like is not None:
+        return like_image(os.fspath(like), os.fspath(db), limit=limit).to_json()
+    assert query is not None
+    return search_index(query, os.fspath(db), limit=limit).to_json()
