@@ -55,14 +55,14 @@ def test_workers_do_not_change_results(trained_run, synthetic_root, tmp_path):
     plain = list(iter_predictions(sources, predictor, workers=0))
     threaded = list(iter_predictions(sources, predictor, workers=3))
     assert plain == threaded
-    assert [r["image"] for r in plain] == [str(s) for s in sources]
-    assert plain[10]["error"] and not plain[11]["error"]
+    assert [r.image for r in plain] == [str(s) for s in sources]
+    assert plain[10].error and not plain[11].error
     if available_detectors():
         photos = [EXAMPLES / "astronaut.jpg", EXAMPLES / "two-portraits.jpg"] * 3
         detector = create_detector(None)
         a = list(iter_predictions(photos, predictor, detector=detector, workers=0))
         b = list(iter_predictions(photos, predictor, detector=detector, workers=3))
-        assert a == b and [len(r["faces"]) for r in a] == [1, 2] * 3
+        assert a == b and [len(r.faces) for r in a] == [1, 2] * 3
 
 
 NO_TORCH_RUN = """
@@ -87,9 +87,9 @@ def _run_without_torch_check(*args: str) -> tuple[dict, str]:
 def test_default_model_predicts_and_evaluates_without_torch(synthetic_root):
     """The path most users run (the bundled ONNX model) imports no torch, torchvision or
     timm: predict on a photo, and eval (the CI gate) on a dataset."""
-    from faceattr.runs import default_model_path
+    from faceattr.models.file import default_model_path
 
-    if not default_model_path(onnx=True).exists():
+    if not default_model_path("onnx").exists():
         pytest.skip("no bundled default.onnx in this checkout")
     status, stdout = _run_without_torch_check("predict", str(EXAMPLES / "astronaut.jpg"), "--json")
     assert status == {"heavy": [], "code": 0}
@@ -145,3 +145,12 @@ def test_prefetch_keeps_order_raises_and_stops():
     time.sleep(0.3)
     assert len(produced) <= 5 + 4  # the producer stopped a few items ahead
     assert not any(t.name == "faceattr-prefetch" for t in threading.enumerate())
+
+
+def test_importing_the_engine_changes_nothing():
+    """faceattr.engine has no import-time side effect; training tunes the allocator itself."""
+    code = (
+        "import faceattr.engine, faceattr.engine.fit, faceattr.malloc as m; print(sorted(m._state))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stderr

@@ -8,10 +8,10 @@ the two thresholds made a training step 2.3x and torch prediction 2x faster
 (benchmarks/bench_predict.py measures it). Memory is reused instead of returned, so the
 resident size stays at its peak; that is the trade.
 
-:func:`tune_allocator` runs once per process: at the start of the CLI, and when the torch
-engine or backend is imported by a library user. ``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own settings) win, and
-``FACEATTR_MALLOC=default`` leaves the allocator alone.
+:func:`tune_allocator` runs once per process: at the start of the CLI, and for a library
+user when training starts (``fit``, ``resume``) or the torch backend loads a model.
+``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own
+settings) win, and ``FACEATTR_MALLOC=default`` leaves the allocator alone.
 """
 
 from __future__ import annotations
