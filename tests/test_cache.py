@@ -83,11 +83,11 @@ def test_prepare_writes_the_preprocessed_pixels(tmp_path: Path) -> None:
         path = root / "img_align_celeba" / cache.names[row]
         expected = preprocess(load_image(path), SIZE, data.crop)
         np.testing.assert_array_equal(cache.images[row], expected)
-    # A second prepare of unchanged files is a no-op; --force rebuilds.
+    # A second prepare of unchanged files is a no-op; force=True rebuilds.
     again = prepare_cache(data)
     assert not again.built and again.path == res.path
     forced = prepare_cache(data, force=True)
-    assert forced.built and forced.reasons == ["--force"]
+    assert forced.built and forced.reasons == ["rebuild forced"]
 
 
 def test_make_batches_reads_the_cache_with_identical_batches(tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ def test_eval_reads_the_cache(tmp_path: Path) -> None:
     progress = LogProgress()
     cached = evaluate_model(tmp_path / "run", data_cfg(root), "test", save=False, progress=progress)
     assert any("Data (test, 24 images): reading the prepared cache" in x for x in progress.lines)
-    assert cached["mean_accuracy"] == pytest.approx(plain["mean_accuracy"])
+    assert cached.metrics["mean_accuracy"] == pytest.approx(plain.metrics["mean_accuracy"])
 
 
 def test_cache_dir_env_var_keeps_caches_out_of_the_dataset(
@@ -329,7 +329,7 @@ def test_not_enough_disk_space_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         _check_disk(tmp_path, need=10**18, reclaimable=0, img_size=224, n=202_599)
     assert "Not enough disk space" in info.value.message
-    assert "64 px needs 2.5 GB" in info.value.hint and CACHE_ENV in info.value.hint
+    assert "`img_size=64` needs 2.5 GB" in info.value.hint and CACHE_ENV in info.value.hint
 
 
 def test_prepare_command(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def test_bad_files_name_the_problem(folder, text, message):
 
 
 def test_missing_labels_option_and_file(folder):
-    with pytest.raises(UsageError, match="--labels"):
+    with pytest.raises(UsageError, match="`labels=FILE.csv`"):
         read_csv_dataset(folder, None)
     with pytest.raises(DataError, match="does not exist"):
         read_csv_dataset(folder, folder / "missing.csv")

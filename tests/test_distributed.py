@@ -45,7 +45,7 @@ def test_saved_model_gives_the_reported_metrics(ddp_run: Path, synthetic_root: P
 
     reported = json.loads((ddp_run / "metrics-valid.json").read_text())
     again = evaluate_model(ddp_run, DataConfig(root=str(synthetic_root), workers=0), "valid",
-                           save=False)  # fmt: skip
+                           save=False).metrics  # fmt: skip
     assert reported["n_images"] == again["n_images"] == 150
     for key in ("mean_accuracy", "mean_balanced_accuracy", "strict_accuracy"):
         assert abs(reported[key] - again[key]) < 1e-3, key

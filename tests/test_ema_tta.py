@@ -129,9 +129,9 @@ def test_train_with_tta_writes_it_and_eval_can_override(synthetic_root, tmp_path
     data = DataConfig(root=str(synthetic_root), workers=0)
     with_flip = evaluate_model(tmp_path / "run", data, "valid", save=False)
     without = evaluate_model(tmp_path / "run", data, "valid", tta="none", save=False)
-    assert with_flip["tta"] == "flip" and without["tta"] == "none"
-    assert with_flip["mean_accuracy"] != without["mean_accuracy"] or (
-        with_flip["per_attribute"] != without["per_attribute"]
+    assert with_flip.tta == "flip" and without.tta == "none"
+    assert with_flip.metrics["mean_accuracy"] != without.metrics["mean_accuracy"] or (
+        with_flip.metrics["per_attribute"] != without.metrics["per_attribute"]
     )
 
 

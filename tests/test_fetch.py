@@ -646,7 +646,7 @@ def test_official_md5_applies_without_checksums(tmp_path, official):
     with pytest.raises(DownloadError) as err:
         fetch_celeba(tmp_path / "root", from_path=src)
     assert fetch.OFFICIAL_MD5[PARTITION_FILE] in str(err.value)
-    assert "--checksums" in (err.value.hint or "")
+    assert "`checksums=FILE`" in (err.value.hint or "")
 
 
 # ------------------------------------------------------------------------------ small pieces
@@ -672,8 +672,9 @@ def test_read_checksums_formats_and_errors(tmp_path):
 def test_bad_arguments_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="Unknown source"):
         fetch_celeba(tmp_path, source="dropbox")
-    with pytest.raises(UsageError, match="--mirror"):
+    with pytest.raises(UsageError, match="needs a mirror URL") as err:
         fetch_celeba(tmp_path, source="mirror")
+    assert "`mirror=URL`" in (err.value.hint or "")
     with pytest.raises(UsageError, match="does not exist"):
         fetch_celeba(tmp_path, from_path=tmp_path / "nope")
 

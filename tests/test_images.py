@@ -130,7 +130,7 @@ def test_max_pixels(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as info:
         load_image(path, max_pixels=1000)
     msg = str(info.value)
-    assert "10,000 pixels" in msg and "1,000" in msg and "faceattr predict --max-pixels N" in msg
+    assert "10,000 pixels" in msg and "1,000" in msg and "`max_pixels=N`" in msg
     assert load_image(path, max_pixels=10_000).size == (100, 100)
 
 

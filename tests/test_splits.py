@@ -139,9 +139,7 @@ def test_sample(synthetic_root: Path) -> None:
 
     everything = select_split(table, "valid", sample=500)
     assert len(everything) == 150
-    assert any(
-        "--sample 500 is not smaller than the 150 valid images" in n for n in everything.notes
-    )
+    assert any("500 images is not smaller than the 150 valid images" in n for n in everything.notes)
     with pytest.raises(UsageError, match="positive"):
         select_split(table, "train", sample=0)
 
@@ -164,4 +162,4 @@ def test_empty_split_says_which_and_counts() -> None:
         select_split(table, "test")
     assert "test split" in info.value.message
     assert "train 90, valid 10, test 0" in info.value.message
-    assert "--split valid" in info.value.hint
+    assert '`split="valid"`' in info.value.hint

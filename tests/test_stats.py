@@ -48,19 +48,19 @@ def test_phi_is_pearson_on_pairwise_known_labels():
 def test_stats_numbers_on_a_small_table():
     labels = [[1, 0, 1], [1, 1, 1], [0, 1, 1], [0, 0, np.nan]]
     stats = dataset_stats(_table(labels, ["train", "train", "valid", "test"]))
-    assert stats["n_images"] == 4 and stats["splits"] == {"train": 2, "valid": 1, "test": 1}
-    assert stats["positive_rate"] == {"A0": 0.5, "A1": 0.5, "A2": 1.0}
-    assert stats["imbalance"]["A0"] == 1.0 and stats["imbalance"]["A2"] is None
-    assert stats["counts"]["A2"] == {"positive": 3, "negative": 0, "unknown": 1}
-    assert stats["correlation"]["A0"]["A1"] == pytest.approx(0.0)
-    assert stats["correlation"]["A0"]["A2"] is None  # A2 never varies: undefined, not 0
-    assert stats["split_positive_rate"]["train"]["A1"] == 0.5
-    assert stats["mean_positives_per_image"] == pytest.approx(7 / 4)
-    assert stats["majority_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
-    json.dumps(stats, allow_nan=False)  # strictly valid JSON: no NaN or Infinity
+    assert stats.n_images == 4 and stats.splits == {"train": 2, "valid": 1, "test": 1}
+    assert stats.positive_rate == {"A0": 0.5, "A1": 0.5, "A2": 1.0}
+    assert stats.imbalance["A0"] == 1.0 and stats.imbalance["A2"] is None
+    assert stats.counts["A2"] == {"positive": 3, "negative": 0, "unknown": 1}
+    assert stats.correlation["A0"]["A1"] == pytest.approx(0.0)
+    assert stats.correlation["A0"]["A2"] is None  # A2 never varies: undefined, not 0
+    assert stats.split_positive_rate["train"]["A1"] == 0.5
+    assert stats.mean_positives_per_image == pytest.approx(7 / 4)
+    assert stats.majority_accuracy == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    json.dumps(stats.to_json(), allow_nan=False)  # strictly valid JSON: no NaN or Infinity
 
     test_only = dataset_stats(_table(labels, ["train", "train", "valid", "test"]), "test")
-    assert test_only["n_images"] == 1 and test_only["split"] == "test"
+    assert test_only.n_images == 1 and test_only.split == "test"
     with pytest.raises(DataError, match="valid 0"):
         dataset_stats(_table(labels), "val")
 
@@ -69,7 +69,7 @@ def test_top_pairs_find_the_planted_correlations():
     rng = np.random.default_rng(1)
     a = rng.random(400) < 0.4
     labels = np.stack([a, a ^ (rng.random(400) < 0.1), ~a, rng.random(400) < 0.5], 1)
-    pairs = dataset_stats(_table(labels))["top_pairs"]
+    pairs = dataset_stats(_table(labels)).top_pairs
     assert (pairs["positive"][0]["a"], pairs["positive"][0]["b"]) == ("A0", "A1")
     assert (pairs["negative"][0]["a"], pairs["negative"][0]["b"]) == ("A0", "A2")
     assert pairs["negative"][0]["r"] == -1.0
@@ -80,7 +80,7 @@ def test_official_and_kaggle_layouts_give_identical_stats(tmp_path):
     kwargs = dict(n_train=60, n_valid=20, n_test=20, seed=3, image_size=(40, 48))
     official = read_celeba(write_synthetic_celeba(tmp_path / "o", layout="official", **kwargs))
     kaggle = read_celeba(write_synthetic_celeba(tmp_path / "k", layout="kaggle", **kwargs))
-    a, b = dataset_stats(official), dataset_stats(kaggle)
+    a, b = dataset_stats(official).to_json(), dataset_stats(kaggle).to_json()
     assert a["n_identities"] and b["n_identities"] is None  # Kaggle ships no identities
     a.pop("n_identities"), b.pop("n_identities")
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -138,8 +138,8 @@ def test_plot_of_few_attributes_writes_a_file(tmp_path):
 @pytest.mark.realdata
 def test_real_celeba_sample_has_the_known_correlations(real_data_root):
     stats = dataset_stats(read_celeba(real_data_root), top=10)
-    pos = {frozenset((p["a"], p["b"])) for p in stats["top_pairs"]["positive"]}
-    neg = {frozenset((p["a"], p["b"])) for p in stats["top_pairs"]["negative"]}
+    pos = {frozenset((p["a"], p["b"])) for p in stats.top_pairs["positive"]}
+    neg = {frozenset((p["a"], p["b"])) for p in stats.top_pairs["negative"]}
     assert {frozenset(("Mustache", "Goatee")), frozenset(("Smiling", "Mouth_Slightly_Open"))} <= pos
     assert {frozenset(("Male", "Heavy_Makeup")), frozenset(("Male", "Wearing_Lipstick"))} <= neg
-    assert 0.75 < stats["majority_accuracy"] < 0.85
+    assert stats.majority_accuracy is not None and 0.75 < stats.majority_accuracy < 0.85

@@ -108,7 +108,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
         load_backbone_weights(create_model("test_resnet", 2), path)
     msg = info.value.message
     assert "layer2.0.conv1.weight" in msg and "(7, 7, 3, 3)" in msg
-    assert "--arch" in info.value.hint
+    assert "`model.arch=ARCH`" in info.value.hint
 
 
 def test_other_architecture_same_names_is_a_shape_error(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_file_of_a_shallower_network_fails_with_counts(tmp_path: Path) -> None:
     msg, hint = info.value.message, info.value.hint
     assert "Only 60/100 tensors of the resnet18 backbone" in msg and "40 missing (40%" in msg
     assert "layer1.1.conv1.weight" in msg  # a few missing names
-    assert "--arch" in hint and "--weights-by-order" not in hint  # shapes do not line up
+    assert "`model.arch=ARCH`" in hint and "weights_by_order" not in hint  # shapes differ
 
 
 def test_a_few_missing_tensors_are_tolerated(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_unrecognised_layout_maps_in_order_only_on_request(tmp_path: Path, renam
     torch.save(out, path)
     with pytest.raises(ModelError) as info:
         load_backbone_weights(create_model("test_resnet", 2), path)
-    assert "--weights-by-order" in info.value.hint and "line up" in info.value.hint
+    assert "`model.weights_by_order=True`" in info.value.hint and "line up" in info.value.hint
     model = create_model("test_resnet", 2)
     report = load_backbone_weights(model, path, by_order=True)
     assert report.method == "order:requested" and report.missing == []

@@ -150,16 +150,17 @@ def export_onnx(model: Path, root: str, int8_budget: float) -> None:
     final = model.with_suffix(".onnx")
     fp32 = export_model(model, final, data=data, eval_split="valid", eval_images=None,
                         fp16_weights=True)  # fmt: skip
-    print(json.dumps(fp32, indent=2))
+    print(json.dumps(fp32.to_json(), indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         int8 = export_model(model, Path(tmp) / "int8.onnx", int8=True, data=data,
                             eval_split="valid", eval_images=None,
                             max_accuracy_drop=100.0)  # fmt: skip
-        print(json.dumps(int8, indent=2))
-        cmp = int8["int8_vs_fp32"]
-        drop = max(cmp["at_0.5"]["drop"], cmp["tuned"]["drop"])
+        print(json.dumps(int8.to_json(), indent=2))
+        cmp = int8.int8_vs_fp32
+        assert cmp is not None  # measured on the valid split
+        drop = max(cmp.at_half["drop"], cmp.tuned["drop"])
         if drop <= int8_budget:
-            Path(int8["out"]).replace(final)
+            Path(int8.out).replace(final)
             print(f"shipping int8 (drop {drop:.2f} <= {int8_budget} points)")
         else:
             print(f"shipping fp32: int8 loses {drop:.2f} points (> {int8_budget})")

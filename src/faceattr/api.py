@@ -72,10 +72,10 @@ def predict(
             sources.extend(expand_image_paths([os.fspath(item)], recursive)[0])
     predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size,
                           threshold=threshold, tta=tta)  # fmt: skip
-    found = None if no_detect else create_detector(
+    face_detector = None if no_detect else create_detector(
         detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
     )  # fmt: skip
-    results = iter_predictions(sources, predictor, detector=found, workers=workers,
+    results = iter_predictions(sources, predictor, detector=face_detector, workers=workers,
                                max_pixels=max_pixels)  # fmt: skip
     return [r.to_json() for r in results]
 
@@ -123,7 +123,7 @@ def search(
     from faceattr.errors import UsageError
 
     if (query is None) == (like is None):
-        raise UsageError("Pass a query or like=IMAGE (one of them).")
+        raise UsageError("Pass a query or `like=IMAGE` (one of them).")
     if like is not None:
         return like_image(os.fspath(like), os.fspath(db), limit=limit).to_json()
     assert query is not None

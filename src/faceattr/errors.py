@@ -78,6 +78,23 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str], cls=UsageEr
     return cls(msg, hint)
 
 
+def command(template: str, **values: object) -> str:
+    """A whole command to run, for a message: ``template``, the command in backticks, with
+    each ``{name}`` filled in from ``values``, quoted for the shell::
+
+        command("`faceattr train --resume {run}`", run=path)
+
+    The command stays one string where it is written, so it reads (and is checked) whole.
+    """
+    import os
+    import shlex
+
+    def word(value: object) -> str:
+        return shlex.quote(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
+
+    return template.format(**{name: word(value) for name, value in values.items()})
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with a ``hint`` saying what was kept and how to continue (the CLI prints it)."""
 

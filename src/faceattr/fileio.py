@@ -81,10 +81,10 @@ def write_error(
         reason = "the file size limit was reached" if code == errno.EFBIG else "the disk is full"
         where = f" ({human_bytes(free)} free in {folder})" if free is not None else ""
         message = f"Could not write the {what} {path}: {reason}{where}."
-        hint = "Free some space, or write somewhere else (another --out or file name)."
+        hint = "Free some space, or write somewhere else (another output folder or file name)."
     elif code == errno.EROFS:
         message = f"Could not write the {what} {path}: {folder} is on a read-only file system."
-        hint = "Write somewhere else (another --out or file name)."
+        hint = "Write somewhere else (another output folder or file name)."
     elif code in _ACCESS:
         message = f"Could not write the {what} {path}: permission denied."
         hint = f"Check the permissions of {folder}, or write somewhere else."
@@ -241,7 +241,7 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
         raise WriteError(
             f"Not enough free space in {folder} for {what}: about {human_bytes(need)} needed, "
             f"{human_bytes(free)} free.",
-            "Free some space, or write somewhere else (another --out).",
+            "Free some space, or write somewhere else (another output folder).",
         )
 
 
@@ -361,7 +361,7 @@ def _locked(path: Path, what: str, holder: dict[str, Any]) -> LockedError:
     command = f" ({holder['command']})" if holder.get("command") else ""
     return LockedError(
         f"The {what} {path.parent} is in use by {_describe(holder)}{command}.",
-        "Wait for it to finish, or choose another folder (--out). If that process is gone "
+        "Wait for it to finish, or choose another output folder. If that process is gone "
         f"for good (a crashed machine sharing this folder), delete {path}.",
     )
 

@@ -16,12 +16,103 @@ Everything here is vectorised over attributes; nothing calls sklearn, so nothing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from faceattr.config import THRESHOLD_METRICS  # what ``tune_thresholds`` can maximise
-from faceattr.errors import ModelError, UsageError, unknown_name_error
+from faceattr.errors import DataError, ModelError, UsageError, unknown_name_error
+
+# ----------------------------------------------------------------------------- what comes out
+
+
+class AttributeMetrics(TypedDict):
+    """One attribute of a report's ``per_attribute``. A rate is None where it is undefined
+    (``note`` says why)."""
+
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    balanced_accuracy: float | None
+    average_precision: float | None
+    positives: int  # known positive labels
+    negatives: int  # known negative labels
+    support: int  # known labels
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    threshold: float  # the decision threshold the counts are at
+    majority_accuracy: float | None  # of always answering the majority side
+    note: str | None
+
+
+class SummaryAtHalf(TypedDict):
+    """A report's summary again at threshold 0.5 (``at_threshold_0.5``)."""
+
+    mean_accuracy: float | None
+    mean_balanced_accuracy: float | None
+    strict_accuracy: float | None
+    macro_precision: float | None
+    macro_recall: float | None
+    macro_f1: float | None
+
+
+class _Report(TypedDict):
+    n_images: int
+    n_attributes: int
+    mean_accuracy: float | None  # means over the attributes where the metric is defined
+    mean_balanced_accuracy: float | None
+    strict_accuracy: float | None  # images whose every known label is right
+    majority_accuracy: float | None  # the no-model baseline
+    majority_source: str  # "train" (training positive rates) or "evaluated"
+    macro_precision: float | None
+    macro_recall: float | None
+    macro_f1: float | None
+    mean_average_precision: float | None
+    thresholds: list[float]
+    per_attribute: dict[str, AttributeMetrics]
+
+
+# What metrics_report adds: always threshold_source; at_threshold_0.5 with tuned thresholds.
+_ReportAdditions = TypedDict(
+    "_ReportAdditions",
+    {"threshold_source": str, "at_threshold_0.5": SummaryAtHalf},
+    total=False,
+)
+
+
+class MetricsReport(_Report, _ReportAdditions):
+    """What :func:`compute_metrics` and :func:`metrics_report` return (docs/formats.md):
+    summary metrics, ``per_attribute``, and from ``metrics_report`` ``threshold_source``
+    ("tuned" or "fixed") and, for tuned thresholds, ``at_threshold_0.5``."""
+
+
+class SavedMetrics(MetricsReport, total=False):
+    """A ``metrics-<split>.json`` file: the report and what was measured (training writes
+    ``split`` and ``model``, ``faceattr eval`` every key)."""
+
+    split: str
+    model: str
+    backend: str
+    dataset: str
+    root: str
+    tta: str
+    skipped_images: int
+    notes: list[str]
+
+
+# What held_out_scores returns: mean accuracies at 0.5 and with thresholds tuned two-fold.
+HeldOutScores = TypedDict(
+    "HeldOutScores",
+    {
+        "mean_accuracy_at_0.5": float,
+        "mean_balanced_accuracy_at_0.5": float,
+        "mean_accuracy_tuned_two_fold": float,
+        "mean_balanced_accuracy_tuned_two_fold": float,
+    },
+)
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -107,6 +198,17 @@ def _nanmean(values: np.ndarray) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     ok = ~np.isnan(values)
     return float(values[ok].mean()) if ok.any() else None
+
+
+def defined(value: float | None, what: str) -> float:
+    """A summary mean that has to exist to go on: ``value``, or a DataError when it is None
+    (undefined for every attribute on the images scored)."""
+    if value is None:
+        raise DataError(
+            f"The {what} is undefined on these images: no attribute has the labels it needs.",
+            "Score on more images, with known positive and negative labels.",
+        )
+    return value
 
 
 def _label_masks(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,14 +309,14 @@ def compute_metrics(
     *,
     thresholds: float | Sequence[float] | np.ndarray = 0.5,
     train_positive_rates: Sequence[float] | np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> MetricsReport:
     """Per-attribute and summary metrics for ``[N, A]`` probabilities against 0/1/NaN targets.
 
     probs: ``[N, A]`` probabilities; targets: ``[N, A]`` 0/1 with NaN for unknown labels (left
     out of everything); attributes: ``A`` names; thresholds: one float or ``[A]`` values;
     train_positive_rates: ``[A]`` training positive rates for the majority baseline.
 
-    Returns a JSON-serialisable dict (plain floats/ints/None). Summary keys: ``n_images``,
+    Returns a :class:`MetricsReport` (plain floats/ints/None). Summary keys: ``n_images``,
     ``n_attributes``, ``mean_accuracy``, ``mean_balanced_accuracy``, ``strict_accuracy``
     (images whose every known label is right, over images with at least one known label),
     ``majority_accuracy`` and ``majority_source`` ("train" or "evaluated"),
@@ -265,7 +367,7 @@ def compute_metrics(
         float(np.count_nonzero(~wrong.any(axis=1) & has_label) / n_strict) if n_strict else None
     )
 
-    per_attribute: dict[str, dict[str, Any]] = {}
+    per_attribute: dict[str, AttributeMetrics] = {}
     for a, name in enumerate(attributes):
         notes: list[str] = []
         if support[a] == 0:
@@ -423,13 +525,15 @@ def two_fold_tuned(
     probs, targets = _check_arrays(probs, targets)
     order = np.random.default_rng(seed).permutation(len(probs))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    scores = []
+    accuracy, balanced = [], []
     for tune_on, test_on in (halves, halves[::-1]):
         thr = tune_thresholds(probs[tune_on], targets[tune_on], max_accuracy_drop=max_accuracy_drop)
-        scores.append(compute_metrics(probs[test_on], targets[test_on], attributes, thresholds=thr))
+        m = compute_metrics(probs[test_on], targets[test_on], attributes, thresholds=thr)
+        accuracy.append(defined(m["mean_accuracy"], "mean accuracy"))
+        balanced.append(defined(m["mean_balanced_accuracy"], "mean balanced accuracy"))
     return {
-        f"{k}_tuned_two_fold": round(float(np.mean([m[k] for m in scores])), 4)
-        for k in ("mean_accuracy", "mean_balanced_accuracy")
+        "mean_accuracy_tuned_two_fold": round(float(np.mean(accuracy)), 4),
+        "mean_balanced_accuracy_tuned_two_fold": round(float(np.mean(balanced)), 4),
     }
 
 
@@ -439,16 +543,19 @@ def held_out_scores(
     attributes: Sequence[str],
     *,
     max_accuracy_drop: float | None,
-) -> dict[str, float]:
+) -> HeldOutScores:
     """Mean accuracy and mean balanced accuracy at 0.5 (``..._at_0.5``) and with thresholds
     tuned two-fold (:func:`two_fold_tuned`): how models are compared in docs/default-model.md."""
     at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
-    out = {
-        "mean_accuracy_at_0.5": round(at_half["mean_accuracy"], 4),
-        "mean_balanced_accuracy_at_0.5": round(at_half["mean_balanced_accuracy"], 4),
+    tuned = two_fold_tuned(probs, targets, attributes, max_accuracy_drop=max_accuracy_drop)
+    return {
+        "mean_accuracy_at_0.5": round(defined(at_half["mean_accuracy"], "mean accuracy"), 4),
+        "mean_balanced_accuracy_at_0.5": round(
+            defined(at_half["mean_balanced_accuracy"], "mean balanced accuracy"), 4
+        ),
+        "mean_accuracy_tuned_two_fold": tuned["mean_accuracy_tuned_two_fold"],
+        "mean_balanced_accuracy_tuned_two_fold": tuned["mean_balanced_accuracy_tuned_two_fold"],
     }
-    out.update(two_fold_tuned(probs, targets, attributes, max_accuracy_drop=max_accuracy_drop))
-    return out
 
 
 def metrics_report(
@@ -457,7 +564,7 @@ def metrics_report(
     attributes: list[str],
     thresholds: np.ndarray | list[float] | float | None,
     train_rates: np.ndarray | list[float] | None,
-) -> dict[str, Any]:
+) -> MetricsReport:
     """Metrics at ``thresholds`` (0.5 when None), plus a summary at 0.5 when they differ."""
     used = 0.5 if thresholds is None else thresholds
     metrics = compute_metrics(
@@ -469,14 +576,11 @@ def metrics_report(
             probs, targets, attributes, thresholds=0.5, train_positive_rates=train_rates
         )
         metrics["at_threshold_0.5"] = {
-            k: at_half[k]
-            for k in (
-                "mean_accuracy",
-                "mean_balanced_accuracy",
-                "strict_accuracy",
-                "macro_precision",
-                "macro_recall",
-                "macro_f1",
-            )  # fmt: skip
+            "mean_accuracy": at_half["mean_accuracy"],
+            "mean_balanced_accuracy": at_half["mean_balanced_accuracy"],
+            "strict_accuracy": at_half["strict_accuracy"],
+            "macro_precision": at_half["macro_precision"],
+            "macro_recall": at_half["macro_recall"],
+            "macro_f1": at_half["macro_f1"],
         }
     return metrics

@@ -26,14 +26,15 @@ import contextlib
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from faceattr.errors import FaceAttrError, ModelError, UsageError
+from faceattr.errors import FaceAttrError, ModelError, UsageError, command
 
 if TYPE_CHECKING:
     from faceattr.config import TrainConfig
+    from faceattr.metrics import SavedMetrics
     from faceattr.models.info import ModelInfo
 
 CONFIG_FILE = "config.json"
@@ -131,8 +132,9 @@ class RunDir:
         """The splits this run has metrics for (``metrics-<split>.json``)."""
         return sorted(p.stem[len("metrics-") :] for p in self.path.glob("metrics-*.json"))
 
-    def read_metrics(self, split: str) -> dict[str, Any]:
-        return _read_json(self.metrics_file(split))
+    def read_metrics(self, split: str) -> SavedMetrics:
+        """``metrics-<split>.json`` (a file of an older version may lack some keys)."""
+        return cast("SavedMetrics", _read_json(self.metrics_file(split)))
 
     def read_history(self) -> list[dict[str, float | None]]:
         """``history.csv`` -> one dict per epoch (numbers as float, empty cells as None)."""
@@ -200,7 +202,7 @@ class RunDir:
             writer.writerow({k: _fmt(row.get(k)) for k in HISTORY_COLUMNS})
         atomic_write_text(self.history_file, buf.getvalue())
 
-    def write_metrics(self, split: str, metrics: dict[str, Any], tag: str = "") -> Path:
+    def write_metrics(self, split: str, metrics: Mapping[str, Any], tag: str = "") -> Path:
         from faceattr.fileio import atomic_write_text
         from faceattr.utils import to_json
 
@@ -315,7 +317,8 @@ class RunDir:
     # --- what to tell the user -----------------------------------------------------------
 
     def resume_command(self) -> str:
-        return f"faceattr train --resume {self.path}"
+        """The command (in backticks) that continues this run."""
+        return command("`faceattr train --resume {run}`", run=self.path)
 
     def resume_hint(self) -> str:
         """What an interrupted run kept and the command that continues it."""
@@ -325,26 +328,26 @@ class RunDir:
         done = {0: "No epoch was finished yet", 1: "Epoch 1 is saved"}.get(
             epoch, f"Epochs 1-{epoch} are saved"
         )
-        return f"{done} in {self.path}: `{self.resume_command()}` continues the run."
+        return f"{done} in {self.path}: {self.resume_command()} continues the run."
 
     def _kept(self, what: str, error: FaceAttrError) -> str:
         """A checkpoint's write failed: what is safe, the fix, and the command that goes on."""
         fix = (error.hint or "").splitlines()[-1]
-        return f"{what}\n{fix} Then `{self.resume_command()}` continues the run."
+        return f"{what}\n{fix} Then {self.resume_command()} continues the run."
 
     def check_new(self) -> None:
         """A UsageError when a run was already started here (a new run needs its own folder)."""
         if self.is_run():
             raise UsageError(
                 f"{self.path} already holds a training run.",
-                f"Continue it with `{self.resume_command()}`, or choose another --out.",
+                f"Continue it with {self.resume_command()}, or choose another `out=DIR`.",
             )
 
     def check_resumable(self) -> None:
         if not self.is_run():
             raise UsageError(
                 f"Cannot resume: {self.path} is not a run directory (no {CONFIG_FILE}).",
-                "Pass the directory a previous `faceattr train` wrote (its --out).",
+                "Pass the directory a previous `faceattr train` wrote (its `out=DIR`).",
             )
 
 

@@ -54,14 +54,15 @@ def resolve_device(name: str = "auto"):
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(
-            f"--device {name} was requested but CUDA is not available on this machine.",
-            "Use --device cpu (or auto), or install a CUDA build of PyTorch on a GPU machine.",
+            f"`device={name!r}` was requested but CUDA is not available on this machine.",
+            'Use `device="cpu"` (or `device="auto"`), or install a CUDA build of PyTorch on a '
+            "GPU machine.",
         )
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise UsageError(
-            "--device mps was requested but MPS is not available.", "Use --device cpu."
+            '`device="mps"` was requested but MPS is not available.', 'Use `device="cpu"`.'
         )
     try:
         return torch.device(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from faceattr.cli.options import choice, data_config, setting
 from faceattr.cli.settings import CropOption, DatasetArgument
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
+
+if TYPE_CHECKING:
+    from faceattr.data.stats import DatasetStats
 
 data_app = typer.Typer(
     help="Fetch, prepare and inspect datasets.",
@@ -94,20 +97,7 @@ def fetch_command(
         for warning in result.warnings:
             err.print(f"[yellow]Warning:[/] {warning}", highlight=False)
         if json_out:
-            print_json(
-                {
-                    "root": str(result.root),
-                    "source": result.source,
-                    "location": result.location,
-                    "up_to_date": result.up_to_date,
-                    "n_images": result.n_images,
-                    "splits": result.split_counts,
-                    "verified": result.verified,
-                    "fetched": result.fetched,
-                    "skipped_optional": result.skipped_optional,
-                    "warnings": result.warnings,
-                }
-            )
+            print_json(result.to_json())
             return
         how = "already up to date" if result.up_to_date else f"from {result.location}"
         splits = ", ".join(f"{k} {v:,}" for k, v in result.split_counts.items())
@@ -120,21 +110,16 @@ def fetch_command(
     if name == "wflw":
         _fetch_wflw(root, from_path, mirror, source, checksums, timeout, keep_archive, json_out)
         return
-    from faceattr.data.synthetic import write_synthetic_celeba
+    from faceattr.data.synthetic import fetch_synthetic
 
     if name == "synthetic":
-        path = write_synthetic_celeba(
-            root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed
-        )
-        total = n_train + n_valid + n_test
-        hint = f"faceattr train --root {path} --arch celebnet --epochs 3"
+        written = fetch_synthetic(root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
         if json_out:
-            print_json({"dataset": "synthetic", "root": str(path), "images": total,
-                        "splits": {"train": n_train, "valid": n_valid, "test": n_test},
-                        "seed": seed, "next": hint})  # fmt: skip
+            print_json(written.to_json())
             return
-        out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {path}")
-        err.print(f"Next: {hint}", highlight=False)
+        total = sum(written.splits.values())
+        out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {written.root}")
+        err.print(f"Next: {written.next_command}", highlight=False)
 
 
 def _fetch_wflw(
@@ -165,17 +150,7 @@ def _fetch_wflw(
         keep_archives=keep_archive,
     )
     if json_out:
-        print_json(
-            {
-                "root": str(result.root),
-                "up_to_date": result.already_complete,
-                "sources": result.sources,
-                "faces": result.faces,
-                "photos": result.photos,
-                "missing_photos": result.missing_photos,
-                "notes": result.notes,
-            }
-        )
+        print_json(result.to_json())
         return
     for note in result.notes:
         err.print(f"[yellow]Note:[/] {note}", highlight=False)
@@ -235,21 +210,7 @@ def prepare_command(
         data, workers=data.workers, force=force, progress=RichProgress(quiet=as_json)
     )
     if as_json:
-        print_json(
-            {
-                "path": str(res.path),
-                "built": res.built,
-                "reasons": res.reasons,
-                "n_images": res.n_images,
-                "img_size": res.img_size,
-                "bytes": res.nbytes,
-                "splits": res.splits,
-                "failed": res.failed,
-                "seconds": round(res.seconds, 3),
-                "images_per_second": round(res.images_per_second, 1),
-                "notes": res.notes,
-            }
-        )
+        print_json(res.to_json())
         return
     for note in res.notes:
         err.print(note, highlight=False)
@@ -312,58 +273,56 @@ def stats_command(
 
     if plot is not None:
         check_plot_path(plot)  # before reading the data: fail fast on a bad file name
-    table = read_dataset(data_config(ctx))
-    stats = dataset_stats(table, split, top=top_pairs)
+    stats = dataset_stats(read_dataset(data_config(ctx)), split, top=top_pairs)
     if plot is not None:
-        stats["plot"] = str(plot_correlation(stats, plot))
+        stats.plot = str(plot_correlation(stats, plot))
     if as_json:
-        stats["notes"] = list(table.notes)
-        print_json(stats)
+        print_json(stats.to_json())
         return
-    for note in table.notes:
+    for note in stats.notes:
         err.print(note, highlight=False)
     _render_stats(stats)
     if plot is not None:
-        err.print(f"Wrote the correlation heatmap to {stats['plot']}", highlight=False)
+        err.print(f"Wrote the correlation heatmap to {stats.plot}", highlight=False)
 
 
-def _render_stats(stats: dict) -> None:
+def _render_stats(stats: DatasetStats) -> None:
     from rich.table import Table
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
-    files = f", {stats['n_files']:,} files" if stats["n_files"] != stats["n_images"] else ""
-    people = f", {stats['n_identities']:,} identities" if stats["n_identities"] else ""
+    files = f", {stats.n_files:,} files" if stats.n_files != stats.n_images else ""
+    people = f", {stats.n_identities:,} identities" if stats.n_identities else ""
     out.print(
-        f"[bold]{stats['dataset']}[/] ({stats['split']}): {stats['n_images']:,} images{files}"
-        f"{people}; per split: " + ", ".join(f"{s} {n:,}" for s, n in stats["splits"].items()),
+        f"[bold]{stats.dataset}[/] ({stats.split}): {stats.n_images:,} images{files}"
+        f"{people}; per split: " + ", ".join(f"{s} {n:,}" for s, n in stats.splits.items()),
         highlight=False,
     )
     table = Table(title="attributes", title_justify="left")
     for col in ("attribute", "pos %", "positives", "negatives", "unknown", "imbalance"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
-    for a in stats["attributes"]:
-        c = stats["counts"][a]
-        imb = stats["imbalance"][a]
+    for a in stats.attributes:
+        c = stats.counts[a]
+        imb = stats.imbalance[a]
         table.add_row(
             a,
-            pct(stats["positive_rate"][a]),
+            pct(stats.positive_rate[a]),
             f"{c['positive']:,}",
             f"{c['negative']:,}",
             f"{c['unknown']:,}" if c["unknown"] else "",
             "-" if imb is None else f"{imb:.1f}:1",
         )
     out.print(table)
-    unit = "face" if stats["n_files"] != stats["n_images"] else "image"  # WFLW: rows are faces
+    unit = "face" if stats.n_files != stats.n_images else "image"  # WFLW: rows are faces
     out.print(
-        f"Mean positive attributes per {unit}: {stats['mean_positives_per_image']:.2f}; "
-        f"always answering the majority class scores {pct(stats['majority_accuracy'])}% mean "
+        f"Mean positive attributes per {unit}: {stats.mean_positives_per_image:.2f}; "
+        f"always answering the majority class scores {pct(stats.majority_accuracy)}% mean "
         "accuracy.",
         highlight=False,
     )
     for sign in ("positive", "negative"):
-        pairs = stats["top_pairs"][sign]
+        pairs = stats.top_pairs[sign]
         if not pairs:
             continue
         t = Table(title=f"strongest {sign} correlations (phi)", title_justify="left")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,10 @@ from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, prin
 from faceattr.cli.options import choice, data_config, setting
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
 from faceattr.config import ENSEMBLE_DTYPES, THRESHOLD_METRICS, TTA_MODES
+
+if TYPE_CHECKING:
+    from faceattr.engine.ensemble import EnsembleResult
+    from faceattr.metrics import HeldOutScores
 
 
 @handle_errors
@@ -95,7 +99,7 @@ def ensemble_command(
     from faceattr.engine.ensemble import make_ensemble
 
     data = data_config(ctx) if root is not None else None
-    summary = make_ensemble(
+    result = make_ensemble(
         models,
         out_file,
         data=data,
@@ -107,22 +111,25 @@ def ensemble_command(
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
-        print_json(summary)
+        print_json(result.to_json())
         return
-    if summary["evaluated"]:
-        render_scores(summary)
+    if result.evaluated:
+        render_scores(result)
     else:
         err.print("No --root: the ensemble's thresholds are 0.5.", highlight=False)
-    out.print(f"Wrote {summary['out']}", highlight=False)
+    out.print(f"Wrote {result.out}", highlight=False)
 
 
-def render_scores(s: dict) -> None:
+def render_scores(s: EnsembleResult) -> None:
     table = Table(
-        title=f"{s['split']} split: {s['images']} images (tuned: two-fold)", title_justify="left"
+        title=f"{s.split} split: {s.images} images (tuned: two-fold)", title_justify="left"
     )
     for col in ("model", "acc @0.5", "bal acc @0.5", "acc tuned", "bal acc tuned"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for name, r in [(m["model"], m) for m in s["member_scores"]] + [("ensemble", s["ensemble"])]:
+    rows: list[tuple[str, HeldOutScores]] = [(m["model"], m) for m in s.member_scores]
+    if s.ensemble is not None:
+        rows.append(("ensemble", s.ensemble))
+    for name, r in rows:
         table.add_row(
             name,
             pct(r["mean_accuracy_at_0.5"]),
@@ -131,5 +138,5 @@ def render_scores(s: dict) -> None:
             pct(r["mean_balanced_accuracy_tuned_two_fold"]),
         )
     out.print(table)
-    gain = 100 * s["gain_over_best_member"]
+    gain = 100 * s.gain_over_best_member
     err.print(f"Mean accuracy at 0.5: {gain:+.2f} points over the best member.", highlight=False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,6 +13,9 @@ from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, prin
 from faceattr.cli.options import BackendOption, TtaOverride, data_config, setting
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
 from faceattr.config import EVAL_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from faceattr.engine.evaluate import Evaluation
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -75,7 +79,7 @@ def eval_command(
     if root is None:
         raise UsageError("Missing --root: the dataset folder to evaluate on.")
     split = resolve_split_name(split)
-    metrics = evaluate_model(
+    result = evaluate_model(
         model,
         data_config(ctx),
         split,
@@ -87,11 +91,11 @@ def eval_command(
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
-        print_json(metrics)
+        print_json(result.to_json())
     else:
-        render_metrics(metrics)
+        render_metrics(result)
     if fail_under is not None:
-        value = metrics.get(metric)
+        value = result.metric(metric)
         if value is None or value < fail_under:
             err.print(
                 f"[bold red]FAIL:[/] {metric} {value if value is None else round(value, 4)} "
@@ -102,8 +106,9 @@ def eval_command(
         err.print(f"[green]PASS:[/] {metric} {value:.4f} >= {fail_under}", highlight=False)
 
 
-def render_metrics(m: dict) -> None:
-    table = Table(title=f"{m['split']} split: {m['n_images']} images", title_justify="left")
+def render_metrics(result: Evaluation) -> None:
+    m = result.metrics
+    table = Table(title=f"{result.split} split: {m['n_images']} images", title_justify="left")
     for col in ("attribute", "acc", "prec", "recall", "F1", "bal acc", "AP", "pos", "thr"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for name, a in m["per_attribute"].items():
@@ -119,17 +124,17 @@ def render_metrics(m: dict) -> None:
             f"{a['threshold']:.2f}",
         )
     out.print(table)
-    half = m.get("at_threshold_0.5")
+    at_half: Mapping[str, Any] | None = m.get("at_threshold_0.5")
     summary = Table(show_header=True, title="summary (%)", title_justify="left")
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    if half:
+    if at_half:
         summary.add_column("at 0.5", justify="right")
     for key in SUMMARY_METRICS:
-        row = [key.replace("_", " "), pct(m.get(key))]
-        if half:
-            row.append(pct(half.get(key)) if key in half else "")
+        row = [key.replace("_", " "), pct(result.metric(key))]
+        if at_half:
+            row.append(pct(at_half.get(key)) if key in at_half else "")
         summary.add_row(*row)
     out.print(summary)
-    if m.get("saved_to"):
-        err.print(f"Saved {m['saved_as']} to {m['saved_to']}", highlight=False)
+    if result.saved_to:
+        err.print(f"Saved {result.saved_as} to {result.saved_to}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, as_flags, err, handle_errors, out, print_json
 from faceattr.cli.options import TtaOverride, choice, data_config, setting
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
 from faceattr.config import (
@@ -110,7 +110,7 @@ def export_command(
     from faceattr.engine.export import export_model, iter_summary_lines
 
     data = data_config(ctx) if calibration_root is not None else None
-    summary = export_model(
+    result = export_model(
         model,
         out_file,
         fmt=fmt,
@@ -125,7 +125,7 @@ def export_command(
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
-        print_json(summary)
+        print_json(result.to_json())
         return
-    for line in iter_summary_lines(summary):
-        (out if line.startswith("Wrote") else err).print(line, highlight=False)
+    for line in iter_summary_lines(result):
+        (out if line.startswith("Wrote") else err).print(as_flags(line), highlight=False)

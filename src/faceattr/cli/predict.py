@@ -114,9 +114,9 @@ def predict_command(
     from faceattr.inference.predictor import Predictor, iter_predictions
 
     inputs = expand_inputs(paths, recursive)
-    found = None
+    face_detector = None
     if not no_detect:
-        found = create_detector(
+        face_detector = create_detector(
             detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
         )
     predictor = Predictor(
@@ -127,7 +127,7 @@ def predict_command(
     predictions = iter_predictions(
         inputs,
         predictor,
-        detector=found,
+        detector=face_detector,
         max_pixels=max_pixels,
         progress=RichProgress(quiet=len(inputs) <= 5),  # on stderr: --json output stays clean
         total=len(inputs),

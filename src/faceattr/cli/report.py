@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct
+
+if TYPE_CHECKING:
+    from faceattr.engine.tune import StudySummary
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 
@@ -123,7 +126,7 @@ def report_command(
         out.print(_rich(line), highlight=False)
 
 
-def _expand_studies(paths: list[Path], best: int = 5) -> tuple[list[Path], list[dict]]:
+def _expand_studies(paths: list[Path], best: int = 5) -> tuple[list[Path], list[StudySummary]]:
     """A `faceattr tune` study folder stands for its best ``best`` finished trials' runs (and
     brings its own section)."""
     expanded: list[Path] = []

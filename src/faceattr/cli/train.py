@@ -377,13 +377,14 @@ def _report(result: FitResult, json_out: bool) -> None:
         out.print(
             f"{result.run_dir} already finished ({result.epochs_done} epochs); nothing to do."
         )
-    half = m.get("at_threshold_0.5", m)
+    at_half = m.get("at_threshold_0.5", m)
     out.print(
         f"[bold green]Done.[/] Best epoch {result.best_epoch}: validation mean accuracy "
-        f"{pct(half.get('mean_accuracy'))}% at 0.5, strict {pct(half.get('strict_accuracy'))}%"
+        f"{pct(at_half.get('mean_accuracy'))}% at 0.5, "
+        f"strict {pct(at_half.get('strict_accuracy'))}%"
         + (
             f"; tuned thresholds: balanced accuracy {pct(m.get('mean_balanced_accuracy'))}% "
-            f"(vs {pct(half.get('mean_balanced_accuracy'))}% at 0.5)"
+            f"(vs {pct(at_half.get('mean_balanced_accuracy'))}% at 0.5)"
             if "at_threshold_0.5" in m
             else ""
         ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
 from faceattr.cli.options import choice, config_changes, setting_of
 from faceattr.config import TUNE_METRICS, TUNE_PRUNERS, TUNE_SAMPLERS
+
+if TYPE_CHECKING:
+    from faceattr.engine.tune import StudySummary
 
 # Train options that make no sense as --param (they say where things are, not how to train).
 _NOT_PARAMS = {"root", "labels", "dataset", "out_dir", "weights", "device", "workers", "cache"}
@@ -163,28 +166,28 @@ def tune_command(
     _show(result, json_out)
 
 
-def _show(summary: dict[str, Any], json_out: bool) -> None:
+def _show(summary: StudySummary, json_out: bool) -> None:
     if json_out:
-        print_json(summary)
+        print_json(summary.to_json())
         return
-    names = list(dict.fromkeys(k for t in summary["trials"] for k in t["params"]))
-    table = Table(title=f"{summary['study_dir']}: {summary['metric']}", title_justify="left")
-    for col in ("trial", *names, summary["metric"], "epochs", "seconds", "state"):
+    names = list(dict.fromkeys(k for t in summary.trials for k in t.params))
+    table = Table(title=f"{summary.study_dir}: {summary.metric}", title_justify="left")
+    for col in ("trial", *names, summary.metric, "epochs", "seconds", "state"):
         table.add_column(col, justify="left" if col == "state" else "right")
-    for t in summary["trials"]:
-        value = "" if t["value"] is None else f"{t['value']:.4f}"
-        table.add_row(str(t["number"]), *[_fmt(t["params"].get(n)) for n in names], value,
-                      str(t["epochs"]), "" if t["seconds"] is None else f"{t['seconds']:.0f}",
-                      t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None
-                                    else ""))  # fmt: skip
+    for t in summary.trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        table.add_row(str(t.number), *[_fmt(t.params.get(n)) for n in names], value,
+                      str(t.epochs), "" if t.seconds is None else f"{t.seconds:.0f}",
+                      t.state + (f" (retry of {t.retry_of})" if t.retry_of is not None
+                                 else ""))  # fmt: skip
     out.print(table)
-    best = summary["best"]
+    best = summary.best
     if best is not None:
-        err.print(f"Best: trial {best['number']}, {summary['metric']} {best['value']:.4f} "
-                  f"({best['run_dir']}). Reproduce it with:", highlight=False)  # fmt: skip
-        out.print(best["command"], highlight=False, soft_wrap=True)
-    if summary["importances"]:
-        shown = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
+        err.print(f"Best: trial {best.number}, {summary.metric} {best.value:.4f} "
+                  f"({best.run_dir}). Reproduce it with:", highlight=False)  # fmt: skip
+        out.print(summary.command, highlight=False, soft_wrap=True)
+    if summary.importances:
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in summary.importances.items())
         err.print(f"Parameter importances: {shown}", highlight=False)
 
 

@@ -125,10 +125,10 @@ def index_folders(
                     f"{store.location} was indexed with another model ({existing['name']}, "
                     f"{existing['sha256'][:12]}) than {identity['name']} "
                     f"({identity['sha256'][:12]}); its faces would not be comparable.",
-                    "Re-run with --reindex to predict everything again with this model, or "
-                    "use another --db.",
+                    "Re-run with `reindex=True` to predict everything again with this model, "
+                    "or index into another database (`db=OTHER.db`).",
                 )
-            progress.log(f"--reindex: clearing {store.location} (made with "
+            progress.log(f"Reindexing: clearing {store.location} (made with "
                          f"{existing['name']}).")  # fmt: skip
             store.clear(identity)
         skip = {Path(f"{store.location}{end}").absolute() for end in ("", "-wal", "-shm")}

@@ -13,6 +13,7 @@ import numpy as np
 
 from faceattr.collection.query import attributes_of, evaluate, parse
 from faceattr.collection.store import CollectionError, Store, open_store
+from faceattr.errors import command
 
 DEFAULT_LIMIT = 20
 
@@ -51,8 +52,8 @@ class SearchResult:
 def _model(store: Store) -> dict[str, Any]:
     model = store.model
     if model is None:
-        raise CollectionError(f"{store.location} holds no index yet.",
-                          f"Run `faceattr index PHOTOS --db {store.location}` first.")  # fmt: skip
+        make = command("`faceattr index PHOTOS --db {db}`", db=store.location)
+        raise CollectionError(f"{store.location} holds no index yet.", f"Run {make} first.")
     return model
 
 
@@ -115,14 +116,14 @@ def like_image(
     try:
         model = _model(store)
         names = model["attributes"]
-        found = create_detector(None) if detect else None
-        [result] = iter_predictions([str(image)], Predictor(model["name"]), detector=found)
+        face_detector = create_detector(None) if detect else None
+        [result] = iter_predictions([str(image)], Predictor(model["name"]), detector=face_detector)
         if result.error:
-            raise UsageError(f"--like {image}: {result.error}")
+            raise UsageError(f'`like="{image}"`: {result.error}')
         if not result.faces:
             raise UsageError(
-                f"--like {image}: no face found.",
-                "Pass a photo with a face (or an aligned crop, with --no-detect).",
+                f'`like="{image}"`: no face found.',
+                "Pass a photo with a clearly visible face.",
             )
         target = _logits(np.asarray(result.faces[0].probability_array, np.float64))
         target /= np.linalg.norm(target) or 1.0

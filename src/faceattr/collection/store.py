@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.errors import FaceAttrError, UsageError
+from faceattr.errors import FaceAttrError, UsageError, command
 
 SCHEMA_VERSION = 1
 COLUMNS_SUFFIX = "-columns"  # the column store's folder, beside the database file
@@ -428,7 +428,7 @@ def _open_postgres(url: str, create: bool) -> Store:
 
     from faceattr.extras import require
 
-    require("psycopg", what="--db postgresql://...")
+    require("psycopg", what='An index in PostgreSQL (`db="postgresql://..."`)')
     import psycopg
 
     shown = _redact(url)
@@ -444,8 +444,8 @@ def _open_postgres(url: str, create: bool) -> Store:
     ready = wrapped.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
     if not ready and not create:
         conn.close()
-        raise CollectionError(f"No index in {shown}.",
-                              f"Make one with `faceattr index PHOTOS --db {shown}`.")  # fmt: skip
+        make = command("`faceattr index PHOTOS --db {db}`", db=shown)
+        raise CollectionError(f"No index in {shown}.", f"Make one with {make}.")
     cache = Path(os.environ.get("FACEATTR_CACHE_DIR") or Path.home() / ".cache" / "faceattr")
     key = hashlib.sha256(shown.encode()).hexdigest()[:16]
     store = Store(wrapped, shown, ready=bool(ready), dialect=POSTGRES,
@@ -463,15 +463,13 @@ def open_store(db: str | Path, *, create: bool) -> Store:
         return _open_postgres(text, create)
     if "://" in text:
         raise UsageError(
-            f"--db {text}: not an SQLite file or a postgresql:// URL.",
-            "Pass a file path (--db library.db) or postgresql://USER@HOST:PORT/DATABASE.",
+            f'`db="{text}"`: not an SQLite file or a postgresql:// URL.',
+            'Pass a file path (`db="library.db"`) or a postgresql://USER@HOST:PORT/DATABASE URL.',
         )
     path = Path(text).expanduser()
     if not path.exists() and not create:
-        raise CollectionError(
-            f"No index at {path}.",
-            f"Make one with `faceattr index PHOTOS_FOLDER --db {path}`.",
-        )
+        make = command("`faceattr index PHOTOS_FOLDER --db {db}`", db=path)
+        raise CollectionError(f"No index at {path}.", f"Make one with {make}.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,

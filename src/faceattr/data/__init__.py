@@ -69,7 +69,7 @@ def read_dataset(cfg: DataConfig) -> AttributeTable:
     if not cfg.root:
         raise UsageError(
             "No dataset folder given.",
-            "Pass --root DIR (e.g. `faceattr data fetch synthetic --root data/synthetic` "
+            "Pass `root=DIR` (e.g. `faceattr data fetch synthetic --root data/synthetic` "
             "makes a small one).",
         )
     return dataset_spec(cfg.dataset).read(cfg)

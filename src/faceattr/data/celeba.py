@@ -30,7 +30,7 @@ LAYOUTS: tuple[str, ...] = ("official", "kaggle", "torchvision")
 
 FETCH_HINT = (
     "Download CelebA with `faceattr data fetch celeba --root DIR` (or write a small demo set "
-    "with `faceattr data fetch synthetic --root DIR`) and pass that DIR as --root."
+    "with `faceattr data fetch synthetic --root DIR`) and pass that folder as `root=DIR`."
 )
 _REFETCH_HINT = (
     "The file looks damaged or edited; re-download it with `faceattr data fetch celeba --root DIR`."

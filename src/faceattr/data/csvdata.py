@@ -45,9 +45,9 @@ _VALUES: dict[str, float | None] = {
 }  # fmt: skip
 
 _FORMAT_HINT = (
-    "The labels CSV needs a header line naming an `image` column (path relative to --root), "
-    "optionally `split` (train/valid/test) and `identity`, then one column per attribute with "
-    "1/0 (or 1/-1); leave a cell blank when the label is unknown."
+    "The labels CSV needs a header line naming an `image` column (path relative to the dataset "
+    "folder, `root=DIR`), optionally `split` (train/valid/test) and `identity`, then one column "
+    "per attribute with 1/0 (or 1/-1); leave a cell blank when the label is unknown."
 )
 
 
@@ -60,14 +60,18 @@ def resolve_labels_path(root: str | Path, labels: str | Path | None) -> Path:
         if default.is_file():
             return default
         raise UsageError(
-            "--dataset csv needs a labels file: pass --labels FILE.csv.",
-            f"(Without --labels, {default} is used when it exists.) " + _FORMAT_HINT,
+            "The csv dataset needs a labels file: pass `labels=FILE.csv`.",
+            f"(When none is given, {default} is used if it exists.) " + _FORMAT_HINT,
         )
     path = Path(labels).expanduser()
     if not path.exists() and not path.is_absolute() and (root / path).exists():
         path = root / path
     if not path.exists():
-        raise DataError(f"Labels file {path} does not exist.", "Check the --labels path.")
+        raise DataError(
+            f"Labels file {path} does not exist.",
+            "Check the path given as `labels=FILE.csv` (a relative path is also looked for under "
+            "the dataset folder).",
+        )
     if path.is_dir():
         raise DataError(f"Labels file {path} is a folder; pass the CSV file itself.")
     return path
@@ -272,7 +276,7 @@ def read_csv_dataset(
     if not root.is_dir():
         raise DataError(
             f"Image folder {root} does not exist." if not root.exists() else f"{root} is a file.",
-            "Pass the folder the `image` paths of the labels file are relative to as --root.",
+            "Pass the folder the `image` paths of the labels file are relative to as `root=DIR`.",
         )
     header, rows, lines = _read_rows(path)
     if not rows:
@@ -314,7 +318,8 @@ def read_csv_dataset(
             raise DataError(
                 f"None of the {len(images):,} images listed in {path.name} is under {root} "
                 f"(e.g. {', '.join(images[:3])}).",
-                "--root must be the folder the image paths in the labels file are relative to.",
+                "The dataset folder (`root=DIR`) must be the folder the image paths in the labels "
+                "file are relative to.",
             )
         if not on_disk.all():
             missing = images[~on_disk]

@@ -134,13 +134,14 @@ def disk_error(path: Path, exc: OSError, needed: int | None = None) -> DownloadE
             room = ""
         return DownloadError(
             f"No space left on the disk while writing {path}{room}.",
-            f"Free some space on the disk holding {where}, or choose another --root; "
-            "partial files were removed.",
+            f"Free some space on the disk holding {where}, or choose another dataset folder "
+            "(`root=DIR`); partial files were removed.",
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return DownloadError(
             f"No permission to write {path} ({exc.strerror}).",
-            f"Choose a --root you can write to, or fix the permissions of {where}.",
+            "Choose a dataset folder (`root=DIR`) you can write to, or fix the permissions of "
+            f"{where}.",
         )
     return DownloadError(
         f"Cannot write {path}: {exc.strerror or exc}.", f"Check the disk at {where}."
@@ -169,7 +170,7 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         raise DownloadError(
             f"Not enough disk space for {what}: {format_bytes(needed)} needed, "
             f"{format_bytes(free)} free at {folder}.",
-            "Free some space or choose another --root; nothing was written.",
+            "Free some space or choose another dataset folder (`root=DIR`); nothing was written.",
         )
 
 

@@ -49,17 +49,21 @@ def _pillow_pixel_limit(max_pixels: int | None) -> Iterator[None]:
 def _too_large(
     path: Path, size: tuple[int, int] | None, pixels: int | None, limit: int, user_limit: bool
 ) -> ImageReadError:
-    source = "--max-pixels" if user_limit else "Pillow's decompression-bomb limit"
+    # The message alone is what a prediction reports per image: it names no setting.
+    over = (
+        f"the pixel limit of {limit:,} given"
+        if user_limit
+        else f"Pillow's decompression-bomb limit of {limit:,} pixels"
+    )
     if size is not None:
         what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels"
     else:
         what = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
     return ImageReadError(
-        f"Cannot read image {path}: it is too large ({what}, more than the limit of "
-        f"{limit:,} set by {source}); if it is trustworthy, raise the limit with "
-        "--max-pixels N.",
-        "If the file is trustworthy, raise the limit: `faceattr predict --max-pixels N` "
-        "(in Python, load_image(path, max_pixels=N)), N at least the pixel count above.",
+        f"Cannot read image {path}: it is too large ({what}, more than {over}); if it is "
+        "trustworthy, raise the pixel limit.",
+        "If the file is trustworthy, raise the limit when predicting: `max_pixels=N`, N at "
+        "least the pixel count above.",
     )
 
 

@@ -108,7 +108,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="csv",
-            summary="your own images: a folder plus a labels CSV (--labels)",
+            summary="your own images: a folder plus a labels CSV file",
             read=_read_csv,
             license=None,
             image_dirs=_csv_images,

@@ -144,16 +144,16 @@ def select_split(
         raise DataError(
             f"The {split} split of {table.dataset} has no images (images per split: "
             f"{_fmt_counts(counts)}).",
-            f"Use --split {non_empty[-1]} instead (non-empty splits: {', '.join(non_empty)}).",
+            f'Use `split="{non_empty[-1]}"` instead (non-empty splits: {", ".join(non_empty)}).',
         )
     if sample is not None:
         if sample <= 0:
-            raise UsageError(f"--sample must be a positive number of images, got {sample}.")
+            raise UsageError(f"`sample={sample}` is not a positive number of images.")
         available = len(chosen)
         if sample >= available:
             note = (
-                f"--sample {sample:,} is not smaller than the {available:,} {split} images; "
-                "using all of them."
+                f"A sample of {sample:,} images is not smaller than the {available:,} {split} "
+                "images; using all of them."
             )
             chosen = replace(chosen, notes=[*chosen.notes, note])
         else:

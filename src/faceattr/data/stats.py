@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -23,6 +24,67 @@ from faceattr.errors import DataError, UsageError
 from faceattr.fileio import publish
 
 TOP_PAIRS = 10  # strongest positive and negative pairs listed
+
+
+class LabelCounts(TypedDict):
+    positive: int
+    negative: int
+    unknown: int
+
+
+class Pair(TypedDict):
+    """Two attributes and their phi correlation."""
+
+    a: str
+    b: str
+    r: float
+
+
+@dataclass
+class DatasetStats:
+    """What :func:`dataset_stats` measured: ``faceattr data stats --json`` (docs/formats.md).
+    A rate or ratio is None where it is undefined."""
+
+    dataset: str
+    split: str  # "all" or the split described
+    n_images: int  # rows: faces for WFLW
+    n_files: int  # distinct image files
+    n_identities: int | None  # None when the layout has no identities
+    splits: dict[str, int]  # split -> rows
+    attributes: list[str]
+    positive_rate: dict[str, float | None]
+    imbalance: dict[str, float | None]  # majority / minority count; None: a class is absent
+    counts: dict[str, LabelCounts]
+    split_positive_rate: dict[str, dict[str, float | None]]  # split -> attribute -> rate
+    mean_positives_per_image: float | None
+    majority_accuracy: float | None  # of always answering each attribute's majority class
+    correlation: dict[str, dict[str, float | None]]  # attribute -> attribute -> phi
+    top_pairs: dict[str, list[Pair]]  # "positive" and "negative": the strongest pairs
+    notes: list[str] = field(default_factory=list)  # the dataset reader's remarks
+    plot: str | None = None  # the correlation heatmap, once written
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "n_images": self.n_images,
+            "n_files": self.n_files,
+            "n_identities": self.n_identities,
+            "splits": self.splits,
+            "attributes": self.attributes,
+            "positive_rate": self.positive_rate,
+            "imbalance": self.imbalance,
+            "counts": self.counts,
+            "split_positive_rate": self.split_positive_rate,
+            "mean_positives_per_image": self.mean_positives_per_image,
+            "majority_accuracy": self.majority_accuracy,
+            "correlation": self.correlation,
+            "top_pairs": self.top_pairs,
+        }
+        if self.plot is not None:
+            out["plot"] = self.plot
+        out["notes"] = self.notes
+        return out
 
 
 def _num(value: float) -> float | None:
@@ -58,9 +120,7 @@ def phi_matrix(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r, n.astype(np.int64)
 
 
-def top_pairs(
-    r: np.ndarray, attributes: list[str], k: int = TOP_PAIRS
-) -> dict[str, list[dict[str, Any]]]:
+def top_pairs(r: np.ndarray, attributes: list[str], k: int = TOP_PAIRS) -> dict[str, list[Pair]]:
     """The ``k`` most positive and ``k`` most negative pairs (each pair once)."""
     i, j = np.triu_indices(len(attributes), k=1)
     values = r[i, j]
@@ -68,7 +128,7 @@ def top_pairs(
     i, j, values = i[ok], j[ok], values[ok]
     order = np.argsort(values, kind="stable")
 
-    def pick(idx: np.ndarray, sign: int) -> list[dict[str, Any]]:
+    def pick(idx: np.ndarray, sign: int) -> list[Pair]:
         return [
             {"a": attributes[i[t]], "b": attributes[j[t]], "r": round(float(values[t]), 4)}
             for t in idx
@@ -80,10 +140,10 @@ def top_pairs(
 
 def dataset_stats(
     table: AttributeTable, split: str = "all", *, top: int = TOP_PAIRS
-) -> dict[str, Any]:
-    """Statistics of ``table`` (or of one ``split`` of it) as a JSON-ready dict.
+) -> DatasetStats:
+    """Statistics of ``table`` (or of one ``split`` of it), with the table's notes.
 
-    Keys: ``dataset``, ``split``, ``n_images`` (rows: faces for WFLW), ``n_files`` (distinct
+    Fields: ``dataset``, ``split``, ``n_images`` (rows: faces for WFLW), ``n_files`` (distinct
     image files), ``n_identities`` (None when the layout has no identities), ``splits``
     (split -> rows), ``attributes``, ``positive_rate`` / ``imbalance`` (majority/minority,
     None when one class is absent) / ``counts`` (positive, negative, unknown) per attribute,
@@ -93,6 +153,7 @@ def dataset_stats(
     most positive and most negative pairs).
     """
     chosen = resolve_split_name(split)
+    notes = list(table.notes)
     if chosen != "all":
         rows = table.frame["split"].to_numpy(dtype=object) == chosen
         if not rows.any():
@@ -101,7 +162,7 @@ def dataset_stats(
                 f"The {chosen} split of {table.dataset} has no images (images per split: "
                 + ", ".join(f"{s} {n:,}" for s, n in counts.items())
                 + ").",
-                "Use --split all, or one of the non-empty splits.",
+                'Use `split="all"`, or one of the non-empty splits.',
             )
         table = table.subset(rows)
     if len(table) == 0:
@@ -128,30 +189,31 @@ def dataset_stats(
     identity = table.frame["identity"]
     per_image = np.nansum(y, axis=1)
     majority = np.where(np.isnan(rate), np.nan, np.maximum(rate, 1 - rate))
-    return {
-        "dataset": table.dataset,
-        "split": chosen,
-        "n_images": len(table),
-        "n_files": int(table.frame["image"].nunique()),
-        "n_identities": int(identity.nunique()) if identity.notna().any() else None,
-        "splits": table.split_counts(),
-        "attributes": attrs,
-        "positive_rate": {a: _num(v) for a, v in zip(attrs, rate, strict=True)},
-        "imbalance": {a: _num(v) for a, v in zip(attrs, imbalance, strict=True)},
-        "counts": {
+    return DatasetStats(
+        dataset=table.dataset,
+        split=chosen,
+        n_images=len(table),
+        n_files=int(table.frame["image"].nunique()),
+        n_identities=int(identity.nunique()) if identity.notna().any() else None,
+        splits=table.split_counts(),
+        attributes=attrs,
+        positive_rate={a: _num(v) for a, v in zip(attrs, rate, strict=True)},
+        imbalance={a: _num(v) for a, v in zip(attrs, imbalance, strict=True)},
+        counts={
             a: {"positive": int(p), "negative": int(q), "unknown": int(len(table) - k)}
             for a, p, q, k in zip(attrs, pos, neg, n_known, strict=True)
         },
-        "split_positive_rate": split_rates,
-        "mean_positives_per_image": _num(float(per_image.mean())),
-        "majority_accuracy": _num(float(np.nanmean(majority)))
+        split_positive_rate=split_rates,
+        mean_positives_per_image=_num(float(per_image.mean())),
+        majority_accuracy=_num(float(np.nanmean(majority)))
         if (~np.isnan(majority)).any()
         else None,
-        "correlation": {
+        correlation={
             a: {b: _num(r[i, j]) for j, b in enumerate(attrs)} for i, a in enumerate(attrs)
         },
-        "top_pairs": top_pairs(r, attrs, k=top),
-    }
+        top_pairs=top_pairs(r, attrs, k=top),
+        notes=notes,
+    )
 
 
 def heatmap_order(attributes: list[str]) -> list[str]:
@@ -169,14 +231,14 @@ def check_plot_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise UsageError(
-            f"Cannot tell the image format of --plot {path}.",
+            f"Cannot tell the image format of the plot file {path}.",
             "Give the file a .png (or .pdf, .svg) name.",
         )
     return path
 
 
-def plot_correlation(stats: dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:
-    """Draw ``stats["correlation"]`` as a heatmap image at ``path`` (format from the suffix:
+def plot_correlation(stats: DatasetStats, path: str | Path, *, title: str | None = None) -> Path:
+    """Draw ``stats.correlation`` as a heatmap image at ``path`` (format from the suffix:
     .png, .pdf, .svg); written atomically. Returns the path."""
     import matplotlib
 
@@ -184,8 +246,8 @@ def plot_correlation(stats: dict[str, Any], path: str | Path, *, title: str | No
     import matplotlib.pyplot as plt
 
     path = check_plot_path(path)
-    attrs = heatmap_order(list(stats["attributes"]))
-    corr = stats["correlation"]
+    attrs = heatmap_order(list(stats.attributes))
+    corr = stats.correlation
     m = np.array([[np.nan if corr[a][b] is None else corr[a][b] for b in attrs] for a in attrs])
     n = len(attrs)
     np.fill_diagonal(m, np.nan)  # r = 1 on the diagonal says nothing and flattens the colours
@@ -202,11 +264,11 @@ def plot_correlation(stats: dict[str, Any], path: str | Path, *, title: str | No
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
                             color="white" if abs(m[i, j]) > 0.6 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="phi (Pearson r on 0/1 labels)")
-    what = stats.get("split", "all")
+    what = stats.split
     ax.set_title(
         title
-        or f"{stats.get('dataset', '')} attribute correlation ({stats['n_images']:,} "
-        + ("faces" if stats.get("n_files", stats["n_images"]) != stats["n_images"] else "images")
+        or f"{stats.dataset} attribute correlation ({stats.n_images:,} "
+        + ("faces" if stats.n_files != stats.n_images else "images")
         + ("" if what == "all" else f", {what} split")
         + ")"
     )

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -33,6 +35,7 @@ from faceattr.data.wflw import (
     LIST_DIR,
     format_wflw_line,
 )
+from faceattr.errors import command
 
 # Background (CelebA) and face (WFLW) colours.
 _SKIN_RGB = ((233, 196, 170), (224, 172, 140), (198, 140, 105), (160, 110, 80), (110, 75, 55))
@@ -335,6 +338,38 @@ def write_synthetic_celeba(
         )
         img.save(files.image_dir / name, format="JPEG", quality=90)
     return root
+
+
+@dataclass
+class SyntheticDataset:
+    """What :func:`fetch_synthetic` wrote: ``faceattr data fetch synthetic --json``."""
+
+    root: Path
+    splits: dict[str, int]  # images per split
+    seed: int
+
+    @property
+    def next_command(self) -> str:
+        """The command that trains a small model on it, in seconds."""
+        train = "`faceattr train --root {root} --arch celebnet --epochs 3`"
+        return command(train, root=self.root).strip("`")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": "synthetic", "root": str(self.root), "images": sum(self.splits.values()),
+                "splits": self.splits, "seed": self.seed, "next": self.next_command}  # fmt: skip
+
+
+def fetch_synthetic(
+    root: str | Path,
+    *,
+    n_train: int = DEMO_SIZES[0],
+    n_valid: int = DEMO_SIZES[1],
+    n_test: int = DEMO_SIZES[2],
+    seed: int = 0,
+) -> SyntheticDataset:
+    """``faceattr data fetch synthetic``: :func:`write_synthetic_celeba` in the official layout."""
+    path = write_synthetic_celeba(root, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed)
+    return SyntheticDataset(path, {"train": n_train, "valid": n_valid, "test": n_test}, seed)
 
 
 # ---------------------------------------------------------------------------------------------

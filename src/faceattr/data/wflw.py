@@ -31,7 +31,7 @@ from faceattr.data import BOX_COLUMNS
 from faceattr.data.archives import unwrap_folder
 from faceattr.data.csvdata import existing_images
 from faceattr.data.table import AttributeTable
-from faceattr.errors import DataError, UsageError
+from faceattr.errors import DataError, UsageError, command
 
 ANNOTATIONS_DIR = "WFLW_annotations"
 LIST_DIR = "list_98pt_rect_attr_train_test"
@@ -48,8 +48,9 @@ N_FIELDS = 2 * N_LANDMARKS + 4 + len(WFLW_ATTRIBUTES) + 1  # 207: ... flags, ima
 DEFAULT_MARGIN = 0.25  # crop = face box made square, plus this fraction of its side each way
 
 FETCH_HINT = (
-    "Get WFLW with `faceattr data fetch wflw --root DIR` (or `--from FOLDER` holding "
-    f"{ANNOTATIONS_ARCHIVE} and {IMAGES_ARCHIVE}) and pass that DIR as --root."
+    "Get WFLW with `faceattr data fetch wflw --root DIR` (or, with "
+    f"{ANNOTATIONS_ARCHIVE} and {IMAGES_ARCHIVE} downloaded by hand into FOLDER, "
+    "`faceattr data fetch wflw --root DIR --from FOLDER`) and pass that folder as `root=DIR`."
 )
 
 
@@ -105,10 +106,8 @@ def find_wflw(root: str | Path) -> WflwFiles:
         archives = [n for n in (ANNOTATIONS_ARCHIVE, IMAGES_ARCHIVE) if (root / n).is_file()]
         hint = FETCH_HINT
         if archives:
-            hint = (
-                f"{', '.join(archives)} is in {root}: extract it with `faceattr data fetch wflw "
-                f"--root {root} --from {root}`."
-            )
+            extract = command("`faceattr data fetch wflw --root {root} --from {root}`", root=root)
+            hint = f"{', '.join(archives)} is in {root}: extract it with {extract}."
         raise DataError(f"No WFLW dataset in {root}: missing {' and '.join(missing)}.", hint)
     assert files is not None and image_dir is not None
     return WflwFiles(annotation_files=files, image_dir=image_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,56 @@ import torch
 from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
 from faceattr.errors import ModelError, UsageError
 from faceattr.fileio import sha256_of
+from faceattr.metrics import HeldOutScores
 from faceattr.models.file import ModelFile
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RunDir
 
 SAVE_DTYPES = {name: getattr(torch, name) for name in ENSEMBLE_DTYPES}
+
+
+class MemberScores(HeldOutScores):
+    """One member's held-out scores, and which member (``model``, its file)."""
+
+    model: str
+
+
+@dataclass
+class EnsembleResult:
+    """What :func:`make_ensemble` wrote: ``faceattr ensemble --json`` (docs/formats.md)."""
+
+    out: str  # the ensemble model file
+    members: list[str]  # the members' model files, in order
+    tta: str
+    evaluated: bool = False  # members and ensemble scored on a held-out split, thresholds tuned
+    thresholds: str | None = None  # not evaluated: what the thresholds are, in words
+    # Evaluated only: the split, its images, the reader's notes and the scores.
+    split: str | None = None
+    images: int = 0
+    notes: list[str] = field(default_factory=list)
+    member_scores: list[MemberScores] = field(default_factory=list)
+    ensemble: HeldOutScores | None = None
+    gain_over_best_member: float = 0.0  # mean accuracy at 0.5 over the best member's
+    threshold_metric: str | None = None
+    threshold_accuracy_drop: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"out": self.out, "members": self.members, "tta": self.tta}
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds
+        out["evaluated"] = self.evaluated
+        if self.evaluated:
+            out.update(
+                split=self.split,
+                images=self.images,
+                notes=self.notes,
+                member_scores=self.member_scores,
+                ensemble=self.ensemble,
+                gain_over_best_member=self.gain_over_best_member,
+                threshold_metric=self.threshold_metric,
+                threshold_accuracy_drop=self.threshold_accuracy_drop,
+            )
+        return out
 
 
 def _source(path: Path) -> dict[str, Any]:
@@ -54,8 +99,9 @@ def _common_carve(paths: Sequence[Path], data: DataConfig) -> tuple[DataConfig, 
         raise ModelError(
             f"The members held out different validation identities: {listed}. Thresholds "
             "tuned on one carve would be tuned on another member's training images.",
-            "Ensemble runs trained with the same --valid-fraction and seed, or build the "
-            "ensemble without --root (thresholds stay at 0.5).",
+            "Ensemble runs trained with the same validation carve (`data.valid_fraction=F` "
+            "and split seed), or build the ensemble without a dataset (no `root=DIR`: "
+            "thresholds stay at 0.5).",
         )
     if carves:
         (fraction, seed), _ = carves.popitem()
@@ -86,13 +132,13 @@ def make_ensemble(
     threshold_metric: str | None = None,
     max_accuracy_drop: float | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> EnsembleResult:
     """Combine ``models`` (run directories or model files) into the ensemble file ``out``.
 
     With ``data``, the members and the ensemble are evaluated on ``split``, and thresholds
     are tuned there (``threshold_metric``, ``max_accuracy_drop``: as in training, whose
-    defaults they take). Returns a summary: the file, its members, and with ``data`` their
-    scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
+    defaults they take). Returns an :class:`EnsembleResult`: the file, its members, and with
+    ``data`` their scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
     """
     from faceattr.metrics import held_out_scores, tune_thresholds
     from faceattr.models.ensemble import combine, ensemble_info
@@ -116,11 +162,11 @@ def make_ensemble(
     info = ensemble_info([i for _, i in loaded], [_source(p) for p in paths], tta=tta)
     ensemble = combine([m for m, _ in loaded], [i for _, i in loaded], info)
     out = Path(out)
-    summary: dict[str, Any] = {"out": str(out), "members": [str(p) for p in paths], "tta": tta}
+    members = [str(p) for p in paths]
     if data is None:
         save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
-        summary.update(thresholds="0.5 (no --root: nothing to tune them on)", evaluated=False)
-        return summary
+        return EnsembleResult(out=str(out), members=members, tta=tta,
+                              thresholds="0.5 (no dataset to tune them on)")  # fmt: skip
 
     data, notes = _common_carve(paths, data)
     for note in notes:
@@ -134,14 +180,13 @@ def make_ensemble(
         save_model_file(tmp, ensemble, info, dtype=SAVE_DTYPES[dtype])
         probs, targets, index = _evaluate(tmp, data, split, tta, progress, f"ensemble {split}")
         attributes = list(info.attributes)
-        member_scores = []
+        member_scores: list[MemberScores] = []
         for p in paths:
             m_probs, _, m_index = _evaluate(p, data, split, tta, progress, f"{p.name} {split}")
             if not np.array_equal(m_index, index):
                 raise ModelError(f"{p} could not read the same {split} images as the others.")
-            member_scores.append(
-                held_out_scores(m_probs, targets, attributes, max_accuracy_drop=drop)
-            )
+            m = held_out_scores(m_probs, targets, attributes, max_accuracy_drop=drop)
+            member_scores.append({"model": str(p), **m})
         scores = held_out_scores(probs, targets, attributes, max_accuracy_drop=drop)
         thresholds = tune_thresholds(probs, targets, metric=metric, max_accuracy_drop=drop)
         validation = {"split": split, "images": len(probs), **scores}
@@ -151,15 +196,17 @@ def make_ensemble(
     finally:
         tmp.unlink(missing_ok=True)
     best = max(m["mean_accuracy_at_0.5"] for m in member_scores)
-    summary.update(
+    return EnsembleResult(
+        out=str(out),
+        members=members,
+        tta=tta,
         evaluated=True,
         split=split,
         images=len(probs),
         notes=notes,
-        member_scores=[{"model": str(p), **m} for p, m in zip(paths, member_scores, strict=True)],
+        member_scores=member_scores,
         ensemble=scores,
         gain_over_best_member=round(scores["mean_accuracy_at_0.5"] - best, 4),
         threshold_metric=metric,
         threshold_accuracy_drop=drop,
     )
-    return summary

@@ -6,7 +6,8 @@ Runs on either backend (ONNX Runtime or PyTorch) through the same
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,49 @@ from faceattr.data.table import AttributeTable
 from faceattr.errors import DataError
 from faceattr.fileio import atomic_open
 from faceattr.inference.predictor import Predictor
-from faceattr.metrics import metrics_report
+from faceattr.metrics import MetricsReport, metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RunDir
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_model` measured. ``to_json()`` is ``faceattr eval --json`` and,
+    without ``saved_to``/``saved_as``, the ``metrics-<split>.json`` file (docs/formats.md)."""
+
+    metrics: MetricsReport  # the metrics report (summary, per_attribute, thresholds)
+    split: str
+    model: str  # the model file evaluated
+    backend: str  # "onnx" or "torch"
+    dataset: str
+    root: str
+    tta: str  # the test-time augmentation used
+    skipped_images: int = 0  # images that could not be read
+    notes: list[str] = field(default_factory=list)  # the dataset reader's remarks
+    saved_to: str | None = None  # the run directory the results were written to
+    saved_as: str | None = None  # the metrics file's name there
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            **self.metrics,
+            "split": self.split,
+            "model": self.model,
+            "backend": self.backend,
+            "dataset": self.dataset,
+            "root": self.root,
+            "tta": self.tta,
+            "skipped_images": self.skipped_images,
+            "notes": self.notes,
+        }
+        if self.saved_to is not None:
+            out["saved_to"], out["saved_as"] = self.saved_to, self.saved_as
+        return out
+
+    def metric(self, name: str) -> float | None:
+        """A summary metric of the report by name (``mean_accuracy``, ``macro_f1``, ...)."""
+        report: Mapping[str, Any] = self.metrics
+        return report.get(name)
 
 
 def split_table(path: Path, info: ModelInfo, data: DataConfig, split: str) -> AttributeTable:
@@ -96,7 +136,7 @@ def evaluate_model(
     tta: str | None = None,
     progress: Progress | None = None,
     save: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics of ``model`` on ``split`` of the dataset ``data`` describes.
 
     ``model`` is anything :class:`~faceattr.inference.predictor.Predictor` loads (an
@@ -106,7 +146,7 @@ def evaluate_model(
     settings are used (so ``valid`` means the same held-out identities as in training) and,
     with ``save``, ``metrics-<split>.json`` and ``predictions-<split>.npz`` (per-face
     probabilities, see :func:`save_predictions`) are written there. ``tta`` ("none" or
-    "flip") overrides the model's own test-time augmentation.
+    "flip") overrides the model's own test-time augmentation. Returns an :class:`Evaluation`.
     """
     progress = progress or NullProgress()
     if threshold is not None:
@@ -123,7 +163,8 @@ def evaluate_model(
     metrics = metrics_report(
         probs, targets, list(info.attributes), thresholds, info.train_positive_rates
     )
-    metrics.update(
+    result = Evaluation(
+        metrics=metrics,
         split=split,
         model=str(path),
         backend=predictor.backend.name,
@@ -138,13 +179,12 @@ def evaluate_model(
         # The run's own model writes metrics-<split>.json (what `report` reads); another file
         # in the run (an export such as model-int8.onnx) gets its name appended.
         tag = RunDir.eval_tag(path)
-        metrics_file = run.write_metrics(split, metrics, tag)
+        metrics_file = run.write_metrics(split, result.to_json(), tag)
         save_predictions(
             run.predictions_file(split, tag), table, index, probs, targets, list(info.attributes)
         )
-        metrics["saved_to"] = str(run.path)
-        metrics["saved_as"] = metrics_file.name
-    return metrics
+        result.saved_to, result.saved_as = str(run.path), metrics_file.name
+    return result
 
 
 def save_predictions(

@@ -21,10 +21,10 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from faceattr.config import (
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
 from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes, sha256_of
-from faceattr.metrics import compute_metrics
+from faceattr.metrics import MetricsReport, compute_metrics, defined
 from faceattr.models.digest import with_onnx_metadata
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta
@@ -51,11 +51,90 @@ class ExportRefused(FaceAttrError):
     """int8 lost too much accuracy: nothing was written (exit code 1)."""
 
 
+@dataclass
+class ExportCheck:
+    """The exported file against PyTorch on the same images."""
+
+    images: int
+    source: str  # which images, e.g. "celeba valid split"
+    max_abs_probability_diff: float
+    decisions_differ: int  # (image, attribute) decisions that differ at the model's thresholds
+    decisions: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AccuracyChange(TypedDict):
+    """Mean accuracy in points of fp32 and int8, and what int8 loses."""
+
+    fp32: float
+    int8: float
+    drop: float
+
+
+class AttributeDrop(TypedDict):
+    name: str
+    drop: float  # points of accuracy
+
+
+@dataclass
+class Int8Comparison:
+    """int8 against fp32 on a held-out split (``int8_vs_fp32``)."""
+
+    split: str
+    images: int
+    at_half: AccuracyChange  # at threshold 0.5 ("at_0.5")
+    tuned: AccuracyChange  # at the model's thresholds
+    worst_attribute: AttributeDrop  # the attribute whose accuracy drops most (tuned)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "images": self.images, "at_0.5": self.at_half,
+                "tuned": self.tuned, "worst_attribute": self.worst_attribute}  # fmt: skip
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote: ``faceattr export --json`` (docs/formats.md)."""
+
+    model: str  # the source model file
+    out: str  # the ONNX file written
+    format: str  # "onnx"
+    precision: str  # "fp32" or "int8"
+    opset: int
+    tta: str
+    weights_stored_as_fp16: int  # weight tensors stored as float16
+    check: ExportCheck
+    # int8 only: the comparison, None when no held-out split was given (not measured).
+    int8_vs_fp32: Int8Comparison | None = None
+    nbytes: int = 0  # the file's size ("bytes")
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "out": self.out,
+            "format": self.format,
+            "precision": self.precision,
+            "opset": self.opset,
+            "tta": self.tta,
+            "weights_stored_as_fp16": self.weights_stored_as_fp16,
+            "check": self.check.to_json(),
+        }
+        if self.precision == "int8":
+            out["int8_vs_fp32"] = self.comparison_json()
+        out["bytes"], out["seconds"] = self.nbytes, self.seconds
+        return out
+
+    def comparison_json(self) -> dict[str, Any] | None:
+        return None if self.int8_vs_fp32 is None else self.int8_vs_fp32.to_json()
+
+
 def default_output(source: ModelFile, int8: bool) -> Path:
     """RUN/model.onnx (model-int8.onnx) for a run directory, FILE.onnx beside a file."""
     if source.is_default:
         raise UsageError(
-            "Exporting the default model needs --out FILE.onnx (it would land inside the "
+            "Exporting the default model needs `out=FILE.onnx` (it would land inside the "
             "installed package otherwise)."
         )
     stem = source.path.stem + ("-int8" if int8 else "")
@@ -107,14 +186,14 @@ def store_weights_fp16(path: Path, *, exact_only: bool = True, min_size: int = 1
         if init.data_type != TensorProto.FLOAT:
             continue
         w = numpy_helper.to_array(init)
-        half = w.astype(np.float16)
-        if w.size < min_size or (exact_only and not np.array_equal(half.astype(np.float32), w)):
+        w16 = w.astype(np.float16)
+        if w.size < min_size or (exact_only and not np.array_equal(w16.astype(np.float32), w)):
             continue
         name, stored = init.name, init.name + "__fp16"
         while stored in taken:
             stored += "_"
         taken.add(stored)
-        init.CopyFrom(numpy_helper.from_array(half, stored))
+        init.CopyFrom(numpy_helper.from_array(w16, stored))
         casts.append(helper.make_node("Cast", [stored], [name], to=TensorProto.FLOAT))
     if casts:
         nodes = casts + list(graph.node)
@@ -220,41 +299,44 @@ def _bundled_faces(info: ModelInfo) -> np.ndarray:
     return np.concatenate([pixels, pixels[..., ::-1]])
 
 
-def _mean_accuracies(probs: np.ndarray, targets: np.ndarray, info: ModelInfo) -> dict[str, Any]:
-    at_half = compute_metrics(probs, targets, info.attributes, thresholds=0.5)
-    tuned = compute_metrics(probs, targets, info.attributes, thresholds=info.thresholds or 0.5)
-    return {"at_0.5": at_half, "tuned": tuned}
+def _change(fp32: MetricsReport, int8: MetricsReport) -> AccuracyChange:
+    fa = defined(fp32["mean_accuracy"], "mean accuracy") * 100
+    ia = defined(int8["mean_accuracy"], "mean accuracy") * 100
+    return {"fp32": round(fa, 3), "int8": round(ia, 3), "drop": round(fa - ia, 3)}
 
 
 def compare_int8(fp32: np.ndarray, int8: np.ndarray, targets: np.ndarray, info: ModelInfo,
-                 split: str) -> dict[str, Any]:  # fmt: skip
+                 split: str) -> Int8Comparison:  # fmt: skip
     """Mean accuracy of fp32 and int8 (at 0.5 and at the model's thresholds), in points, and
     the attribute whose accuracy drops most."""
-    a, b = _mean_accuracies(fp32, targets, info), _mean_accuracies(int8, targets, info)
-    out: dict[str, Any] = {"split": split, "images": len(targets)}
-    for key in ("at_0.5", "tuned"):
-        fa, ia = a[key]["mean_accuracy"] * 100, b[key]["mean_accuracy"] * 100
-        out[key] = {"fp32": round(fa, 3), "int8": round(ia, 3), "drop": round(fa - ia, 3)}
+    names, tuned = info.attributes, info.thresholds or 0.5
+    a_half, b_half = (compute_metrics(p, targets, names, thresholds=0.5) for p in (fp32, int8))
+    a, b = (compute_metrics(p, targets, names, thresholds=tuned) for p in (fp32, int8))
     drops = {
-        name: (a["tuned"]["per_attribute"][name]["accuracy"] or 0.0)
-        - (b["tuned"]["per_attribute"][name]["accuracy"] or 0.0)
-        for name in info.attributes
+        name: (a["per_attribute"][name]["accuracy"] or 0.0)
+        - (b["per_attribute"][name]["accuracy"] or 0.0)
+        for name in names
     }
     worst = max(drops, key=lambda n: drops[n])
-    out["worst_attribute"] = {"name": worst, "drop": round(drops[worst] * 100, 3)}
-    return out
+    return Int8Comparison(
+        split=split,
+        images=len(targets),
+        at_half=_change(a_half, b_half),
+        tuned=_change(a, b),
+        worst_attribute={"name": worst, "drop": round(drops[worst] * 100, 3)},
+    )
 
 
 def self_check(reference: np.ndarray, exported: np.ndarray, thresholds: np.ndarray,
-               source: str) -> dict[str, Any]:  # fmt: skip
+               source: str) -> ExportCheck:  # fmt: skip
     """How far the exported model's probabilities are from PyTorch's on the same images."""
-    return {
-        "images": int(len(reference)),
-        "source": source,
-        "max_abs_probability_diff": float(np.abs(reference - exported).max()),
-        "decisions_differ": int(((reference >= thresholds) != (exported >= thresholds)).sum()),
-        "decisions": int(reference.size),
-    }
+    return ExportCheck(
+        images=int(len(reference)),
+        source=source,
+        max_abs_probability_diff=float(np.abs(reference - exported).max()),
+        decisions_differ=int(((reference >= thresholds) != (exported >= thresholds)).sum()),
+        decisions=int(reference.size),
+    )
 
 
 def export_model(
@@ -271,7 +353,7 @@ def export_model(
     tta: str | None = None,
     fp16_weights: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> ExportResult:
     """Export ``model`` (a run directory, a ``.safetensors`` file or ``default``) to ONNX.
 
     ``fp16_weights`` stores an fp32 export's weights as float16 (half the file; the graph
@@ -280,7 +362,7 @@ def export_model(
 
     ``data`` names the real images used for int8 calibration (``calibration_images`` of its
     train split) and, with ``eval_split`` (e.g. ``valid``: the run's held-out identities),
-    for the self-check and the fp32-vs-int8 comparison. Returns a JSON-ready summary.
+    for the self-check and the fp32-vs-int8 comparison. Returns an :class:`ExportResult`.
     Nothing is written when a check fails: the file appears complete or not at all.
     """
     require("torch", "onnx", "onnxscript", what="faceattr export")
@@ -292,14 +374,16 @@ def export_model(
         check_tta(tta)
     if int8 and data is None:
         raise UsageError(
-            "--int8 needs real face images to calibrate on.",
-            "Pass --calibration-root DIR (with --dataset, default celeba): a few hundred "
+            "`int8=True` needs real face images to calibrate on.",
+            "Pass `calibration_root=DIR` (with `dataset=NAME`, default celeba): a few hundred "
             "aligned faces of its train split are used.",
         )
     if eval_split is not None and data is None:
-        raise UsageError("--eval-split needs --calibration-root DIR (the dataset to use).")
+        raise UsageError("`eval_split=SPLIT` needs `calibration_root=DIR` (the dataset to use).")
     if int8 and fp16_weights:
-        raise UsageError("--fp16-weights is for fp32 exports; --int8 stores int8 weights already.")
+        raise UsageError(
+            "`fp16_weights=True` is for fp32 exports; `int8=True` stores int8 weights already."
+        )
     progress = progress or NullProgress()
     started = time.perf_counter()
     source = ModelFile.resolve(model)
@@ -307,7 +391,7 @@ def export_model(
         raise UsageError(f"{source.path} is already an ONNX file; export a .safetensors model.")
     out_path = Path(out) if out is not None else default_output(source, int8)
     if out_path.suffix.lower() != ".onnx":
-        raise UsageError(f"--out must end in .onnx, got {out_path}.")
+        raise UsageError(f"The output file must end in .onnx, got {out_path}.")
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     # Named like atomic_open's temp files, so a killed export's are cleaned up like theirs.
@@ -329,7 +413,7 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
             data: DataConfig | None, calibration_images: int, eval_split: str | None,
             eval_images: int | None, max_accuracy_drop: float, tta: str | None,
             fp16_weights: bool, progress: Progress,
-            started: float) -> dict[str, Any]:  # fmt: skip
+            started: float) -> ExportResult:  # fmt: skip
     from faceattr.engine.evaluate import split_table
     from faceattr.inference.predictor import Predictor
 
@@ -379,44 +463,42 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
     exported = Predictor(ModelFile(written), backend="onnx", device="cpu")
     ref_probs = reference.probabilities_of_pixels(check)
     out_probs = exported.probabilities_of_pixels(check)
-    summary: dict[str, Any] = {
-        "model": str(source.path),
-        "out": str(out_path),
-        "format": "onnx",
-        "precision": "int8" if int8 else "fp32",
-        "opset": OPSET,
-        "tta": info.tta,
-        "weights_stored_as_fp16": stored_fp16,
-        "check": self_check(ref_probs, out_probs, reference.thresholds, check_source),
-    }
-    if int8 and check_targets is not None:
+    result = ExportResult(
+        model=str(source.path),
+        out=str(out_path),
+        format="onnx",
+        precision="int8" if int8 else "fp32",
+        opset=OPSET,
+        tta=info.tta,
+        weights_stored_as_fp16=stored_fp16,
+        check=self_check(ref_probs, out_probs, reference.thresholds, check_source),
+    )
+    if int8 and check_targets is not None:  # else (int8) not measured: no held-out split
         fp32 = Predictor(ModelFile(fp32_tmp), backend="onnx", device="cpu")
         fp32_probs = fp32.probabilities_of_pixels(check)
         comparison = compare_int8(fp32_probs, out_probs, check_targets, info, str(eval_split))
-        summary["int8_vs_fp32"] = comparison
-        worst = max(comparison["at_0.5"]["drop"], comparison["tuned"]["drop"])
+        result.int8_vs_fp32 = comparison
+        worst = max(comparison.at_half["drop"], comparison.tuned["drop"])
         if worst > max_accuracy_drop:
             raise ExportRefused(
                 f"int8 loses {worst:.2f} points of mean accuracy against fp32 on "
-                f"{comparison['images']} {eval_split} images (at 0.5: "
-                f"{comparison['at_0.5']['drop']:.2f}, tuned: {comparison['tuned']['drop']:.2f}; "
-                f"--max-accuracy-drop {max_accuracy_drop}); nothing was written.",
-                "Export fp32 (without --int8), calibrate on more images "
-                "(--calibration-images), or allow more with --max-accuracy-drop.",
+                f"{comparison.images} {eval_split} images (at 0.5: "
+                f"{comparison.at_half['drop']:.2f}, tuned: {comparison.tuned['drop']:.2f}; "
+                f"`max_accuracy_drop={max_accuracy_drop}`); nothing was written.",
+                "Export fp32 (without `int8=True`), calibrate on more images "
+                "(`calibration_images=N`), or allow more with `max_accuracy_drop=POINTS`.",
             )
-    elif int8:
-        summary["int8_vs_fp32"] = None  # no held-out split given: not measured
 
     provenance = {
         "source": source.path.name,
         "source_sha256": sha256_of(source.path),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "precision": summary["precision"],
+        "precision": result.precision,
         "opset": OPSET,
         "weights_stored_as_fp16": stored_fp16,
         "calibration": calib_note,
-        "check": summary["check"],
-        "int8_vs_fp32": summary.get("int8_vs_fp32"),
+        "check": result.check.to_json(),
+        "int8_vs_fp32": result.comparison_json(),
     }
     run = source.run
     if run is not None:
@@ -425,38 +507,37 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
     entries = {METADATA_KEY: final_info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
     blob = with_onnx_metadata(written.read_bytes(), entries, producer="faceattr")
     atomic_write_bytes(out_path, blob, what="ONNX model")
-    summary["bytes"] = out_path.stat().st_size
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    return summary
+    result.nbytes = out_path.stat().st_size
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result
 
 
-def iter_summary_lines(summary: dict[str, Any]) -> Iterator[str]:
-    """Human-readable lines of an export summary (for the CLI)."""
-    c = summary["check"]
-    size = summary["bytes"] / 1e6
+def iter_summary_lines(result: ExportResult) -> Iterator[str]:
+    """Human-readable lines of an export's result (for the CLI)."""
+    c = result.check
+    size = result.nbytes / 1e6
     yield (
-        f"Wrote {summary['out']} ({summary['precision']}, {size:.1f} MB, opset "
-        f"{summary['opset']}, TTA {summary['tta']}) in {summary['seconds']} s."
+        f"Wrote {result.out} ({result.precision}, {size:.1f} MB, opset "
+        f"{result.opset}, TTA {result.tta}) in {result.seconds} s."
     )
-    if summary.get("weights_stored_as_fp16"):
-        yield f"{summary['weights_stored_as_fp16']} weight tensors stored as float16."
+    if result.weights_stored_as_fp16:
+        yield f"{result.weights_stored_as_fp16} weight tensors stored as float16."
     yield (
-        f"Check against PyTorch on {c['images']} images ({c['source']}): largest probability "
-        f"change {c['max_abs_probability_diff']:.2e}; {c['decisions_differ']} of "
-        f"{c['decisions']} decisions differ at the model's thresholds."
+        f"Check against PyTorch on {c.images} images ({c.source}): largest probability "
+        f"change {c.max_abs_probability_diff:.2e}; {c.decisions_differ} of "
+        f"{c.decisions} decisions differ at the model's thresholds."
     )
-    cmp = summary.get("int8_vs_fp32", "absent")
-    if cmp is None:
+    cmp = result.int8_vs_fp32
+    if result.precision == "int8" and cmp is None:
         yield (
-            "int8 accuracy not measured: pass --eval-split valid (held-out images) to compare "
-            "it with fp32."
+            'int8 accuracy not measured: pass `eval_split="valid"` (held-out images) to '
+            "compare it with fp32."
         )
-    elif cmp != "absent":
-        for key, label in (("at_0.5", "at 0.5"), ("tuned", "at the tuned thresholds")):
-            v = cmp[key]
+    elif cmp is not None:
+        for v, label in ((cmp.at_half, "at 0.5"), (cmp.tuned, "at the tuned thresholds")):
             yield (
-                f"Mean accuracy {label} on {cmp['images']} {cmp['split']} images: fp32 "
+                f"Mean accuracy {label} on {cmp.images} {cmp.split} images: fp32 "
                 f"{v['fp32']:.2f}, int8 {v['int8']:.2f} (drop {v['drop']:.2f} points)."
             )
-        w = cmp["worst_attribute"]
+        w = cmp.worst_attribute
         yield f"Worst attribute: {w['name']} (drop {w['drop']:.2f} points)."

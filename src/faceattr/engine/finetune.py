@@ -30,7 +30,7 @@ def finetune_config(
         raise UsageError(
             f"{run.path} is not a finished run directory (needs {run.config_file.name} and "
             f"{run.best_file.name}).",
-            "Pass the --out directory of a `faceattr train` run.",
+            "Pass the run directory of a `faceattr train` run (its `out=DIR`).",
         )
     parent = run.config()
     if unfreeze != "all":
@@ -39,7 +39,7 @@ def finetune_config(
                 raise ValueError
         except ValueError:
             raise UsageError(
-                f"--unfreeze must be a number of backbone groups or 'all', not {unfreeze!r}."
+                f"`unfreeze=N` must be a number of backbone groups or 'all', not {unfreeze!r}."
             ) from None
     assert parent.optim.lr is not None  # filled in when the config was built
     cfg = replace(

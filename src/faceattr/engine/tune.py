@@ -70,11 +70,11 @@ def parse_param(text: str, kinds: dict[str, type]) -> ParamSpec:
     name = name.strip().replace("-", "_").lstrip("_")
     if not sep or not spec.strip():
         raise UsageError(
-            f"--param {text!r}: expected NAME=SPEC.",
-            "e.g. --param lr=1e-4:1e-2:log, --param dropout=0.3,0.5, --param epochs=3:10",
+            f"`param={text!r}`: expected NAME=SPEC.",
+            "e.g. lr=1e-4:1e-2:log, dropout=0.3,0.5 or epochs=3:10",
         )
     if name not in kinds:
-        raise unknown_name_error("train option for --param", name, sorted(kinds))
+        raise unknown_name_error("tunable train option", name, sorted(kinds))
     kind = kinds[name]
     spec = spec.strip()
     try:
@@ -92,11 +92,58 @@ def parse_param(text: str, kinds: dict[str, type]) -> ParamSpec:
     except ValueError:
         what = "a number" if kind in (int, float) else f"a {kind.__name__}"
         raise UsageError(
-            f"--param {text!r}: {spec!r} is not a valid spec for {name} ({what}).",
+            f"`param={text!r}`: {spec!r} is not a valid spec for {name} ({what}).",
             "Use a list of values (a,b,c), a range LOW:HIGH with LOW < HIGH (integers give "
             "an integer range), or LOW:HIGH:log with LOW > 0.",
         ) from None
     return ParamSpec(name, low=low, high=high, log=log, integer=integer)
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a study."""
+
+    number: int
+    state: str  # complete, pruned, fail, running or waiting
+    params: dict[str, Any]  # the trial's parameter values
+    value: float | None  # its best validation metric (None unless it finished)
+    epochs: int  # epochs it reported
+    seconds: float | None  # None while it runs
+    run_dir: str | None  # its run directory
+    retry_of: int | None  # the trial it continues (its process died)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StudySummary:
+    """A study: ``faceattr tune --json`` and ``--summary`` (docs/formats.md)."""
+
+    study_dir: str
+    metric: str  # the validation metric maximised
+    params: list[dict[str, Any]]  # the parameters searched (ParamSpec fields)
+    trials: list[TrialRecord]
+    best: TrialRecord | None  # the best complete trial
+    command: str | None  # the `faceattr train` command that reproduces the best trial
+    importances: dict[str, float] | None  # parameter -> importance (fANOVA), >= 4 trials
+    counts: dict[str, int]  # trials per state
+    seconds: float | None = None  # run_study only: how long this run took
+
+    def to_json(self) -> dict[str, Any]:
+        best = None if self.best is None else {**self.best.to_json(), "command": self.command}
+        out: dict[str, Any] = {
+            "study_dir": self.study_dir,
+            "metric": self.metric,
+            "params": self.params,
+            "trials": [t.to_json() for t in self.trials],
+            "best": best,
+            "importances": self.importances,
+            "counts": self.counts,
+        }
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
+        return out
 
 
 @dataclass
@@ -191,7 +238,8 @@ def _storage(url: str) -> Any:
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and servers
         raise FaceAttrError(
             f"Cannot open the study storage {url}: {str(e).splitlines()[0][:300]}",
-            "Pass --storage sqlite:///PATH or postgresql://USER@HOST:PORT/DB (psycopg needed).",
+            'Pass `storage="sqlite:///PATH"` or a postgresql://USER@HOST:PORT/DB URL (psycopg '
+            "needed).",
         ) from e
 
 
@@ -247,7 +295,8 @@ def open_study(study_dir: Path, settings: StudySettings, storage: str | None) ->
                 f"{' '.join(previous.base_args)}; parameters "
                 f"{', '.join(ParamSpec(**p).describe() for p in previous.params)}; metric "
                 f"{previous.metric}, sampler {previous.sampler}, pruner {previous.pruner}).",
-                "Re-run it with the same options to continue it, or choose another --study-dir.",
+                "Re-run it with the same settings to continue it, or choose another "
+                "`study_dir=DIR`.",
             )
     return study
 
@@ -268,7 +317,7 @@ def run_study(
     *,
     storage: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> StudySummary:
     """Run trials until the study has ``settings.trials`` finished ones (grid: every
     combination); a summary (see :func:`summarize`). ``make_config(values, run_dir)`` is the
     TrainConfig of a trial: the base train options with the trial's parameter ``values``."""
@@ -333,7 +382,7 @@ def run_study(
             "last finished epoch when you run the same command again."
         ) from None
     summary = summarize(study_dir, storage, study=study)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary.seconds = round(time.perf_counter() - started, 1)
     return summary
 
 
@@ -346,7 +395,9 @@ def _command(base_args: Sequence[str], params: dict[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any = None) -> dict:
+def summarize(
+    study_dir: str | Path, storage: str | None = None, *, study: Any = None
+) -> StudySummary:
     """The study's trials (parameters, metric, time, state, run directory), the best one with
     the command line that reproduces it, and parameter importances when there are enough
     finished trials."""
@@ -368,14 +419,14 @@ def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any =
     for t in study.get_trials(deepcopy=False):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if (
             t.datetime_complete and t.datetime_start) else None  # fmt: skip
-        trials.append({
-            "number": t.number, "state": t.state.name.lower(), "params": dict(t.params),
-            "value": t.value, "epochs": len(t.intermediate_values),
-            "seconds": round(seconds, 1) if seconds is not None else None,
-            "run_dir": t.user_attrs.get("run_dir"), "retry_of": t.user_attrs.get("retry_of"),
-        })  # fmt: skip
-    complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
-    best = max(complete, key=lambda t: t["value"]) if complete else None
+        trials.append(TrialRecord(
+            number=t.number, state=t.state.name.lower(), params=dict(t.params),
+            value=t.value, epochs=len(t.intermediate_values),
+            seconds=round(seconds, 1) if seconds is not None else None,
+            run_dir=t.user_attrs.get("run_dir"), retry_of=t.user_attrs.get("retry_of"),
+        ))  # fmt: skip
+    complete = [t for t in trials if t.state == "complete" and t.value is not None]
+    best = max(complete, key=lambda t: t.value or 0.0) if complete else None
     importances = None
     if len(complete) >= 4 and settings.params:
         try:
@@ -386,28 +437,28 @@ def summarize(study_dir: str | Path, storage: str | None = None, *, study: Any =
             importances = {k: float(v) for k, v in found.items()}
         except (RuntimeError, ValueError):  # e.g. a parameter that never varied
             importances = None
-    return {
-        "study_dir": str(study_dir),
-        "metric": settings.metric,
-        "params": settings.params,
-        "trials": trials,
-        "best": None if best is None else {
-            **best, "command": _command(settings.base_args, best["params"])},
-        "importances": importances,
-        "counts": {s: sum(t["state"] == s for t in trials)
-                   for s in ("complete", "pruned", "fail", "running", "waiting")},
-    }  # fmt: skip
+    return StudySummary(
+        study_dir=str(study_dir),
+        metric=settings.metric,
+        params=settings.params,
+        trials=trials,
+        best=best,
+        command=None if best is None else _command(settings.base_args, best.params),
+        importances=importances,
+        counts={s: sum(t.state == s for t in trials)
+                for s in ("complete", "pruned", "fail", "running", "waiting")},
+    )  # fmt: skip
 
 
 def study_run_dirs(study_dir: str | Path, best: int | None = None) -> list[Path]:
     """The run directories of a study's finished trials, best first (``best``: the first k)."""
     summary = summarize(study_dir)
-    done = [t for t in summary["trials"] if t["state"] == "complete" and t["run_dir"]]
-    done.sort(key=lambda t: -t["value"])
+    done = [t.run_dir for t in sorted(summary.trials, key=lambda t: -(t.value or 0.0))
+            if t.state == "complete" and t.run_dir]  # fmt: skip
     # Where the run is now: as recorded, or (a study moved, or run from another folder) in
     # the study's own trials folder.
-    here = [Path(t["run_dir"]) if Path(t["run_dir"]).is_absolute() else
-            Path(study_dir) / TRIALS_DIR / Path(t["run_dir"]).name for t in done]  # fmt: skip
+    here = [Path(d) if Path(d).is_absolute() else Path(study_dir) / TRIALS_DIR / Path(d).name
+            for d in done if d is not None]  # fmt: skip
     from faceattr.runs import RunDir
 
     dirs = [d for d in here if RunDir(d).is_run()]

@@ -67,7 +67,7 @@ class TorchBackend(Backend):
     def __init__(
         self, file: ModelFile, *, device: str = "auto", threads: int | None = None
     ) -> None:
-        require("torch", what="--backend torch (a .safetensors model)")
+        require("torch", what="A .safetensors model (the torch backend)")
         from faceattr.malloc import tune_allocator
 
         tune_allocator()
@@ -104,6 +104,6 @@ def check_finite(logits: np.ndarray, path: Path) -> np.ndarray:
         raise ModelError(
             f"The model {path} produced non-finite outputs (NaN or infinity): its weights "
             "are damaged.",
-            "Re-export or re-download the model file (`--model default` uses the bundled one).",
+            "Re-export or re-download the model file, or use the bundled model (`default`).",
         )
     return logits

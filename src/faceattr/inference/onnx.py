@@ -55,15 +55,15 @@ def providers_for(device: str) -> list[Any]:
     if name.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
             raise UsageError(
-                f"--device {device} was requested, but this onnxruntime has no CUDA support "
+                f"`device={device!r}` was requested, but this onnxruntime has no CUDA support "
                 f"(providers: {', '.join(available)}).",
-                "Use --device cpu, or install onnxruntime-gpu on a CUDA machine.",
+                'Use `device="cpu"`, or install onnxruntime-gpu on a CUDA machine.',
             )
         index = int(name.partition(":")[2] or 0)
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise UsageError(
-        f"--device {device} is not available with the ONNX backend.",
-        "Use --device auto, cpu or cuda[:N], or --backend torch.",
+        f"`device={device!r}` is not available with the ONNX backend.",
+        'Use `device="auto"`, `device="cpu"` or `device="cuda:N"`, or `backend="torch"`.',
     )
 
 
@@ -90,7 +90,8 @@ def open_session(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"{p} is not a readable ONNX model (truncated or corrupt?): {first[:300]}",
-            "Export it again with `faceattr export MODEL --format onnx`, or use `--model default`.",
+            "Export it again with `faceattr export MODEL --format onnx`, or use the bundled "
+            "model (`default`).",
         ) from e
 
 

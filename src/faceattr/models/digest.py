@@ -70,7 +70,7 @@ def damaged(path: Path) -> ModelError:
     return ModelError(
         f"The weights in {path} are damaged: their checksum does not match the one the file "
         "was written with.",
-        "Copy or download the file again, re-export it, or use `--model default`.",
+        "Copy or download the file again, re-export it, or use the bundled model (`default`).",
     )
 
 
@@ -135,7 +135,8 @@ def _string_entry(payload: bytes | memoryview) -> tuple[str, str]:
 def _onnx_error(path: Path, e: Exception) -> ModelError:
     return ModelError(
         f"{path} is not a readable ONNX model (truncated or corrupt?): {e}",
-        "Export it again with `faceattr export MODEL --format onnx`, or use `--model default`.",
+        "Export it again with `faceattr export MODEL --format onnx`, or use the bundled "
+        "model (`default`).",
     )
 
 

@@ -150,7 +150,7 @@ def ensemble_info(
             raise ModelError(
                 f"{src['file']} sees another part of the face (crop {info.crop}) than "
                 f"{sources[0]['file']} (crop {first.crop}).",
-                "Ensemble models trained with the same --crop.",
+                "Ensemble models trained with the same crop (`data.crop=...`).",
             )
     largest = max(infos, key=lambda i: i.img_size)
     members = []

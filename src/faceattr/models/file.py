@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from faceattr.config import BACKENDS
-from faceattr.errors import ModelError, UsageError, unknown_name_error
+from faceattr.errors import ModelError, UsageError, command, unknown_name_error
 from faceattr.models.digest import DIGEST_KEY, onnx_metadata, verify_onnx, verify_safetensors
 from faceattr.models.info import ModelInfo, info_from_metadata
 from faceattr.runs import MODEL_FILES, RunDir
@@ -83,8 +83,8 @@ class ModelFile:
             if not path.exists():
                 raise ModelError(
                     "This installation of faceattr has no bundled default model.",
-                    "Pass --model RUN_DIR or --model FILE.safetensors (train one with "
-                    "`faceattr train`).",
+                    "Pass a run directory or a .safetensors model file as the model (train one "
+                    "with `faceattr train`).",
                 )
             return cls(path, name=DEFAULT_MODEL_NAME)
         assert ref is not None
@@ -101,8 +101,9 @@ class ModelFile:
         if not path.exists():
             raise ModelError(
                 f"Model file not found: {path}",
-                "Check the path. MODEL is a run directory written by `faceattr train`, a "
-                ".safetensors or .onnx model file, or `default` (e.g. `--model default`).",
+                "Check the path. A model is a run directory written by `faceattr train`, a "
+                ".safetensors or .onnx model file, or `default`, the bundled one "
+                '(`model="default"` to predict or index with it).',
             )
         return cls(path)
 
@@ -126,22 +127,24 @@ class ModelFile:
         if found.format == "onnx":
             if backend == "torch":
                 raise UsageError(
-                    f"--backend torch cannot run {found.path}: an .onnx file runs through "
+                    f'`backend="torch"` cannot run {found.path}: an .onnx file runs through '
                     "ONNX Runtime.",
-                    "Use --backend onnx (or auto), or pass the .safetensors model it was "
-                    "exported from.",
+                    'Use `backend="onnx"` (or `backend="auto"`), or pass the .safetensors model '
+                    "it was exported from.",
                 )
             return found
         exported = found.path.with_suffix(ONNX_SUFFIX)
         if backend == "onnx":
             hint = (
-                f"Its ONNX export is beside it: --model {exported}"
+                f"Its ONNX export is beside it: pass {exported} as the model"
                 if exported.exists()
-                else f"Export it first: faceattr export {ref} --format onnx"
+                else "Export it first: "
+                + command("`faceattr export {model} --format onnx`", model=ref)
             )
             raise UsageError(
-                f"--backend onnx needs an .onnx model file; {found.path} is a PyTorch model file.",
-                f"{hint}; or use --backend torch.",
+                f'`backend="onnx"` needs an .onnx model file; {found.path} is a PyTorch model '
+                "file.",
+                f'{hint}; or use `backend="torch"`.',
             )
         if backend == "auto" and not has_module("torch") and exported.exists():
             return cls(exported)
@@ -179,7 +182,7 @@ class ModelFile:
             raise ModelError(
                 f"{self.path} is not a safetensors file (or it is truncated/corrupt): {e}",
                 "Pass a model file written by `faceattr train` (model.safetensors) or "
-                "`faceattr export` (.onnx), or use `--model default`.",
+                "`faceattr export` (.onnx), or use the bundled model (`default`).",
             ) from e
 
     @cached_property

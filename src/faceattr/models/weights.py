@@ -116,7 +116,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise ModelError(
             f"Weights file not found: {p}",
-            "Pass an existing .pth/.pt/.bin or .safetensors file with --weights.",
+            "Pass an existing .pth/.pt/.bin or .safetensors file as `model.weights=FILE`.",
         )
     if _is_safetensors(p):
         from safetensors.torch import load_file
@@ -194,8 +194,8 @@ def _shape_error(
     listed = "; ".join(f"{n}: file {fs}, model {ms}" for n, fs, ms in bad[:3])
     return ModelError(
         f"{len(bad)} tensors in {path.name} have other shapes than the {arch} backbone: {listed}.",
-        "The file is for a different architecture or variant; pass the --arch it was made "
-        "for (e.g. mobilenet_v2 for torchvision's mobilenet_v2-b0353104.pth).",
+        "The file is for a different architecture or variant; set `model.arch=ARCH` to the one "
+        "it was made for (e.g. mobilenet_v2 for torchvision's mobilenet_v2-b0353104.pth).",
     )
 
 
@@ -226,20 +226,20 @@ def _missing_error(
         )
         cause = (
             "The file is probably for another variant of the network (e.g. a resnet50 file "
-            "with --arch resnet101)"
+            'with `model.arch="resnet101"`)'
         )
     if same_order:  # only reached when the layout is unrecognised and by_order is off
         hint = (
             f"The file's {len(source_names)} tensors line up with the backbone's in order, "
             "under names in a layout faceattr does not recognise. If it is a file for this "
-            "very network, map it by position with --weights-by-order (by_order=True); "
-            "otherwise pass the --arch it was made for."
+            "very network, map it by position with `model.weights_by_order=True`; otherwise "
+            "set `model.arch=ARCH` to the one it was made for."
         )
     else:
-        hint = f"{cause}: pass the --arch it was made for."
+        hint = f"{cause}: set `model.arch=ARCH` to the one it was made for."
         if by_order:
             hint += (
-                " Mapping by position (--weights-by-order) is not possible either: the "
+                " Mapping by position (`model.weights_by_order=True`) is not possible either: the "
                 f"file's {len(source_names)} tensors do not line up with the backbone's "
                 f"{total} by shape."
             )

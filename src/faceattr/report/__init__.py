@@ -40,7 +40,8 @@ def write_report(report: Report, out: str | Path, fmt: str | None = None) -> lis
         raise unknown_name_error("report format", fmt, FORMATS)
     if out.is_dir():
         raise UsageError(
-            f"--out {out} is a folder.", f"Name a file, e.g. --out {out / ('report.' + fmt)}"
+            f"The report's output {out} is a folder.",
+            f'Name a file, e.g. `out="{out / ("report." + fmt)}"`.',
         )
     if fmt == "md":
         from faceattr.report.markdown import write_markdown

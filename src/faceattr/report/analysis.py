@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from faceattr.report.options import ReportOptions
 
 if TYPE_CHECKING:
     from faceattr.data.table import AttributeTable
+    from faceattr.metrics import SavedMetrics, SummaryAtHalf
 
 # Friendly names of the two sides of common grouping attributes.
 GROUP_NAMES: dict[str, tuple[str, str]] = {
@@ -126,7 +127,7 @@ def decision_thresholds(run: RunData) -> np.ndarray:
     return np.full(len(run.attributes), 0.5) if prefers_half(run) else run.thresholds
 
 
-def summary_at_half(metrics: dict[str, Any]) -> dict[str, Any] | None:
+def summary_at_half(metrics: SavedMetrics) -> SummaryAtHalf | None:
     """Summary metrics at threshold 0.5: the metrics themselves when they were computed at
     0.5, else their ``at_threshold_0.5`` block (None when neither)."""
     thr = metrics.get("thresholds") or []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from faceattr import __version__
 from faceattr.progress import NullProgress, Progress
@@ -26,6 +27,9 @@ from faceattr.report.format import duration
 from faceattr.report.load import RunData
 from faceattr.report.options import ReportOptions
 from faceattr.report.run_sections import run_sections, single_run_findings
+
+if TYPE_CHECKING:
+    from faceattr.engine.tune import StudySummary
 
 __all__ = [  # the CLI summary and tests use these from here
     "ReportOptions",
@@ -47,7 +51,7 @@ def build_report(
     options: ReportOptions | None = None,
     *,
     progress: Progress | None = None,
-    studies: Sequence[dict] = (),
+    studies: Sequence[StudySummary] = (),
 ) -> Report:
     """The whole report for one run, or a comparison of several followed by each run's own;
     ``studies`` (``faceattr tune`` summaries) add a section each, first."""

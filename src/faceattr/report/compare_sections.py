@@ -3,7 +3,8 @@ per-attribute tables, overlaid training curves and subgroups per run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from faceattr.report import plots
 from faceattr.report.analysis import RunAnalysis, prefers_half, summary_at_half
@@ -115,9 +116,11 @@ def comparison_table(comp: Comparison) -> Table:
     two = len(runs) == 2
     cols = ["", *[r.name for r in runs]] + ([f"Δ {runs[1].name} − {runs[0].name}"] if two else [])
     rows = []
-    halves = [summary_at_half(r.metrics) or {} for r in runs]
+    # The rows name their metrics by key.
+    own: list[Mapping[str, Any]] = [r.metrics for r in runs]
+    halves: list[Mapping[str, Any]] = [summary_at_half(r.metrics) or {} for r in runs]
     tuned = any(prefers_half(r) for r in runs)
-    metric_rows = [(label, key, [r.metrics.get(key) for r in runs]) for label, key in SUMMARY_ROWS]
+    metric_rows = [(label, key, [m.get(key) for m in own]) for label, key in SUMMARY_ROWS]
     if tuned and any(halves):
         metric_rows[:0] = [(label, key, [h.get(key) for h in halves]) for label, key in HALF_ROWS]
         metric_rows[3:6] = [(f"{lab} (own thresholds)", k, v) for lab, k, v in metric_rows[3:6]]

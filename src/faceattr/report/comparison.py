@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -232,11 +232,19 @@ class Comparison:
         return sorted(out, key=lambda t: -t[1])
 
 
+def _per_attribute(
+    runs: Sequence[RunData], attributes: list[str], metric: Literal["accuracy", "balanced_accuracy"]
+) -> dict[str, list[float | None]]:
+    """Each attribute's ``metric`` in each run (None where a run lacks it)."""
+    return {a: [r.per_attribute[a].get(metric) if a in r.per_attribute else None for r in runs]
+            for a in attributes}  # fmt: skip
+
+
 def compare_runs(runs: Sequence[RunData]) -> Comparison:
     """``runs`` side by side, ranked by mean accuracy (at 0.5 when every run has it)."""
     runs = list(runs)
     attributes = list(dict.fromkeys(a for r in runs for a in r.attributes))
-    acc = {a: [r.per_attribute.get(a, {}).get("accuracy") for r in runs] for a in attributes}
+    acc = _per_attribute(runs, attributes, "accuracy")
     accuracy_label = "accuracy"
     preds = [r.predictions for r in runs]
     if any(prefers_half(r) for r in runs) and all(p is not None for p in preds):
@@ -248,12 +256,10 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
             for row in rows:
                 acc[row.name][i] = row.accuracy_half
         accuracy_label = "accuracy at 0.5"
-    bal = {
-        a: [r.per_attribute.get(a, {}).get("balanced_accuracy") for r in runs] for a in attributes
-    }
+    bal = _per_attribute(runs, attributes, "balanced_accuracy")
     # Rank by mean accuracy at 0.5 when every run has it: independent of how (or whether)
     # each run tuned its thresholds, and the number CelebA papers report.
-    halves = [(summary_at_half(r.metrics) or {}).get("mean_accuracy") for r in runs]
+    halves = [h.get("mean_accuracy") if (h := summary_at_half(r.metrics)) else None for r in runs]
     at_half = all(h is not None for h in halves)
     score: list[float]
     if at_half:

@@ -8,7 +8,6 @@ only for Grad-CAM.
 from __future__ import annotations
 
 import math
-import shlex
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from typing import Any, NamedTuple, TypeGuard
 import numpy as np
 from safetensors import SafetensorError
 
-from faceattr.errors import DataError, UsageError
+from faceattr.errors import DataError, UsageError, command
+from faceattr.metrics import AttributeMetrics, SavedMetrics
 from faceattr.runs import RunDir
 
 # Splits looked for when the user does not name one: the held-out test split first.
@@ -113,7 +113,7 @@ class RunData:
     config: dict[str, Any]
     history: list[dict[str, float | None]]
     split: str
-    metrics: dict[str, Any]
+    metrics: SavedMetrics  # metrics-<split>.json
     predictions: Predictions | None
     model_path: Path | None
     parameters: int | None
@@ -133,7 +133,7 @@ class RunData:
         return np.asarray(thr, dtype=np.float64)
 
     @property
-    def per_attribute(self) -> dict[str, dict[str, Any]]:
+    def per_attribute(self) -> dict[str, AttributeMetrics]:
         return self.metrics.get("per_attribute", {})
 
     def _history_values(self, key: str) -> list[float]:
@@ -166,12 +166,15 @@ class RunData:
         return self.config.get("data", {}).get("root") or self.metrics.get("root") or None
 
     def eval_command(self, split: str | None = None) -> str:
-        """The command that writes this run's metrics and predictions for ``split``."""
-        root = self.dataset_root or "DATASET_DIR"
-        return (
-            f"faceattr eval {shlex.quote(str(self.path))} --root {shlex.quote(str(root))} "
-            f"--split {split or self.split}"
-        )
+        """The command (in backticks) that writes this run's metrics and predictions for
+        ``split``."""
+        return _eval_command(self.path, self.dataset_root or "DATASET_DIR", split or self.split)
+
+
+def _eval_command(run: Path, root: str, split: str) -> str:
+    return command(
+        "`faceattr eval {run} --root {root} --split {split}`", run=run, root=root, split=split
+    )
 
 
 def _finite(v: Any) -> TypeGuard[float]:
@@ -235,7 +238,7 @@ def _check_run_dir(path: Path) -> RunDir:
     if not path.exists():
         raise UsageError(
             f"Run directory {str(path)!r} does not exist.",
-            "Pass the --out directory of a `faceattr train` run.",
+            "Pass the directory a `faceattr train` run wrote (its `out=DIR`).",
         )
     if path.is_file():
         raise UsageError(
@@ -269,10 +272,7 @@ def choose_split(runs: list[RunDir], split: str | None) -> str:
         cmds = []
         for run in missing:
             root = run.config_dict().get("data", {}).get("root") or "DATASET_DIR"
-            cmds.append(
-                f"faceattr eval {shlex.quote(str(run.path))} --root {shlex.quote(str(root))} "
-                f"--split {split}"
-            )
+            cmds.append(_eval_command(run.path, root, split))
         names = ", ".join(str(run.path) for run in missing)
         found = sorted(set().union(*have.values()))
         also = f" (splits with metrics: {', '.join(found)})" if found else ""
@@ -343,7 +343,7 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
         data.notes.append(
             f"No per-image predictions for the {split} split, so subgroup analysis, "
             "calibration, correlations, the gallery and Grad-CAM are left out. Make them with "
-            f"`{data.eval_command()}`."
+            f"{data.eval_command()}."
         )
     if split == "valid" and metrics.get("threshold_source") == "tuned":
         data.notes.append(
@@ -356,7 +356,9 @@ def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
 def load_runs(paths: list[str | Path], split: str | None = None) -> list[RunData]:
     """Read several run directories for one common split (see :func:`choose_split`)."""
     if not paths:
-        raise UsageError("No run directory given.", "Usage: faceattr report RUN_DIR...")
+        raise UsageError(
+            "No run directory given.", "Pass one or more: `faceattr report RUN_DIR...`."
+        )
     runs = [_check_run_dir(Path(p)) for p in paths]
     if len({run.path.resolve() for run in runs}) != len(runs):
         raise UsageError("The same run directory was given twice.")

@@ -48,10 +48,10 @@ def single_run_findings(a: RunAnalysis) -> list[str]:
     """The "at a glance" sentences for one run (``**bold**`` marks the lead words)."""
     m, rows, run = a.run.metrics, a.rows, a.run
     out = []
-    half = an.summary_at_half(m) if an.prefers_half(run) else None
+    at_half = an.summary_at_half(m) if an.prefers_half(run) else None
     maj = m.get("majority_accuracy")
-    mean = (half or m).get("mean_accuracy")
-    where = " at threshold 0.5" if half else ""
+    mean = (at_half or m).get("mean_accuracy")
+    where = " at threshold 0.5" if at_half else ""
     text = f"**Mean accuracy {pct(mean)}**{where} on {m.get('n_images', 0):,} {run.split} images"
     if mean is not None and maj is not None:
         side = "above" if mean >= maj else "below"
@@ -59,15 +59,16 @@ def single_run_findings(a: RunAnalysis) -> list[str]:
             f", {abs(100 * (mean - maj)):.1f} points {side} always predicting the majority "
             f"({pct(maj)})"
         )
-    if half:
+    if at_half:
         text += (
             f"; with thresholds tuned for {tuned_for(run)}: balanced accuracy "
-            f"{pct(m.get('mean_balanced_accuracy'))} (vs {pct(half.get('mean_balanced_accuracy'))}"
-            f" at 0.5) and accuracy {pct(m.get('mean_accuracy'))}"
+            f"{pct(m.get('mean_balanced_accuracy'))} "
+            f"(vs {pct(at_half.get('mean_balanced_accuracy'))} at 0.5) "
+            f"and accuracy {pct(m.get('mean_accuracy'))}"
         )
     else:
         text += f"; balanced accuracy {pct(m.get('mean_balanced_accuracy'))}"
-    strict = (half or m).get("strict_accuracy")
+    strict = (at_half or m).get("strict_accuracy")
     text += f"; {pct(strict)} of images have every attribute right{where}."
     out.append(text)
     hard = a.hardest
@@ -134,12 +135,12 @@ def subgroup_sentence(sub: an.SubgroupResult) -> str:
 def _overview(a: RunAnalysis, anchor: str) -> Section:
     run, m = a.run, a.run.metrics
     maj = m.get("majority_accuracy")
-    half = an.summary_at_half(m) if an.prefers_half(run) else None
-    mean = (half or m).get("mean_accuracy")
+    at_half = an.summary_at_half(m) if an.prefers_half(run) else None
+    mean = (at_half or m).get("mean_accuracy")
     lift = None if maj is None or mean is None else mean - maj
-    if half:
+    if at_half:
         acc_detail = f"at 0.5, {points(lift)} vs majority; {pct(m.get('mean_accuracy'))} tuned"
-        bal_detail = f"tuned thresholds; {pct(half.get('mean_balanced_accuracy'))} at 0.5"
+        bal_detail = f"tuned thresholds; {pct(at_half.get('mean_balanced_accuracy'))} at 0.5"
         strict_detail = f"all attributes right, at 0.5; {pct(m.get('strict_accuracy'))} tuned"
     else:
         acc_detail = f"{points(lift)} points vs majority"
@@ -149,7 +150,7 @@ def _overview(a: RunAnalysis, anchor: str) -> Section:
     tiles = Tiles([
         Tile("mean accuracy", pct(mean), acc_detail, "good" if good else "bad"),
         Tile("balanced accuracy", pct(m.get("mean_balanced_accuracy")), bal_detail),
-        Tile("strict accuracy", pct((half or m).get("strict_accuracy")), strict_detail),
+        Tile("strict accuracy", pct((at_half or m).get("strict_accuracy")), strict_detail),
         Tile("majority baseline", pct(maj), "always the most common answer", "muted"),
         Tile("macro F1", pct(m.get("macro_f1")), f"mAP {pct(m.get('mean_average_precision'))}"),
         Tile("images", f"{m.get('n_images', 0):,}", f"{run.split} split, "
@@ -212,15 +213,15 @@ ATTRIBUTE_TIPS = {
 
 
 def attribute_table(rows: Sequence[an.AttributeRow]) -> Table:
-    half = any(r.accuracy_half is not None for r in rows)
-    cols = ["attribute", "acc", *(["acc @0.5"] if half else []), "majority", "lift", "bal acc",
+    at_half = any(r.accuracy_half is not None for r in rows)
+    cols = ["attribute", "acc", *(["acc @0.5"] if at_half else []), "majority", "lift", "bal acc",
             "prec", "recall", "F1", "AP", "pos rate", "thr", "TP", "FP", "TN", "FN"]  # fmt: skip
     out = []
     for r in rows:
         out.append([
             Cell(r.name, title=r.note),
             pcell(r.accuracy),
-            *([pcell(r.accuracy_half)] if half else []),
+            *([pcell(r.accuracy_half)] if at_half else []),
             Cell(pct(r.majority), num(r.majority), tone="muted"),
             Cell(points(r.lift), num(r.lift), background=lift_heat(r.lift)),
             pcell(r.balanced, heat(r.balanced)),
@@ -234,11 +235,11 @@ def attribute_table(rows: Sequence[an.AttributeRow]) -> Table:
             Cell(f"{r.fn:,}", r.fn),
         ])  # fmt: skip
     tips = dict(ATTRIBUTE_TIPS)
-    if half:
+    if at_half:
         tips["acc"] = "accuracy at the run's tuned thresholds"
         tips["lift"] = "accuracy at 0.5 minus the majority baseline, in points"
     return Table(cols, out, caption="Per-attribute metrics at the run's thresholds (click a "
-                 "column to sort)", groups=[("", 1), ("accuracy", 5 if half else 4),
+                 "column to sort)", groups=[("", 1), ("accuracy", 5 if at_half else 4),
                  ("positive class", 4), ("", 2), ("confusion counts", 4)], tips=tips)  # fmt: skip
 
 
@@ -312,14 +313,14 @@ def _calibration_section(a: RunAnalysis, anchor: str) -> Section | None:
     figs = [plots.reliability_plot(a.reliability, name=f"{anchor}reliability"),
             plots.threshold_plot(curves, name=f"{anchor}thresholds")]  # fmt: skip
     sec.add(Columns([f for f in figs if f is not None]))
-    half = a.run.metrics.get("at_threshold_0.5")
-    if half:
+    at_half = a.run.metrics.get("at_threshold_0.5")
+    if at_half:
         m = a.run.metrics
         sec.add(Paragraph(
             f"With the tuned thresholds: mean accuracy {pct(m.get('mean_accuracy'))}, balanced "
             f"{pct(m.get('mean_balanced_accuracy'))}, macro F1 {pct(m.get('macro_f1'))}; at a "
-            f"plain 0.5: {pct(half.get('mean_accuracy'))}, "
-            f"{pct(half.get('mean_balanced_accuracy'))}, {pct(half.get('macro_f1'))}."
+            f"plain 0.5: {pct(at_half.get('mean_accuracy'))}, "
+            f"{pct(at_half.get('mean_balanced_accuracy'))}, {pct(at_half.get('macro_f1'))}."
         ))  # fmt: skip
     return sec
 

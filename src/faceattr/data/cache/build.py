@@ -136,6 +136,22 @@ class PrepareResult:
     def images_per_second(self) -> float:
         return self.n_images / self.seconds if self.built and self.seconds > 0 else 0.0
 
+    def to_json(self) -> dict[str, Any]:
+        """``faceattr data prepare --json`` (docs/formats.md)."""
+        return {
+            "path": str(self.path),
+            "built": self.built,
+            "reasons": self.reasons,
+            "n_images": self.n_images,
+            "img_size": self.img_size,
+            "bytes": self.nbytes,
+            "splits": self.splits,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "notes": self.notes,
+        }
+
 
 def _decode_rows(
     array_path: str, start: int, paths: Sequence[str], img_size: int, crop: Sequence[float]
@@ -193,11 +209,11 @@ def _check_disk(base: Path, need: int, reclaimable: int, img_size: int, n: int) 
         return
     gb = 1e9
     smaller = [s for s in (64, 96, 128) if s < img_size]
-    alt = ", ".join(f"{s} px needs {n * 3 * s * s / gb:.1f} GB" for s in smaller)
+    alt = ", ".join(f"`img_size={s}` needs {n * 3 * s * s / gb:.1f} GB" for s in smaller)
     raise DataError(
         f"Not enough disk space for the cache: {n:,} images at {img_size} px need "
         f"{need / gb:.1f} GB in {base}, and {free / gb:.1f} GB is free.",
-        "Free some space, choose a smaller --img-size"
+        "Free some space, choose a smaller image size"
         + (f" ({alt})" if alt else "")
         + f", or put caches on another disk with {CACHE_ENV}=DIR.",
     )
@@ -261,8 +277,8 @@ def _decode_all(
                 submit()
     except BrokenProcessPool:
         raise DataError(
-            "A worker of `data prepare` died while decoding images (out of memory or disk?).",
-            "Try fewer --workers, and check the free memory and disk space.",
+            "A worker died while decoding images for the cache (out of memory or disk?).",
+            "Try fewer workers (e.g. `workers=2`), and check the free memory and disk space.",
         ) from None
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
@@ -398,14 +414,16 @@ def prepare_cache(
     progress = progress or NullProgress()
     size = int(data.img_size if img_size is None else img_size)
     if size < 8:
-        raise UsageError(f"--img-size must be at least 8 pixels, got {size}.")
+        raise UsageError(
+            f"`img_size={size}` is too small: the image size must be at least 8 pixels."
+        )
     crop = tuple(crop_of(data, crop))
     table = read_dataset(data)
     from faceattr.data import table_boxes
 
     if table_boxes(table) is not None:
         raise UsageError(
-            f"`data prepare` does not support {data.dataset}: its images hold several faces, "
+            f"A prepared cache does not support {data.dataset}: its images hold several faces, "
             "each cropped by its own box when read.",
             "Train without a cache (decoding is rarely the bottleneck on a CPU).",
         )
@@ -429,7 +447,7 @@ def prepare_cache(
             splits=splits,
             notes=list(table.notes),
         )
-    reasons = ["--force"] if status.up_to_date else status.reasons
+    reasons = ["rebuild forced"] if status.up_to_date else status.reasons
     if status.exists:
         progress.log(f"Rebuilding the cache at {path}: {', '.join(reasons)}.")
     manifest = build_cache(

@@ -29,7 +29,7 @@ from faceattr.data.cache.store import (
     stat_sources,
 )
 from faceattr.data.table import SPLITS, AttributeTable
-from faceattr.errors import DataError, UsageError
+from faceattr.errors import DataError, UsageError, command
 
 if TYPE_CHECKING:
     from faceattr.data.dataset import Batch
@@ -59,7 +59,12 @@ class CacheLookup:
 
 
 def _prepare_hint(data: DataConfig, img_size: int) -> str:
-    return f"`faceattr data prepare {data.dataset} --root {data.root} --img-size {img_size}`"
+    return command(
+        "`faceattr data prepare {dataset} --root {root} --img-size {img_size}`",
+        dataset=data.dataset,
+        root=data.root,
+        img_size=img_size,
+    )
 
 
 def find_cache(

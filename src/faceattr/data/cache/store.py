@@ -48,7 +48,7 @@ def cache_base(data: DataConfig, cache_dir: str | os.PathLike | None = None) -> 
     ``$FACEATTR_CACHE_DIR`` when set (e.g. for a read-only dataset), in a subfolder per root.
     """
     if not data.root:
-        raise UsageError("No dataset folder given.", "Pass --root DIR.")
+        raise UsageError("No dataset folder given.", "Pass `root=DIR`.")
     root = Path(data.root).expanduser()
     base = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
     if base is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from faceattr.data.archives import ArchiveError
@@ -66,6 +67,21 @@ class FetchResult:
     split_counts: dict[str, int]
     up_to_date: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        """``faceattr data fetch celeba --json`` (docs/formats.md; ``attempts`` left out)."""
+        return {
+            "root": str(self.root),
+            "source": self.source,
+            "location": self.location,
+            "up_to_date": self.up_to_date,
+            "n_images": self.n_images,
+            "splits": self.split_counts,
+            "verified": self.verified,
+            "fetched": self.fetched,
+            "skipped_optional": self.skipped_optional,
+            "warnings": self.warnings,
+        }
+
 
 def fetch_celeba(
     root: str | Path,
@@ -101,7 +117,9 @@ def fetch_celeba(
     except OSError as exc:
         raise disk_error(root / MANIFEST_NAME, exc) from None
     if not root.is_dir():
-        raise UsageError(f"--root {root} is a file, not a folder.", "Pass a folder for the data.")
+        raise UsageError(
+            f"{root} is a file, not a folder.", "Pass a folder for the data as `root=DIR`."
+        )
 
     run = FetchRun(root, user_md5, progress, timeout, keep_archive)
     adopt_local_files(run)
@@ -194,13 +212,14 @@ def _plan_sources(
         scheme = urlsplit(mirror).scheme.lower()
         if scheme not in ("http", "https"):
             raise UsageError(
-                f"--mirror {mirror!r} is not an http(s) URL.",
+                f"`mirror={mirror!r}` is not an http(s) URL.",
                 "Pass the base URL under which the official file names are served, e.g. "
-                "https://example.org/celeba/ (use --from for files on this machine)",
+                '`mirror="https://example.org/celeba/"`. For files on this machine, run '
+                "`faceattr data fetch celeba --root DIR --from FOLDER_OR_ZIP` instead.",
             )
     if from_path is not None and not Path(from_path).expanduser().exists():
         raise UsageError(
-            f"--from {from_path} does not exist.",
+            f"The folder or zip of downloaded files {from_path} does not exist.",
             "Pass the folder (or zip) holding the files you downloaded by hand.",
         )
 
@@ -213,10 +232,18 @@ def _plan_sources(
             return HttpSource("hf", _base_url(HF_URL_ENV, release.HF_URL), strict=True)
         if kind == "mirror":
             if not mirror:
-                raise UsageError("--source mirror needs --mirror URL.", "Pass --mirror URL.")
+                raise UsageError(
+                    '`source="mirror"` needs a mirror URL.',
+                    "Pass `mirror=URL`, the base URL under which the official file names are "
+                    "served.",
+                )
             return HttpSource("mirror", mirror)
         if not from_path:
-            raise UsageError("--source from needs --from PATH.", "Pass --from PATH.")
+            raise UsageError(
+                '`source="from"` needs the files you downloaded by hand.',
+                "Pass the folder (or zip) holding them too, as in "
+                "`faceattr data fetch celeba --root DIR --from FOLDER_OR_ZIP`.",
+            )
         return FromSource(Path(from_path).expanduser())
 
     if source is not None:

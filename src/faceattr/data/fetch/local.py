@@ -63,7 +63,7 @@ def adopt_local_files(run: FetchRun) -> None:
             run.warnings.append(
                 f"{path} does not match its expected md5 ({md5} instead of "
                 f"{run.expected[f.name]}); it is replaced if a verified copy can be "
-                "fetched (pass --checksums if it is a deliberate subset)."
+                "fetched (if it is a deliberate subset, pass a checksums file listing its md5)."
             )
 
 

@@ -94,10 +94,10 @@ def manual_download_hint() -> str:
         "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html): "
         f"{required} (required) and {optional} (optional);\n"
         f"  - or Kaggle's copy (`kaggle datasets download -d {KAGGLE_DATASET}`): its zip holds "
-        f"list_attr_celeba.csv, list_eval_partition.csv and {IMAGE_DIR}/{IMAGE_DIR}/; pass "
-        "the zip or the extracted folder to --from.\n"
-        "Or serve the official file names from any web server and use --mirror URL "
-        "(with --checksums FILE for a copy that is not the official one)."
+        f"list_attr_celeba.csv, list_eval_partition.csv and {IMAGE_DIR}/{IMAGE_DIR}/; the zip "
+        "or the extracted folder is the FOLDER_OR_ZIP to pass.\n"
+        "Or serve the official file names from any web server and pass `mirror=URL` "
+        "(with `checksums=FILE` for a copy that is not the official one)."
     )
 
 
@@ -117,7 +117,8 @@ def read_checksums(path: str | Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UsageError(
-            f"Checksums file {path} does not exist.", "Pass an md5sum-format file to --checksums."
+            f"Checksums file {path} does not exist.",
+            "Pass an md5sum-format file as `checksums=FILE`.",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"Cannot read checksums file {path}: {exc}.") from None

@@ -41,7 +41,7 @@ class ChecksumError(DownloadError):
             f"{name} from {origin} failed verification: expected md5 {expected}, "
             f"got {actual}. {fate}",
             "The copy is damaged or is not the official file. Download it again or use another "
-            "source; for a deliberate subset or another release, pass --checksums FILE with "
+            "source; for a deliberate subset or another release, pass `checksums=FILE` with "
             "its md5 (md5sum format).",
         )
         self.name = name
@@ -81,7 +81,7 @@ class FetchRun:
             self.manifest.set_checksums(given)
         elif self.manifest.checksums:
             progress.log(f"Verifying against the checksums an earlier run was given "
-                         f"(--checksums), recorded in {self.manifest.path.name}.")  # fmt: skip
+                         f"(`checksums=FILE`), recorded in {self.manifest.path.name}.")  # fmt: skip
         self.expected = {**OFFICIAL_MD5, **(given or self.manifest.checksums)}
         self.fetched: dict[str, str] = {}
         self.warnings: list[str] = []

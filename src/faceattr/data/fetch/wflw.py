@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,18 @@ class WflwFetchResult:
     already_complete: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """``faceattr data fetch wflw --json`` (docs/formats.md)."""
+        return {
+            "root": str(self.root),
+            "up_to_date": self.already_complete,
+            "sources": self.sources,
+            "faces": self.faces,
+            "photos": self.photos,
+            "missing_photos": self.missing_photos,
+            "notes": self.notes,
+        }
+
 
 _PARTS = ("annotations", "images")
 _ARCHIVE_FOR = {"annotations": ANNOTATIONS_ARCHIVE, "images": IMAGES_ARCHIVE}
@@ -126,7 +139,7 @@ def fetch_wflw(
         lacking = [k for k in _PARTS if not have[k] and k not in found]
         if lacking:
             names = " and ".join(f"{_ARCHIVE_FOR[k]} (or {_DIR_FOR[k]}/)" for k in lacking)
-            raise DataError(f"--from {from_path} has no {names}.", manual_download_hint())
+            raise DataError(f"No {names} in {from_path}.", manual_download_hint())
     else:  # archives the user already put in root are used (and kept), not downloaded again
         found = {
             k: _Found(archive=root / _ARCHIVE_FOR[k])
@@ -237,11 +250,7 @@ def _download(url: str, part: Path, progress: Progress, timeout: float, what: st
     except HttpStatusError as exc:
         raise DownloadError(f"Downloading {what} failed: {exc}.", manual_download_hint()) from None
     except TransferError as exc:
-        kept = (
-            " The partial download is kept: run the command again to resume."
-            if part.exists()
-            else ""
-        )
+        kept = " The partial download is kept: fetch again to resume." if part.exists() else ""
         raise DownloadError(
             f"Downloading {what} failed: {exc}.{kept}", manual_download_hint()
         ) from None
@@ -298,13 +307,16 @@ def _scan_from(path: Path) -> dict[str, _Found]:
     folder is searched for the other)."""
     path = path.expanduser()
     if not path.exists():
-        raise UsageError(f"--from {path} does not exist.", manual_download_hint())
+        raise UsageError(
+            f"The folder or archive of downloaded files {path} does not exist.",
+            manual_download_hint(),
+        )
     found: dict[str, _Found] = {}
     if path.is_file():
         kind = _archive_kind(path)
         if kind is None:
             raise UsageError(
-                f"--from {path} is not a WFLW archive (expected {ANNOTATIONS_ARCHIVE} or "
+                f"{path} is not a WFLW archive (expected {ANNOTATIONS_ARCHIVE} or "
                 f"{IMAGES_ARCHIVE}).",
                 "Pass the folder holding the archives, or one archive under its official name.",
             )
