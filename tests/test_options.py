@@ -23,7 +23,7 @@ NOT_SETTINGS = {
     ("finetune",): {"run_dir", "unfreeze", "print_config", "json_out"},
     ("eval",): {"model", "backend", "split", "threshold", "tta", "batch_size", "device",
                 "fail_under", "metric", "json_out"},
-    ("data", "prepare"): {"force", "as_json"},
+    ("data", "prepare"): {"force", "json_out"},
     ("tune",): {"param", "trials", "study_dir", "storage", "sampler", "pruner", "metric",
                 "summary", "json_out"},
 }  # fmt: skip

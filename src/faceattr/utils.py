@@ -39,6 +39,44 @@ def to_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(strict_json_value(value), allow_nan=False, **kwargs)
 
 
+# Field metadata of a JsonResult: the field under another key, left out, or left out when None.
+def json_key(name: str) -> dict[str, Any]:
+    return {"json": name}
+
+
+JSON_OMIT: dict[str, Any] = {"json": None}
+JSON_OPTIONAL: dict[str, Any] = {"json_optional": True}
+
+
+class JsonResult:
+    """A result dataclass whose JSON (``--json``, the Python API) is its fields in order.
+
+    A field's metadata may rename it (:func:`json_key`), leave it out (:data:`JSON_OMIT`) or
+    leave it out when it is None (:data:`JSON_OPTIONAL`); a value with its own ``to_json()``
+    (or a list of such) gives that, a path its text.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        import dataclasses
+        from pathlib import PurePath
+
+        def plain(value: Any) -> Any:
+            if hasattr(value, "to_json"):
+                return value.to_json()
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return str(value) if isinstance(value, PurePath) else value
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f.metadata.get("json", f.name)
+            value = getattr(self, f.name)
+            if key is None or (value is None and f.metadata.get("json_optional")):
+                continue
+            out[key] = plain(value)
+        return out
+
+
 def resolve_device(name: str = "auto"):
     """``auto`` -> CUDA when present, else MPS, else CPU; checks that a requested device exists."""
     import torch

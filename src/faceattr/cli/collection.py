@@ -11,6 +11,7 @@ from rich.table import Table
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
 from faceattr.cli.options import (
     DetectorOption,
+    JsonOption,
     MaxFacesOption,
     MinFaceSizeOption,
     MinScoreOption,
@@ -54,7 +55,7 @@ def index_command(
     prune: Annotated[
         bool, typer.Option("--prune", help="Drop entries of files under PATHS that are gone.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Index the faces in a photo collection, to search them by attribute.
 
@@ -107,7 +108,7 @@ def search_command(
         typer.Option(help="Faces whose attributes are most like the face in this image."),
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many faces (0: all).")] = 20,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    json_out: JsonOption = False,
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Write the results to this CSV file.")
     ] = None,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from faceattr.cli.common import Command, Group, err, handle_errors, out
-from faceattr.cli.options import choice, data_config, setting
-from faceattr.cli.settings import CropOption, DatasetArgument
+from faceattr.cli.options import JsonOption, choice, data_config, setting
+from faceattr.cli.settings import CropOption, DatasetArgument, LabelsOption
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
@@ -61,7 +61,7 @@ def fetch_command(
     keep_archive: Annotated[
         bool, typer.Option("--keep-archive", help="Keep img_align_celeba.zip after extracting.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: JsonOption = False,
     n_train: Annotated[int, typer.Option(help="synthetic: training images.")] = DEMO_SIZES[0],
     n_valid: Annotated[int, typer.Option(help="synthetic: validation images.")] = DEMO_SIZES[1],
     n_test: Annotated[int, typer.Option(help="synthetic: test images.")] = DEMO_SIZES[2],
@@ -184,16 +184,13 @@ def prepare_command(
         ),
     ] = None,
     crop: CropOption = None,
-    labels: Annotated[
-        Path | None,
-        setting("data.labels", "--labels", help="Labels file (for datasets that need one)."),
-    ] = None,
+    labels: LabelsOption = None,
     workers: Annotated[
         int | None,
         setting("data.workers", "--workers", help="Decoding processes (default: min(4, CPUs))."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even an up-to-date cache.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Decode, crop and resize every image once into a fast memory-mapped cache.
 
@@ -207,9 +204,9 @@ def prepare_command(
 
     data = data_config(ctx)
     res = prepare_cache(
-        data, workers=data.workers, force=force, progress=RichProgress(quiet=as_json)
+        data, workers=data.workers, force=force, progress=RichProgress(quiet=json_out)
     )
-    if as_json:
+    if json_out:
         print_json(res.to_json())
         return
     for note in res.notes:
@@ -245,18 +242,13 @@ def stats_command(
     root: Annotated[
         Path, setting("data.root", "--root", help="Dataset folder (as for train/eval).")
     ],
-    labels: Annotated[
-        Path | None,
-        setting("data.labels", "--labels", help="csv: the labels file (default ROOT/labels.csv)."),
-    ] = None,
+    labels: LabelsOption = None,
     split: Annotated[str, typer.Option(help="all, train, valid (val) or test.")] = "all",
     plot: Annotated[
         Path | None, typer.Option(help="Write the correlation heatmap to this .png file.")
     ] = None,
     top_pairs: Annotated[int, typer.Option("--top", help="Strongest pairs listed per sign.")] = 10,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with every number.")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Images per split, positive rate and imbalance of each attribute, and how attributes
     go together (phi correlation, strongest pairs; --plot draws the whole matrix).
@@ -276,7 +268,7 @@ def stats_command(
     stats = dataset_stats(read_dataset(data_config(ctx)), split, top=top_pairs)
     if plot is not None:
         stats.plot = str(plot_correlation(stats, plot))
-    if as_json:
+    if json_out:
         print_json(stats.to_json())
         return
     for note in stats.notes:

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import choice, data_config, setting
-from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
+from faceattr.cli.options import JsonOption, choice, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import ENSEMBLE_DTYPES, THRESHOLD_METRICS, TTA_MODES
 
 if TYPE_CHECKING:
@@ -38,10 +38,7 @@ def ensemble_command(
             "the ensemble's thresholds there (without it they stay at 0.5).",
         ),
     ] = None,
-    labels: Annotated[
-        Path | None,
-        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
-    ] = None,
+    labels: LabelsOption = None,
     split: Annotated[
         str,
         typer.Option(help="Held-out split to tune on (valid: the runs' identity-disjoint carve)."),
@@ -77,9 +74,7 @@ def ensemble_command(
     ] = None,
     workers: DataWorkers = None,
     cache: CacheOption = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Combine trained models into one ensemble model file (their mean probability).
 

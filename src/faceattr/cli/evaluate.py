@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import BackendOption, TtaOverride, data_config, setting
-from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
+from faceattr.cli.options import BackendOption, JsonOption, TtaOverride, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import EVAL_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -33,10 +33,7 @@ def eval_command(
     backend: BackendOption = "auto",
     dataset: DatasetOption = None,
     root: Annotated[Path | None, setting("data.root", "--root", help="Dataset folder.")] = None,
-    labels: Annotated[
-        Path | None,
-        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
-    ] = None,
+    labels: LabelsOption = None,
     split: Annotated[str, typer.Option(help="train, valid (val), test or all.")] = "test",
     threshold: Annotated[
         float | None,
@@ -56,9 +53,7 @@ def eval_command(
     metric: Annotated[
         str, typer.Option(help="Summary metric that --fail-under checks.")
     ] = "mean_accuracy",
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with every metric on stdout.")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Evaluate a model on a dataset split: per-attribute precision/recall/F1, mean and strict
     accuracy.

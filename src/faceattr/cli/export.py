@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from faceattr.cli.common import RichProgress, as_flags, err, handle_errors, out, print_json
-from faceattr.cli.options import TtaOverride, choice, data_config, setting
-from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers
+from faceattr.cli.options import JsonOption, TtaOverride, choice, data_config, setting
+from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import (
     EXPORT_CALIBRATION_IMAGES,
     EXPORT_CHECK_IMAGES,
@@ -53,10 +53,7 @@ def export_command(
         ),
     ] = None,
     dataset: DatasetOption = None,
-    labels: Annotated[
-        Path | None,
-        setting("data.labels", "--labels", help="csv: labels file (default ROOT/labels.csv)."),
-    ] = None,
+    labels: LabelsOption = None,
     calibration_images: Annotated[
         int, typer.Option(help=f"Train images int8 calibrates on ({EXPORT_CALIBRATION_IMAGES}).")
     ] = EXPORT_CALIBRATION_IMAGES,
@@ -91,9 +88,7 @@ def export_command(
     ] = False,
     workers: DataWorkers = None,
     cache: CacheOption = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the export summary as JSON on stdout.")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Export a model to one self-describing ONNX file (fp32 or int8) for fast prediction.
 

@@ -240,3 +240,8 @@ MinFaceSizeOption = Annotated[
 MaxFacesOption = Annotated[
     int | None, typer.Option(help="Keep at most N faces per image (best first).")
 ]
+
+# Every command's --json: one JSON document on stdout (its keys: docs/formats.md).
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (docs/formats.md).")
+]

@@ -8,6 +8,7 @@ are declared in that command's signature, with :func:`~faceattr.cli.options.sett
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from faceattr.cli.options import WORKERS_HELP, choice, setting, setting_argument
@@ -74,6 +75,10 @@ CacheOption = Annotated[
         help="auto: read pixels from a `faceattr data prepare` cache when one matches; "
         "off: always decode the image files (default: {default}).",
     ),
+]
+LabelsOption = Annotated[
+    Path | None,
+    setting("data.labels", "--labels", help="csv: the labels file (default ROOT/labels.csv)."),
 ]
 # eval, export, ensemble: the threads that decode the dataset's images.
 DataWorkers = Annotated[int | None, setting("data.workers", "--workers", help=WORKERS_HELP)]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import choice, config_changes, setting
+from faceattr.cli.options import JsonOption, choice, config_changes, setting
 from faceattr.cli.settings import (
     DATA_HELP,
     DATASET_HELP,
@@ -61,9 +61,6 @@ if TYPE_CHECKING:
     from faceattr.engine.fit import FitResult
 
 # Options of train and finetune that set no config field.
-Json = Annotated[
-    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
-]
 PrintConfig = Annotated[
     bool,
     typer.Option(
@@ -275,7 +272,7 @@ def train_command(
         bool, typer.Option("--list-archs", help="List the architecture names and exit.")
     ] = False,
     print_config: PrintConfig = False,
-    json_out: Json = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Train a model on a dataset, writing a run directory.
 
@@ -459,7 +456,7 @@ def finetune_command(
         ),
     ] = None,
     print_config: PrintConfig = False,
-    json_out: Json = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Fine-tune a trained run: unfreeze (part of) its backbone and train on at a lower rate.
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
-from faceattr.cli.options import choice, config_changes, setting_of
+from faceattr.cli.options import JsonOption, choice, config_changes, setting_of
 from faceattr.config import TUNE_METRICS, TUNE_PRUNERS, TUNE_SAMPLERS
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def tune_command(
         Path | None,
         typer.Option("--summary", help="Print the summary of the study in this folder and exit."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Search hyperparameters with Optuna: each trial is a training run.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from faceattr.fileio import sha256_of
 from faceattr.inference.results import ImageResult
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.progress import NullProgress, Progress
+from faceattr.utils import JsonResult
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
           b"MM\x00*")  # fmt: skip
@@ -33,7 +34,7 @@ COMMIT_EVERY, COMMIT_IMAGES = 2.0, 16
 
 
 @dataclass
-class IndexSummary:
+class IndexSummary(JsonResult):
     """What one ``index`` run did (``--json``)."""
 
     db: str
@@ -48,10 +49,6 @@ class IndexSummary:
     faces_in_index: int = 0
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)  # the first few failures
-
-    def to_json(self) -> dict[str, Any]:
-        """``faceattr index --json`` and :func:`faceattr.index` (docs/formats.md)."""
-        return asdict(self)
 
 
 def looks_like_image(path: Path) -> bool:

@@ -14,12 +14,13 @@ import numpy as np
 from faceattr.collection.query import attributes_of, evaluate, parse
 from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.errors import command
+from faceattr.utils import JsonResult
 
 DEFAULT_LIMIT = 20
 
 
 @dataclass
-class Match:
+class Match(JsonResult):
     """One face of the index that matches."""
 
     image: str  # the image's path
@@ -28,11 +29,6 @@ class Match:
     detector_score: float | None
     match: float  # the query's combined probability, or the cosine similarity for --like
     probabilities: dict[str, float]  # the attributes the query names (all for --like)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "face": self.face, "box": self.box,
-                "detector_score": self.detector_score, "match": self.match,
-                "probabilities": self.probabilities}  # fmt: skip
 
 
 @dataclass

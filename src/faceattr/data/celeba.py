@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faceattr.data.images import IMAGE_EXTENSIONS
+from faceattr.data.images import IMAGE_EXTENSIONS, note_missing_images
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError
 
@@ -464,20 +464,13 @@ def read_celeba(root: str | Path | CelebaFiles, *, check_images: bool = True) ->
                 f"Cannot list the CelebA image folder {files.image_dir}: {exc}"
             ) from None
         on_disk = np.fromiter((name in present for name in images), dtype=bool, count=len(images))
-        if not on_disk.any():
-            raise DataError(
-                f"None of the {len(images):,} images listed in {files.attr_file.name} is in "
-                f"{files.image_dir} (e.g. {_examples(images)} are missing).",
-                "Extract img_align_celeba.zip there, or fetch the data again with "
-                "`faceattr data fetch celeba --root DIR`.",
-            )
-        if not on_disk.all():
-            missing = images[~on_disk]
-            notes.append(
-                f"{len(missing):,} of {len(images):,} images listed in {files.attr_file.name} "
-                f"are missing from {files.image_dir} (e.g. {_examples(missing)}); "
-                "continuing with the rest."
-            )
+        note = note_missing_images(
+            images, on_disk, listed_in=files.attr_file.name, folder=files.image_dir,
+            hint="Extract img_align_celeba.zip there, or fetch the data again with "
+            "`faceattr data fetch celeba --root DIR`.",
+        )  # fmt: skip
+        if note is not None:
+            notes.append(note)
             images, labels, splits = images[on_disk], labels[on_disk], splits[on_disk]
             identity = identity[on_disk]
 

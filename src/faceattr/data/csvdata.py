@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from faceattr.data.images import note_missing_images
 from faceattr.data.splits import resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
@@ -314,19 +315,13 @@ def read_csv_dataset(
 
     if check_images:
         on_disk = existing_images(root, images)
-        if not on_disk.any():
-            raise DataError(
-                f"None of the {len(images):,} images listed in {path.name} is under {root} "
-                f"(e.g. {', '.join(images[:3])}).",
-                "The dataset folder (`root=DIR`) must be the folder the image paths in the labels "
-                "file are relative to.",
-            )
-        if not on_disk.all():
-            missing = images[~on_disk]
-            notes.append(
-                f"{len(missing):,} of {len(images):,} images listed in {path.name} are missing "
-                f"from {root} (e.g. {', '.join(missing[:3])}); continuing with the rest."
-            )
+        note = note_missing_images(
+            images, on_disk, listed_in=path.name, folder=root,
+            hint="The dataset folder (`root=DIR`) must be the folder the image paths in the "
+            "labels file are relative to.",
+        )  # fmt: skip
+        if note is not None:
+            notes.append(note)
             images, splits, label_values = images[on_disk], splits[on_disk], label_values[on_disk]
             identity = identity[on_disk].reset_index(drop=True)
 

@@ -203,3 +203,24 @@ def expand_image_paths(
         else:
             files.append(str(p))
     return files, empty
+
+
+def note_missing_images(
+    images: np.ndarray, on_disk: np.ndarray, *, listed_in: str, folder: str | Path, hint: str
+) -> str | None:
+    """What a reader says of the images its annotation file ``listed_in`` lists (``on_disk``
+    ``[N]`` bool: which exist under ``folder``): a DataError with ``hint`` when none does, a
+    note when some are missing (the reader goes on with the rest), None when all are there."""
+    if not on_disk.any():
+        raise DataError(
+            f"None of the {len(images):,} images listed in {listed_in} is in {folder} (e.g. "
+            f"{', '.join(str(n) for n in images[:3])} are missing).",
+            hint,
+        )
+    if on_disk.all():
+        return None
+    missing = images[~on_disk]
+    return (
+        f"{len(missing):,} of {len(images):,} images listed in {listed_in} are missing from "
+        f"{folder} (e.g. {', '.join(str(n) for n in missing[:3])}); continuing with the rest."
+    )

@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from faceattr.data.splits import resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
 from faceattr.fileio import publish
+from faceattr.utils import JSON_OPTIONAL, JsonResult
 
 TOP_PAIRS = 10  # strongest positive and negative pairs listed
 
@@ -41,7 +42,7 @@ class Pair(TypedDict):
 
 
 @dataclass
-class DatasetStats:
+class DatasetStats(JsonResult):
     """What :func:`dataset_stats` measured: ``faceattr data stats --json`` (docs/formats.md).
     A rate or ratio is None where it is undefined."""
 
@@ -60,31 +61,8 @@ class DatasetStats:
     majority_accuracy: float | None  # of always answering each attribute's majority class
     correlation: dict[str, dict[str, float | None]]  # attribute -> attribute -> phi
     top_pairs: dict[str, list[Pair]]  # "positive" and "negative": the strongest pairs
+    plot: str | None = field(default=None, metadata=JSON_OPTIONAL)  # the heatmap, once written
     notes: list[str] = field(default_factory=list)  # the dataset reader's remarks
-    plot: str | None = None  # the correlation heatmap, once written
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "dataset": self.dataset,
-            "split": self.split,
-            "n_images": self.n_images,
-            "n_files": self.n_files,
-            "n_identities": self.n_identities,
-            "splits": self.splits,
-            "attributes": self.attributes,
-            "positive_rate": self.positive_rate,
-            "imbalance": self.imbalance,
-            "counts": self.counts,
-            "split_positive_rate": self.split_positive_rate,
-            "mean_positives_per_image": self.mean_positives_per_image,
-            "majority_accuracy": self.majority_accuracy,
-            "correlation": self.correlation,
-            "top_pairs": self.top_pairs,
-        }
-        if self.plot is not None:
-            out["plot"] = self.plot
-        out["notes"] = self.notes
-        return out
 
 
 def _num(value: float) -> float | None:

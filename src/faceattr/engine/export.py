@@ -21,7 +21,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
@@ -43,6 +43,7 @@ from faceattr.models.digest import with_onnx_metadata
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo, check_tta
 from faceattr.progress import NullProgress, Progress
+from faceattr.utils import JsonResult, json_key
 
 OPSET = 18
 
@@ -52,7 +53,7 @@ class ExportRefused(FaceAttrError):
 
 
 @dataclass
-class ExportCheck:
+class ExportCheck(JsonResult):
     """The exported file against PyTorch on the same images."""
 
     images: int
@@ -60,9 +61,6 @@ class ExportCheck:
     max_abs_probability_diff: float
     decisions_differ: int  # (image, attribute) decisions that differ at the model's thresholds
     decisions: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class AccuracyChange(TypedDict):
@@ -79,18 +77,14 @@ class AttributeDrop(TypedDict):
 
 
 @dataclass
-class Int8Comparison:
+class Int8Comparison(JsonResult):
     """int8 against fp32 on a held-out split (``int8_vs_fp32``)."""
 
     split: str
     images: int
-    at_half: AccuracyChange  # at threshold 0.5 ("at_0.5")
+    at_half: AccuracyChange = field(metadata=json_key("at_0.5"))  # at threshold 0.5
     tuned: AccuracyChange  # at the model's thresholds
     worst_attribute: AttributeDrop  # the attribute whose accuracy drops most (tuned)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"split": self.split, "images": self.images, "at_0.5": self.at_half,
-                "tuned": self.tuned, "worst_attribute": self.worst_attribute}  # fmt: skip
 
 
 @dataclass

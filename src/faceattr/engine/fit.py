@@ -38,38 +38,26 @@ from faceattr.malloc import tune_allocator
 from faceattr.metrics import SavedMetrics, compute_metrics, metrics_report, tune_thresholds
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import RunDir
-from faceattr.utils import prefetch
+from faceattr.utils import JSON_OMIT, JsonResult, json_key, prefetch
 
 
-@dataclass
-class FitResult:
+@dataclass(kw_only=True)
+class FitResult(JsonResult):
+    """What a run did: ``faceattr train --json`` (docs/formats.md)."""
+
     run_dir: Path
     best_epoch: int
-    best_mean_accuracy: float
     epochs_done: int
-    history: list[dict[str, float]]
-    metrics: SavedMetrics  # validation metrics of the best model at its thresholds
-    notes: list[str] = field(default_factory=list)
-    skipped_images: int = 0
     already_finished: bool = False
     stopped_early: bool = False
+    skipped_images: int = 0
+    history: list[dict[str, float]]
     world_size: int = 1  # processes that trained (torchrun)
     global_batch_size: int = 0  # batch_size * world_size
-
-    def to_json(self) -> dict[str, Any]:
-        """``faceattr train --json`` (see docs/formats.md)."""
-        return {
-            "run_dir": str(self.run_dir),
-            "best_epoch": self.best_epoch,
-            "epochs_done": self.epochs_done,
-            "already_finished": self.already_finished,
-            "stopped_early": self.stopped_early,
-            "skipped_images": self.skipped_images,
-            "history": self.history,
-            "world_size": self.world_size,
-            "global_batch_size": self.global_batch_size,
-            "valid": self.metrics,
-        }
+    # Validation metrics of the best model at its thresholds.
+    metrics: SavedMetrics = field(metadata=json_key("valid"))
+    best_mean_accuracy: float = field(metadata=JSON_OMIT)
+    notes: list[str] = field(default_factory=list, metadata=JSON_OMIT)
 
 
 @dataclass

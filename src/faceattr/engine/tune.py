@@ -27,6 +27,7 @@ from typing import Any
 
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.progress import EpochEnd, NullProgress, Progress
+from faceattr.utils import JsonResult
 
 STUDY_NAME = "faceattr"
 STUDY_FILE = "study.db"
@@ -100,7 +101,7 @@ def parse_param(text: str, kinds: dict[str, type]) -> ParamSpec:
 
 
 @dataclass
-class TrialRecord:
+class TrialRecord(JsonResult):
     """One trial of a study."""
 
     number: int
@@ -111,9 +112,6 @@ class TrialRecord:
     seconds: float | None  # None while it runs
     run_dir: str | None  # its run directory
     retry_of: int | None  # the trial it continues (its process died)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

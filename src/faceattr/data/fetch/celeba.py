@@ -8,9 +8,8 @@ the error lists every source tried with its reason and how to download by hand.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from faceattr.data.archives import ArchiveError
@@ -32,6 +31,7 @@ from faceattr.data.fetch.remote import DriveSource, HttpSource
 from faceattr.data.fetch.run import ChecksumError, FetchRun, SourceError
 from faceattr.errors import DownloadError, UsageError, unknown_name_error
 from faceattr.progress import NullProgress, Progress
+from faceattr.utils import JSON_OMIT, JsonResult, json_key
 
 Source = HttpSource | FromSource
 
@@ -45,8 +45,8 @@ class SourceAttempt:
     error: str | None = None
 
 
-@dataclass
-class FetchResult:
+@dataclass(kw_only=True)
+class FetchResult(JsonResult):
     """What :func:`fetch_celeba` did.
 
     ``verified`` maps each file now under ``root`` to its md5 (``img_align_celeba.zip`` stands
@@ -58,29 +58,14 @@ class FetchResult:
     root: Path
     source: str | None
     location: str | None
+    up_to_date: bool = False
+    n_images: int
+    split_counts: dict[str, int] = field(metadata=json_key("splits"))
     verified: dict[str, str]
     fetched: dict[str, str]
     skipped_optional: list[str]
     warnings: list[str]
-    attempts: list[SourceAttempt]
-    n_images: int
-    split_counts: dict[str, int]
-    up_to_date: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """``faceattr data fetch celeba --json`` (docs/formats.md; ``attempts`` left out)."""
-        return {
-            "root": str(self.root),
-            "source": self.source,
-            "location": self.location,
-            "up_to_date": self.up_to_date,
-            "n_images": self.n_images,
-            "splits": self.split_counts,
-            "verified": self.verified,
-            "fetched": self.fetched,
-            "skipped_optional": self.skipped_optional,
-            "warnings": self.warnings,
-        }
+    attempts: list[SourceAttempt] = field(metadata=JSON_OMIT)  # not in the JSON
 
 
 def fetch_celeba(

@@ -16,7 +16,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,6 +43,7 @@ from faceattr.data.wflw import (
 )
 from faceattr.errors import DataError, DownloadError, UsageError
 from faceattr.progress import NullProgress, Progress
+from faceattr.utils import JsonResult, json_key
 
 # Where the release lives (project page: https://wywu.github.io/projects/LAB/WFLW.html). The
 # annotations are a plain HTTPS file; the images are on Google Drive and Baidu Pan only.
@@ -72,29 +72,17 @@ def manual_download_hint() -> str:
 
 
 @dataclass
-class WflwFetchResult:
+class WflwFetchResult(JsonResult):
     """What :func:`fetch_wflw` did. ``sources``: part (annotations/images) -> where it came
     from; ``faces``: split -> faces listed; ``photos`` on disk; ``notes`` for the user."""
 
     root: Path
+    already_complete: bool = field(default=False, metadata=json_key("up_to_date"))
     sources: dict[str, str] = field(default_factory=dict)
     faces: dict[str, int] = field(default_factory=dict)
     photos: int = 0
     missing_photos: int = 0
-    already_complete: bool = False
     notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """``faceattr data fetch wflw --json`` (docs/formats.md)."""
-        return {
-            "root": str(self.root),
-            "up_to_date": self.already_complete,
-            "sources": self.sources,
-            "faces": self.faces,
-            "photos": self.photos,
-            "missing_photos": self.missing_photos,
-            "notes": self.notes,
-        }
 
 
 _PARTS = ("annotations", "images")
