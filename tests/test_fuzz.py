@@ -274,3 +274,58 @@ def test_model_file_readers(tmp_path, model_bytes, data):
         if backend is not None:
             x = np.zeros((1, 3, 40, 40), np.float32)
             _expect_result_or_error(lambda: backend.logits(x))
+
+
+# --- the query language of `search`, and the redaction of secrets --------------------------
+
+QUERY_PIECES = st.sampled_from(
+    ["Smiling", "male", "EYEGLASSES", "Smilling", "and", "or", "not", "&", "|", "!", "(", ")",
+     ">", ">=", "<", "<=", "0.5", "1", "2", ".3", "0.", "1e3", " ", "\t", "\n", "@", "é", "\x00",
+     "((((", "not not", ")))", "_", "9" * 400]
+)  # fmt: skip
+
+
+@st.composite
+def nested(draw) -> str:
+    """A name inside a run of "(" and "not" (balanced or not), as deep as 400 levels."""
+    opens = draw(st.lists(st.sampled_from(["(", "not ", "!", "not("]), max_size=400))
+    closes = sum(o.endswith("(") for o in opens) + draw(st.integers(-2, 2))
+    return "".join(opens) + "Smiling" + ")" * max(closes, 0)
+
+
+@FUZZ
+@given(
+    query=st.one_of(
+        st.lists(QUERY_PIECES, max_size=40).map(" ".join),
+        st.lists(QUERY_PIECES, max_size=40).map("".join),
+        nested(),
+        st.text(max_size=200),
+    )
+)
+def test_query_parser(query):
+    """Any text is a query tree (which evaluates) or a QueryError (exit 2), nothing else."""
+    from faceattr.collection.query import QueryError, attributes_of, evaluate, parse
+
+    try:
+        node = parse(query, ATTRS)
+    except QueryError as e:
+        assert e.exit_code == 2 and "column" in e.message and len(e.message) < 1000
+        return
+    probs = np.random.default_rng(0).random((len(ATTRS), 5))
+    matches, score = evaluate(node, lambda i: probs[i], [0.5] * len(ATTRS))
+    assert matches.dtype == bool and matches.shape == score.shape == (5,)
+    assert ((score >= 0) & (score <= 1)).all() and attributes_of(node)
+
+
+@FUZZ
+@given(password=st.text(min_size=1, max_size=40).filter(lambda p: "\n" not in p))
+def test_redaction_hides_any_password(password):
+    from urllib.parse import quote
+
+    from faceattr.redaction import redact
+
+    url = f"postgresql://me:{password}@db.example:5432/photos"
+    assert redact(url) == "postgresql://me:***@db.example:5432/photos"
+    query = f"postgresql://me@db/photos?sslmode=require&password={quote(password, safe='')}"
+    assert redact(query) == "postgresql://me@db/photos?sslmode=require&password=***"
+    assert isinstance(redact(password, url), str)  # never raises

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 # A crop: fractions (left, top, right, bottom) of the image kept before resizing. Fractions,
 # not pixels, so CelebA's half-size 89x109 copies work too.
@@ -55,6 +57,11 @@ EXPORT_MAX_ACCURACY_DROP = 0.2
 # (benchmarks/bench_predict.py): larger batches were no faster per image.
 PREDICT_BATCH_SIZE = 16
 EVAL_BATCH_SIZE = 64  # images per model call in eval
+# Decoded pixels predict and index hold at once (the pipeline's memory budget, whatever
+# --workers says): a new image is decoded only while the pixels of those in flight plus its
+# own stay under it; a larger image goes alone. 100 million: one 48-megapixel photo and a
+# few phone photos beside it; about 17 bytes a pixel, 1.7 GB (benchmarks/bench_memory.py).
+PIPELINE_PIXELS = 100_000_000
 # Faces whose box is shorter than this many pixels are dropped (predict, index, the detectors).
 MIN_FACE_SIZE = 20.0
 
@@ -205,8 +212,15 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild from ``to_dict`` output; unknown keys are ignored (newer/older versions)."""
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Rebuild from ``to_dict`` output; unknown keys are ignored (newer/older versions).
+        A ModelError names every value of the wrong type, outside its range (:data:`LIMITS`)
+        or not among its choices (:func:`config_problems`)."""
+        problems = config_problems(data)
+        if problems:
+            from faceattr.errors import ModelError
+
+            raise ModelError(f"Invalid training settings: {'; '.join(problems)}.")
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:
@@ -225,7 +239,23 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The config a run saved; a ModelError naming the file when it is unreadable or not
+        a TrainConfig."""
+        from faceattr.errors import ModelError
+
+        hint = (
+            "It is the run's resolved settings, written by `faceattr train`; restore it from a "
+            "backup or start a new run."
+        )
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ModelError(f"Cannot read the run's settings {path}: {e}", hint) from e
+        problems = config_problems(data)
+        if problems:
+            raise ModelError(f"{path} is not a faceattr run's settings: {'; '.join(problems)}.",
+                             hint)  # fmt: skip
+        return cls.from_dict(data)
 
 
 def field_default(key: str) -> Any:
@@ -283,7 +313,7 @@ LIMITS: dict[str, Limit] = {
     "data.valid_fraction": Limit(0, 1, low_open=True, high_open=True),
     "data.img_size": Limit(16, 4096),
     "data.workers": Limit(0),
-    "model.num_features": Limit(0),
+    "model.num_features": Limit(0, 65536),  # a model file asking for more is refused
     "model.dropout": Limit(0, 1, high_open=True),
     "optim.lr": Limit(0, 10, low_open=True),
     "optim.weight_decay": Limit(0, 1),
@@ -336,7 +366,7 @@ def limit_problem(limit: Limit | None, value: Any) -> str | None:
         return None
     try:
         ok = limit.allows(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return f"must be a number {limit.describe()}, got {value!r}"
     return None if ok else f"must be {limit.describe()}, got {value!r}"
 
@@ -417,6 +447,90 @@ def _group_changes(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
         else:
             raise ValueError(f"No setting {key!r} in TrainConfig.")
     return top, sections
+
+
+# The allowed values of the settings that take a name, by config field.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.cache": CACHE_MODES,
+    "optim.optimizer": OPTIMIZERS,
+    "optim.scheduler": SCHEDULERS,
+    "optim.loss": LOSSES,
+    "tta": TTA_MODES,
+    "threshold_metric": THRESHOLD_METRICS,
+}
+
+
+def config_problems(data: Any, *, strict: bool = True) -> list[str]:
+    """Every way ``data`` (a TrainConfig's ``to_dict``, as read from JSON) is not one: a section
+    that is no object, a value of another type than its field's, and with ``strict`` a number
+    outside its range (:data:`LIMITS`) or a name not among its choices. Unknown keys are
+    allowed, missing ones take their defaults."""
+    if not isinstance(data, Mapping):
+        return [f"the settings are a JSON {type(data).__name__}, not an object"]
+    problems: list[str] = []
+    for section, values in [("", data)] + [(s, data[s]) for s in SECTIONS if s in data]:
+        if not isinstance(values, Mapping):
+            problems.append(f"{section} must be an object, got {_short_repr(values)}")
+            continue
+        for name, kind in _field_types(SECTIONS[section] if section else TrainConfig).items():
+            key = f"{section}.{name}" if section else name
+            if name not in values or (name in SECTIONS and not section):
+                continue
+            value = values[name]
+            if not _is_a(value, kind):
+                problems.append(f"{key} must be {_describe(kind)}, got {_short_repr(value)}")
+            elif not strict:
+                continue
+            elif key in CHOICES and value not in CHOICES[key]:
+                problems.append(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+            elif (problem := limit_problem(LIMITS.get(key), value)) is not None:
+                problems.append(f"{key} {problem}")
+    return problems
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    """Whether a JSON ``value`` fits the annotation ``kind`` (a tuple may be a JSON list)."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin in (Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_a(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _is_a(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe(kind: Any) -> str:
+    origin, args = get_origin(kind), get_args(kind)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+        return f"a list of {len(args)} numbers"
+    names = {int: "a whole number", float: "a number", str: "a text", bool: "true or false",
+             type(None): "null"}  # fmt: skip
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _short_repr(value: Any, n: int = 60) -> str:
+    if isinstance(value, (dict, list)) and len(value) > 8:
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)}"
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge number"
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:

@@ -3,6 +3,15 @@
 - :func:`atomic_open` writes a temp file beside the target and renames it into place, so a
   crash, a kill or a full disk leaves either the old file or the complete new one, never a torn
   one and never a temp file (``keep_partial`` keeps what a streamed write got done instead).
+- A command's outputs (``overwrite=True/False`` given to :func:`atomic_open`, or
+  :func:`check_output` before the work starts) are never written over one of its
+  :class:`Inputs` (by identity: links and folders cannot disguise one), and never over an
+  existing file unless ``overwrite``; the check is repeated when the file is published, without
+  a window (a hard link that fails when the name exists). Files faceattr keeps up to date by
+  design (a run directory's own files, the index database, the ``data prepare`` cache) pass
+  no ``overwrite`` and are replaced as before.
+- Inputs are read only when they are regular files (:func:`faceattr.reading.open_regular`,
+  :func:`sha256_of`): a FIFO, socket or device is refused before it is opened.
 - A disk-full, quota, read-only or permission error becomes a :class:`WriteError` that says
   what was being written, where, how much space is free and what is safe, instead of an
   ``OSError`` traceback.
@@ -19,12 +28,14 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from faceattr.errors import FaceAttrError, Interrupted
+from faceattr.errors import FaceAttrError, Interrupted, UsageError
+from faceattr.reading import file_kind, open_regular
 
 # Temp files are ".<target name>.<random>.tmp" beside the target (".tmp.onnx" where a
 # library needs to see the extension).
@@ -126,11 +137,124 @@ def _umask() -> int:
     return mask
 
 
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+def publish(
+    tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool = True, what: str = "file"
+) -> None:
     """Move a finished temp file onto ``path`` with ordinary permissions (0666 & ~umask):
-    temp files are created private (0600), which would otherwise stick to the result."""
+    temp files are created private (0600), which would otherwise stick to the result.
+
+    ``overwrite=False`` never replaces a file that is there (one made meanwhile included): a
+    hard link fails when the name exists, where a rename would replace it. A file system
+    without hard links falls back to looking first."""
     os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists(Path(path), what) from None
+    except OSError:  # no hard links here (FAT, some network file systems)
+        if os.path.lexists(path):
+            raise _exists(Path(path), what) from None
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+class Inputs:
+    """The files a command reads, known by identity (device and inode, links followed), so
+    an output is never written over one of them, whatever name, link or folder reaches it.
+
+    A folder given stands for the files directly in it (a run directory)."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self._files: dict[tuple[int, int], str] = {}
+        for p in paths:
+            self.add(p)
+
+    def add(self, path: str | os.PathLike[str]) -> None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):  # missing or unreadable: nothing there to protect
+            return
+        if stat.S_ISDIR(st.st_mode):
+            with contextlib.suppress(OSError), os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_file():
+                        self.add(entry.path)
+            return
+        self._files.setdefault((st.st_dev, st.st_ino), os.fspath(path))
+
+    def find(self, path: str | os.PathLike[str]) -> str | None:
+        """The input that ``path`` is (or reaches through links), or None."""
+        if not self._files:
+            return None
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return self._files.get((st.st_dev, st.st_ino))
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def _exists(path: Path, what: str) -> UsageError:
+    return UsageError(
+        f"The {what} {path} already exists; faceattr does not replace a file unless asked.",
+        "Pass `overwrite=True` to replace it, or choose another name.",
+    )
+
+
+def input_error(path: str | os.PathLike[str], source: str, what: str) -> UsageError:
+    """The refusal to write ``what`` at ``path``, which is the input ``source``."""
+    same_name = os.path.abspath(path) == os.path.abspath(source)
+    how = "" if same_name else " (the same file, reached through a link)"
+    return UsageError(
+        f"Refusing to write the {what} {path}: it is the input {source}{how}, which writing "
+        "it would destroy.",
+        "Choose another output name or folder; an output never replaces an input, even with "
+        "`overwrite=True`.",
+    )
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "file",
+    inputs: Inputs | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Where a command may write its ``what`` named ``path``: never one of ``inputs``, never a
+    folder, device or pipe, and an existing file only with ``overwrite``. Else a
+    :class:`UsageError` (exit 2) naming both files, or ``overwrite=True``. A link at
+    ``path`` is followed: the file it leads to is the one replaced (the link stays), so
+    ``/dev/stdout`` is never replaced by a file. Call it before the work, so nothing is spent
+    on a result that cannot be written; :func:`atomic_open` checks again when it publishes.
+    """
+    path = Path(path)
+    source = inputs.find(path) if inputs is not None else None
+    if source is not None:
+        raise input_error(path, source, what)
+    try:
+        mode = os.stat(path).st_mode  # through a link: what it leads to
+    except (OSError, ValueError):  # nothing there, a broken link (replaced: it is a file of
+        mode = None  # its own), or nothing to look at (the write says why)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UsageError(f"The {what} {path} is a folder.", "Name a file, not a folder.")
+    if mode is not None and not stat.S_ISREG(mode):  # /dev/null, a FIFO, a terminal
+        raise UsageError(
+            f"The {what} {path} is {file_kind(mode)}; faceattr writes its outputs as "
+            "regular files and never replaces anything else.",
+            "Name a file instead (for a result on standard output: `json=True`).",
+        )
+    if mode is not None and os.path.islink(path):
+        path = Path(os.path.realpath(path))  # the file is replaced, the link stays
+    if not overwrite and os.path.lexists(path):
+        raise _exists(path, what)
+    return path
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -148,6 +272,8 @@ def atomic_open(
     *,
     what: str = "file",
     keep_partial: bool = False,
+    overwrite: bool | None = None,
+    inputs: Inputs | None = None,
     **kwargs: Any,
 ) -> Iterator[IO]:
     """Open a temp file beside ``path``; on success fsync and rename it into place.
@@ -156,8 +282,14 @@ def atomic_open(
     results) instead renames what was written so far to ``path.partial`` when the body fails
     or is interrupted, and says so. OS errors of the write become a :class:`WriteError`
     naming ``what``.
+
+    A command's output passes ``overwrite`` (and its ``inputs``): :func:`check_output` runs
+    first, and without ``overwrite`` the file is published only if no file took its name
+    meanwhile. ``overwrite=None`` (the default) is for faceattr's own files, replaced by design.
     """
     path = Path(path)
+    if overwrite is not None:  # through a link: the file it leads to
+        path = check_output(path, what=what, inputs=inputs, overwrite=overwrite)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     kept = f"What was written before the error is kept in {partial}." if keep_partial else None
 
@@ -178,7 +310,9 @@ def atomic_open(
             except OSError as exc:
                 raise failed(exc) from exc
         try:
-            publish(tmp, path)
+            if inputs is not None and (source := inputs.find(path)) is not None:
+                raise input_error(path, source, what)  # it became one meanwhile
+            publish(tmp, path, overwrite=overwrite is not False, what=what)
         except OSError as exc:
             raise failed(exc) from exc
     except BaseException as exc:
@@ -194,13 +328,28 @@ def atomic_open(
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> None:
-    with atomic_open(path, "w", encoding="utf-8", what=what) as fh:
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    what: str = "file",
+    overwrite: bool | None = None,
+    inputs: Inputs | None = None,
+) -> None:
+    with atomic_open(path, "w", encoding="utf-8", what=what, overwrite=overwrite,
+                     inputs=inputs) as fh:  # fmt: skip
         fh.write(text)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
-    with atomic_open(path, "wb", what=what) as fh:
+def atomic_write_bytes(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    what: str = "file",
+    overwrite: bool | None = None,
+    inputs: Inputs | None = None,
+) -> None:
+    with atomic_open(path, "wb", what=what, overwrite=overwrite, inputs=inputs) as fh:
         fh.write(data)
 
 
@@ -256,7 +405,7 @@ def _holder(fd: int) -> dict[str, Any]:
     raw = os.read(fd, 65536)
     try:
         data = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, cut short, or nested past any sense
         return {"pid": "?", "host": "?"}
     return data if isinstance(data, dict) else {}
 
@@ -270,22 +419,28 @@ def _alive(pid: Any) -> bool:
 
 
 def _describe(holder: dict[str, Any]) -> str:
+    from faceattr.redaction import redact
+
     started = f", started {holder['started']}" if holder.get("started") else ""
-    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}{started}"
+    return redact(f"process {holder.get('pid', '?')} on {holder.get('host', '?')}{started}")
 
 
 @contextlib.contextmanager
 def hold_lock(
     folder: str | os.PathLike, name: str, *, what: str, note: Any = None
 ) -> Iterator[None]:
-    """Hold ``folder/name`` while the block runs: the holder's PID, host and start time are
-    in it, a second process gets a :class:`LockedError` saying who holds it. A lock left by a
-    process that died (``kill -9``) is taken over, and ``note`` (a callable) is told so.
+    """Hold ``folder/name`` while the block runs: the holder's PID, host, start time and
+    command line (its passwords hidden, :func:`faceattr.redaction.redact`) are in it, readable
+    by its owner only (0600); a second process gets a :class:`LockedError` saying who holds
+    it. A lock left by a process that died (``kill -9``) is taken over, and ``note`` (a
+    callable) is told so. A lock file that is a link or no regular file is never opened.
     The folder is created; it is removed again when the block leaves it empty."""
     import json
     import socket
     import sys
     from datetime import datetime
+
+    from faceattr.redaction import redact
 
     folder = Path(folder)
     created = not folder.exists()
@@ -298,7 +453,8 @@ def hold_lock(
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:500],
+        # Redacted whole, then cut: a cut URL could lose the "@" that marks its password.
+        "command": redact(" ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]))[:500],
     }
     fd = _acquire(path, what, me["host"])
     try:
@@ -330,10 +486,17 @@ def _acquire(path: Path, what: str, host: str) -> int:
     except ImportError:  # Windows: no flock; a live holder is told apart by its PID
         fcntl = None  # type: ignore[assignment]
     for _ in range(20):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # not through a link: it would write where the link points
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as exc:
+            if os.path.islink(path) or not os.path.isfile(path) and os.path.exists(path):
+                raise _not_a_lock(path) from None
             raise write_error(exc, path, "lock file") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block the read
+            os.close(fd)
+            raise _not_a_lock(path)
+        with contextlib.suppress(OSError, AttributeError):  # one an older version left 0644
+            os.fchmod(fd, 0o600)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -342,7 +505,7 @@ def _acquire(path: Path, what: str, host: str) -> int:
                 os.close(fd)
                 raise _locked(path, what, holder) from None
             try:  # the holder may have removed the file between our open and our lock
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -357,8 +520,17 @@ def _acquire(path: Path, what: str, host: str) -> int:
     raise LockedError(f"Could not take the lock {path}: it keeps changing hands.")
 
 
+def _not_a_lock(path: Path) -> LockedError:
+    return LockedError(
+        f"The lock file {path} is a link or not a regular file; faceattr does not open it.",
+        f"Delete {path} (no faceattr process made it) and run the command again.",
+    )
+
+
 def _locked(path: Path, what: str, holder: dict[str, Any]) -> LockedError:
-    command = f" ({holder['command']})" if holder.get("command") else ""
+    from faceattr.redaction import redact
+
+    command = f" ({redact(holder['command'])[:500]})" if holder.get("command") else ""
     return LockedError(
         f"The {what} {path.parent} is in use by {_describe(holder)}{command}.",
         "Wait for it to finish, or choose another output folder. If that process is gone "
@@ -367,9 +539,10 @@ def _locked(path: Path, what: str, holder: dict[str, Any]) -> LockedError:
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks; only a regular file is
+    read (:func:`faceattr.reading.open_regular`: a FIFO or device never blocks it)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

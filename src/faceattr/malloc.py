@@ -55,3 +55,24 @@ def _apply() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+_libc: list[ctypes.CDLL | None] = []
+
+
+def release_free_memory() -> None:
+    """Give the free memory of every heap back to the kernel now (glibc's ``malloc_trim``).
+
+    For memory freed in bulk that is not needed again soon: predict and index call it after
+    a very large photo is dropped, since the thresholds above keep each worker thread's
+    freed heap resident (six threads once kept 6 GB after their 88-megapixel photos were
+    done, whatever the pixel budget). No-op elsewhere than glibc."""
+    if not _libc:
+        try:
+            _libc.append(ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None)
+        except OSError:
+            _libc.append(None)
+    libc = _libc[0]
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -133,31 +133,50 @@ class RunDir:
         return sorted(p.stem[len("metrics-") :] for p in self.path.glob("metrics-*.json"))
 
     def read_metrics(self, split: str) -> SavedMetrics:
-        """``metrics-<split>.json`` (a file of an older version may lack some keys)."""
-        return cast("SavedMetrics", _read_json(self.metrics_file(split)))
+        """``metrics-<split>.json`` (a file of an older version may lack some keys); a
+        DataError when it is not a metrics file (:func:`metrics_problems`)."""
+        from faceattr.errors import DataError
+
+        path = self.metrics_file(split)
+        data = _read_json(path)
+        problems = metrics_problems(data)
+        if problems:
+            raise DataError(
+                f"{path} is not a faceattr metrics file: {'; '.join(problems)}.",
+                "Re-run the command that wrote it (`faceattr eval`).",
+            )
+        return cast("SavedMetrics", data)
 
     def read_history(self) -> list[dict[str, float | None]]:
         """``history.csv`` -> one dict per epoch (numbers as float, empty cells as None)."""
         if not self.history_file.exists():
             return []
         rows: list[dict[str, float | None]] = []
-        with self.history_file.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                parsed: dict[str, float | None] = {}
-                for key, value in row.items():
-                    try:
-                        parsed[key] = float(value) if value not in ("", None) else None
-                    except ValueError:
-                        parsed[key] = None
-                rows.append(parsed)
+        try:
+            with self.history_file.open(newline="", encoding="utf-8", errors="replace") as fh:
+                for row in csv.DictReader(fh):
+                    parsed: dict[str, float | None] = {}
+                    for key, value in row.items():
+                        if not isinstance(key, str):  # cells beyond the header: no column
+                            continue
+                        try:
+                            parsed[key] = float(value) if value not in ("", None) else None
+                        except (TypeError, ValueError):
+                            parsed[key] = None
+                    rows.append(parsed)
+        except (OSError, csv.Error):  # damaged (NUL bytes, a huge cell): the rows before it
+            pass
         return rows
 
     def history_rows(self) -> int:
         """Rows in ``history.csv`` (-1: no file)."""
         if not self.history_file.exists():
             return -1
-        with self.history_file.open(encoding="utf-8", newline="") as fh:
-            return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+        try:
+            with self.history_file.open(encoding="utf-8", errors="replace", newline="") as fh:
+                return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+        except (OSError, csv.Error):
+            return -1  # unreadable: rewritten by repair()
 
     def model_epoch(self, model_file: Path) -> int | None:
         """The epoch a model file of this run holds (None: no file, or unreadable)."""
@@ -224,13 +243,30 @@ class RunDir:
         import torch
 
         try:
-            return torch.load(self.state_file, map_location="cpu", weights_only=True)
+            state = torch.load(self.state_file, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a damaged zip or pickle
             raise ModelError(
                 f"The resume state {self.state_file} cannot be read: {e}",
                 f"Its model files can still be used ({BEST_FILE}, {LAST_FILE}); to train "
                 "again, start a new run.",
             ) from e
+        problems = _state_problems(state, torch.Tensor)
+        if problems:
+            raise self.state_error("; ".join(problems))
+        return state
+
+    def state_error(self, problem: str) -> ModelError:
+        """The error for a resume state that cannot be what this run continues from."""
+        hint = f"Its model files can still be used ({BEST_FILE}, {LAST_FILE}); "
+        if self.best_file.is_file():
+            hint += (
+                command("`faceattr finetune {run}`", run=self.path)
+                + " trains on from the best one, "
+            )
+        return ModelError(
+            f"The resume state {self.state_file} is damaged or not faceattr's: {problem}.",
+            hint + "or start a new run.",
+        )
 
     def save_state(self, state: dict[str, Any]) -> None:
         import torch
@@ -342,6 +378,13 @@ class RunDir:
                 f"{self.path} already holds a training run.",
                 f"Continue it with {self.resume_command()}, or choose another `out=DIR`.",
             )
+        own = (self.best_file, self.last_file, self.state_file, self.history_file)
+        taken = [p.name for p in own if p.exists() or p.is_symlink()]
+        if taken:  # not a run's: someone's files, which the run's would replace
+            raise UsageError(
+                f"{self.path} already holds {', '.join(taken)}, which a new run would replace.",
+                "Choose an empty folder for `out=DIR`, or move those files away.",
+            )
 
     def check_resumable(self) -> None:
         if not self.is_run():
@@ -355,12 +398,166 @@ def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def _state_problems(state: Any, tensor: type) -> list[str]:
+    """How the resume state read from disk differs from what :func:`faceattr.engine.fit`
+    writes: a dict of counters, state dicts and the history (``tensor``: torch.Tensor)."""
+    if not isinstance(state, dict):
+        return [f"it holds a {type(state).__name__}, not a dict"]
+
+    def whole(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def number(v: Any) -> bool:
+        return v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def row(r: Any) -> bool:  # a history row: column -> number (None: not measured)
+        return isinstance(r, dict) and all(isinstance(k, str) and number(x) for k, x in r.items())
+
+    problems = [f"{key} is missing" for key in ("epoch", "model", "optimizer", "history",
+                "best_metric", "best_epoch") if key not in state]  # fmt: skip
+    epoch = state.get("epoch", 0)
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "epoch": (lambda v: whole(v, 0), "an epoch number"),
+        "best_epoch": (lambda v: whole(v, 0) and (not whole(epoch, 0) or v <= epoch),
+                       "an epoch number up to epoch"),
+        "bad_epochs": (lambda v: whole(v, 0), "a count"),
+        "world_size": (lambda v: whole(v, 1), "a count of processes"),
+        "best_metric": (lambda v: number(v) and v is not None, "a number"),
+        "finished": (lambda v: isinstance(v, bool), "true or false"),
+        "model": (lambda v: isinstance(v, dict) and all(
+            isinstance(k, str) and isinstance(t, tensor) for k, t in v.items()),
+            "a dict of tensors"),
+        "optimizer": (lambda v: isinstance(v, dict), "a dict"),
+        "scheduler": (lambda v: v is None or isinstance(v, dict), "a dict or None"),
+        "scaler": (lambda v: v is None or isinstance(v, dict), "a dict or None"),
+        "ema": (lambda v: v is None or isinstance(v, dict), "a dict or None"),
+        "history": (lambda v: isinstance(v, list) and all(map(row, v)),
+                    "a list of rows (column -> number)"),
+    }  # fmt: skip
+    for key, (ok, what) in checks.items():
+        if key in state and not ok(state[key]):
+            problems.append(f"{key} is {_kind(state[key])}, expected {what}")
+    return problems
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (float, bool)) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**30 else "a huge number"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    return f"a {type(value).__name__}"
+
+
+# The keys of a metrics file, by the kind of value each holds (metrics.SavedMetrics).
+_SUMMARY = ("mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
+            "macro_precision", "macro_recall", "macro_f1", "mean_average_precision")  # fmt: skip
+_TEXTS = ("majority_source", "threshold_source", "split", "model", "backend", "dataset", "root",
+          "tta")  # fmt: skip
+_RATES = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "average_precision",
+          "majority_accuracy", "threshold")  # fmt: skip
+_COUNTS = ("positives", "negatives", "support", "tp", "fp", "tn", "fn")
+
+
+def _is_number(v: Any, *, none: bool = True) -> bool:
+    return (none and v is None) or isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def metrics_problems(data: Mapping[str, Any]) -> list[str]:
+    """How ``data`` (a ``metrics-<split>.json``) differs from what faceattr writes: each key
+    present must hold its kind of value, and ``per_attribute`` must be there (reports read
+    every attribute's numbers from it). Keys of other versions are allowed."""
+    problems: list[str] = []
+
+    def expect(key: str, value: Any, ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(f"{key} is {_kind(value)}, expected {what}")
+
+    for key in _SUMMARY:
+        if key in data:
+            expect(key, data[key], _is_number(data[key]), "a number or null")
+    for key in ("n_images", "n_attributes", "skipped_images"):
+        if key in data:
+            expect(key, data[key], _is_count(data[key]), "a count")
+    for key in _TEXTS:
+        if key in data:
+            expect(key, data[key], isinstance(data[key], str), "a text")
+    checks: dict[str, Callable[[Any], bool]] = {
+        "thresholds": lambda v: _is_number(v, none=False),
+        "notes": lambda v: isinstance(v, str),
+    }
+    for key, ok in checks.items():
+        if key in data:
+            v = data[key]
+            expect(key, v, isinstance(v, list) and all(ok(x) for x in v), "a list")
+    half = data.get("at_threshold_0.5", {})
+    expect("at_threshold_0.5", half, isinstance(half, dict)
+           and all(_is_number(v) for v in half.values()), "an object of numbers")  # fmt: skip
+    per = data.get("per_attribute")
+    if not isinstance(per, dict) or not per:
+        return [*problems, f"per_attribute is {_kind(per)}, expected an object of attributes"]
+    for name, m in per.items():
+        if not isinstance(m, dict):
+            expect(f"per_attribute[{name[:40]!r}]", m, False, "an object")
+            continue
+        bad = [(k, "a number") for k in _RATES
+               if k in m and not _is_number(m[k], none=k != "threshold")]  # fmt: skip
+        bad += [(k, "a count") for k in _COUNTS if k in m and not _is_count(m[k])]
+        if not isinstance(m.get("note", ""), (str, type(None))):
+            bad.append(("note", "a text"))
+        if bad:
+            key, what = bad[0]
+            expect(f"per_attribute[{name[:40]!r}][{key!r}]", m[key], False, what)
+        if len(problems) >= 5:
+            break
+    return problems
+
+
+def structure_problem(saved: Any, fresh: Any, name: str) -> str | None:
+    """Why ``saved`` (part of a resume state) cannot stand for ``fresh`` (the same part of
+    this run, new): a key ``fresh`` lacks, or a value of another kind (numbers of either
+    type, tensors of the same shape, lists of the same length), recursively. None: it fits.
+    Keys ``saved`` lacks are fine (``load_state_dict`` keeps the fresh value)."""
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{name} is {_kind(saved)}, expected a dict"
+        for key, value in saved.items():
+            if key not in fresh:
+                return f"{name} has an unknown entry {str(key)[:60]!r}"
+            problem = structure_problem(value, fresh[key], f"{name}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return f"{name} is {_kind(saved)}, expected {len(fresh)} values"
+        for k, (s, f) in enumerate(zip(saved, fresh, strict=True)):
+            problem = structure_problem(s, f, f"{name}[{k}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        ok = type(saved) is type(fresh)
+    elif isinstance(fresh, (int, float)):
+        ok = isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    elif hasattr(fresh, "shape"):  # a tensor
+        ok = type(saved) is type(fresh) and saved.shape == fresh.shape
+    else:
+        ok = type(saved) is type(fresh)
+    return None if ok else f"{name} is {_kind(saved)}, expected {_kind(fresh)}"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     from faceattr.errors import DataError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
         raise DataError(f"Cannot read {path}: {exc}", "Re-run the command that wrote it.") from exc
     if not isinstance(data, dict):
         raise DataError(

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, print_json
 from faceattr.cli.options import (
     DetectorOption,
     JsonOption,
     MaxFacesOption,
     MinFaceSizeOption,
     MinScoreOption,
+    OverwriteOption,
     WorkersOption,
 )
 from faceattr.config import MIN_FACE_SIZE
@@ -83,14 +84,24 @@ def index_command(
         return
     s = summary
     err.print(
-        f"Indexed into {s.db} in {s.seconds:.1f} s: {s.added} added, {s.changed} changed, "
+        f"Indexed into {literal(s.db)} in {s.seconds:.1f} s: {s.added} added, {s.changed} changed, "
         f"{s.unchanged} unchanged, {s.failed} failed, {s.pruned} pruned; {s.faces} face(s) "
         f"written ({s.duplicates} copied from identical files). The index holds "
         f"{s.images_in_index} image(s), {s.faces_in_index} face(s).",
         highlight=False,
     )
     for e in s.errors:
-        err.print(f"[yellow]{e['image']}[/]: {e['error']}", highlight=False)
+        err.print(f"[yellow]{literal(e['image'])}[/]: {literal(e['error'])}", highlight=False)
+    _notes("Cannot read (its entries are kept)", s.unreadable)
+    _notes("Skipped", s.skipped)
+
+
+def _notes(what: str, notes: list[dict[str, str]], shown: int = 10) -> None:
+    for n in notes[:shown]:
+        err.print(f"[yellow]{what}:[/] {literal(n['path'])}: {literal(n['reason'])}",
+                  highlight=False)  # fmt: skip
+    if len(notes) > shown:
+        err.print(f"[yellow]{what}:[/] ... and {len(notes) - shown} more (see --json).")
 
 
 @handle_errors
@@ -116,6 +127,7 @@ def search_command(
         Path | None,
         typer.Option("--html", help="Write a contact sheet of the faces (one HTML file)."),
     ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Find faces in an index by their attributes.
 
@@ -132,7 +144,7 @@ def search_command(
     """
     from faceattr.collection.search import like_image, search_index
     from faceattr.errors import UsageError
-    from faceattr.fileio import atomic_open, atomic_write_text
+    from faceattr.fileio import Inputs, atomic_open, atomic_write_text, check_output
     from faceattr.report.contact_sheet import contact_sheet
 
     if (query is None) == (like is None):
@@ -140,6 +152,11 @@ def search_command(
             "Pass a QUERY or --like IMAGE (one of them).",
             "e.g. faceattr search 'Eyeglasses and not Male' --db library.db",
         )
+    # The index (and --like's photo) are inputs: never written over; checked before searching.
+    sources = Inputs([db, f"{db}-wal", f"{db}-shm", *([like] if like is not None else [])])
+    for file, what in ((html_file, "contact sheet"), (csv_file, "results CSV")):
+        if file is not None:
+            check_output(file, what=what, inputs=sources, overwrite=overwrite)
     n = limit or None
     if like is not None:
         found = like_image(like, db, limit=n)
@@ -148,20 +165,22 @@ def search_command(
         found = search_index(query, db, limit=n)
     title = f"faceattr search: like {like}" if like is not None else f"faceattr search: {query}"
     if html_file is not None:
-        atomic_write_text(html_file, contact_sheet(found, title), what="contact sheet")
-        err.print(f"Wrote {html_file}", highlight=False)
+        atomic_write_text(html_file, contact_sheet(found, title), what="contact sheet",
+                          overwrite=overwrite, inputs=sources)  # fmt: skip
+        err.print(f"Wrote {literal(html_file)}", highlight=False)
     if csv_file is not None:
         import csv
 
         results = found.results
         names = list(results[0].probabilities) if results else []  # the same in every row
-        with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="results CSV") as fh:
+        with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="results CSV",
+                         overwrite=overwrite, inputs=sources) as fh:  # fmt: skip
             w = csv.writer(fh)
             w.writerow(["image", "face", "x", "y", "w", "h", "match", *names])
             for r in results:
                 w.writerow([r.image, r.face, *r.box, r.match,
                             *[r.probabilities[k] for k in names]])  # fmt: skip
-        err.print(f"Wrote {csv_file}", highlight=False)
+        err.print(f"Wrote {literal(csv_file)}", highlight=False)
     if json_out:
         print_json(found.to_json())
     elif html_file is None and csv_file is None:
@@ -180,8 +199,8 @@ def _table(found: SearchResult) -> None:
     table.add_column("image")
     table.add_column("face", justify="right")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(literal(name), justify="right")
     for r in results:
-        table.add_row(f"{r.match:.3f}", r.image, str(r.face),
+        table.add_row(f"{r.match:.3f}", literal(r.image), str(r.face),
                       *[f"{r.probabilities[k]:.3f}" for k in names])  # fmt: skip
     out.print(table)

@@ -19,9 +19,60 @@ if TYPE_CHECKING:
 from faceattr.errors import FaceAttrError
 from faceattr.progress import EpochEnd, Progress
 
-# Results go to stdout (pipeable); progress, logs and errors to stderr.
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+
+class _Console(Console):
+    """rich's console, with a safety net: a line whose markup does not parse (a name that
+    missed :func:`literal`) prints as plain text rather than ending a command whose work is
+    done in a traceback."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:
+        from rich.errors import MarkupError
+
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
+
+
+# Results go to stdout (pipeable); progress, logs and errors to stderr. No emoji codes: a
+# file named ":smile:.jpg" prints as itself. Rich markup ("[bold]...[/]") is faceattr's own
+# styling only: every value from outside goes in through literal().
+out = _Console(soft_wrap=True, emoji=False)
+err = _Console(stderr=True, emoji=False)
+
+# Characters that would act on the terminal instead of showing: C0/C1 controls (escape
+# sequences, carriage returns, newlines in a name) and the bidirectional overrides that can
+# make "gpj.exe" read as "exe.jpg".
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_LINES = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_SHOWN = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    c = match.group()
+    return _SHOWN.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def _visible(text: str) -> str:
+    """``text`` with its control characters shown as escapes (where no markup is read)."""
+    return _CONTROL.sub(_shown, text)
+
+
+def literal(value: object, *, lines: bool = False) -> str:
+    """``value`` (a path, a file, folder, attribute or run name, a message from the core: any
+    text faceattr did not write) as rich markup that prints exactly it: ``[`` never opens a
+    tag, and control characters are shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``) instead
+    of acting on the terminal; ``lines=True`` keeps newlines and tabs (multi-line messages).
+
+    Use it for every such value in ``out``/``err`` prints, rich Table cells, titles and column
+    names; faceattr's own styling goes around it: ``err.print(f"[bold]{literal(path)}[/]")``.
+    """
+    from rich.markup import escape
+
+    return escape((_CONTROL_BUT_LINES if lines else _CONTROL).sub(_shown, str(value)))
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,9 +178,7 @@ def handle_errors(fn: F) -> F:
             err.print("[yellow]Interrupted.[/]")
             hint = getattr(exc, "hint", None)  # errors.Interrupted: what was kept, how to go on
             if hint:
-                from rich.markup import escape
-
-                err.print(escape(as_flags(hint)), highlight=False)
+                err.print(literal(as_flags(hint), lines=True), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -170,14 +219,13 @@ def report_error(exc: FaceAttrError) -> None:
     the settings they name shown as flags (:func:`as_flags`)."""
     import os
 
-    from rich.markup import escape
-
     # Under torchrun every process reports; say which one when it is not the first.
     rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
     where = "" if rank == "0" else f" (process {rank})"
-    err.print(f"[bold red]Error{where}:[/] {escape(as_flags(exc.message))}", highlight=False)
+    message = literal(as_flags(exc.message), lines=True)
+    err.print(f"[bold red]Error{where}:[/] {message}", highlight=False)
     if exc.hint:
-        err.print(escape(as_flags(exc.hint)), highlight=False)
+        err.print(literal(as_flags(exc.hint), lines=True), highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -201,8 +249,8 @@ class RichProgress(Progress):
     def start(self, description: str, total: int | None = None, unit: str = "img") -> None:
         if self.quiet:
             return
-        if not err.is_terminal:
-            self._plain = {"desc": description, "total": total, "done": 0, "next": 0.1}
+        if not err.is_terminal:  # the description may name a file ("extract NAME.zip")
+            self._plain = {"desc": literal(description), "total": total, "done": 0, "next": 0.1}
             return
         from rich.progress import (
             BarColumn,
@@ -221,10 +269,10 @@ class RichProgress(Progress):
         else:
             counts = (MofNCompleteColumn(),)
         self._progress = Bar(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),  # no markup, emoji
             BarColumn(),
             *counts,
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -232,7 +280,7 @@ class RichProgress(Progress):
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, info="")
+        self._task = self._progress.add_task(_visible(description), total=total, info="")
 
     def advance(self, n: int = 1, **info: Any) -> None:
         if self._plain is not None:
@@ -241,7 +289,7 @@ class RichProgress(Progress):
         if self._progress is None or self._task is None:
             return
         text = "  ".join(_fmt_info(k, v) for k, v in info.items())
-        self._progress.update(self._task, advance=n, info=text)
+        self._progress.update(self._task, advance=n, info=_visible(text))
 
     def _advance_plain(self, n: int, info: dict[str, Any]) -> None:
         p = self._plain
@@ -251,7 +299,7 @@ class RichProgress(Progress):
             return
         while p["done"] / p["total"] >= p["next"]:
             p["next"] += 0.1
-        text = "  ".join(_fmt_info(k, v) for k, v in info.items())
+        text = literal("  ".join(_fmt_info(k, v) for k, v in info.items()))
         pct_done = min(100, round(100 * p["done"] / p["total"]))
         err.print(f"{p['desc']}: {pct_done}% ({p['done']}/{p['total']})  {text}", highlight=False)
 
@@ -263,9 +311,7 @@ class RichProgress(Progress):
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            from rich.markup import escape
-
-            err.print(escape(as_flags(message)), highlight=False)
+            err.print(literal(as_flags(message), lines=True), highlight=False)
 
     def epoch_end(self, event: EpochEnd) -> None:
         r = event.row

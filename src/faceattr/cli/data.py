@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from faceattr.cli.common import Command, Group, err, handle_errors, out
-from faceattr.cli.options import JsonOption, choice, data_config, setting
+from faceattr.cli.common import Command, Group, err, handle_errors, literal, out
+from faceattr.cli.options import JsonOption, OverwriteOption, choice, data_config, setting
 from faceattr.cli.settings import CropOption, DatasetArgument, LabelsOption
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
@@ -95,14 +95,14 @@ def fetch_command(
             keep_archive=keep_archive,
         )
         for warning in result.warnings:
-            err.print(f"[yellow]Warning:[/] {warning}", highlight=False)
+            err.print(f"[yellow]Warning:[/] {literal(warning)}", highlight=False)
         if json_out:
             print_json(result.to_json())
             return
-        how = "already up to date" if result.up_to_date else f"from {result.location}"
+        how = "already up to date" if result.up_to_date else f"from {literal(result.location)}"
         splits = ", ".join(f"{k} {v:,}" for k, v in result.split_counts.items())
         out.print(
-            f"CelebA in {result.root}: {result.n_images:,} images ({splits}), "
+            f"CelebA in {literal(result.root)}: {result.n_images:,} images ({splits}), "
             f"{len(result.verified)} files verified, {how}.",
             highlight=False,
         )
@@ -118,8 +118,9 @@ def fetch_command(
             print_json(written.to_json())
             return
         total = sum(written.splits.values())
-        out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to {written.root}")
-        err.print(f"Next: {written.next_command}", highlight=False)
+        out.print(f"Wrote a synthetic CelebA-format dataset ({total} images) to "
+                  f"{literal(written.root)}", highlight=False)  # fmt: skip
+        err.print(f"Next: {literal(written.next_command)}", highlight=False)
 
 
 def _fetch_wflw(
@@ -153,18 +154,21 @@ def _fetch_wflw(
         print_json(result.to_json())
         return
     for note in result.notes:
-        err.print(f"[yellow]Note:[/] {note}", highlight=False)
+        err.print(f"[yellow]Note:[/] {literal(note)}", highlight=False)
     how = (
         "already up to date"
         if result.already_complete
-        else "from " + ", ".join(f"{k} {v}" for k, v in result.sources.items())
+        else "from " + ", ".join(f"{k} {literal(v)}" for k, v in result.sources.items())
     )
     out.print(
-        f"WFLW in {result.root}: {result.faces.get('train', 0):,} train and "
+        f"WFLW in {literal(result.root)}: {result.faces.get('train', 0):,} train and "
         f"{result.faces.get('test', 0):,} test faces in {result.photos:,} photos, {how}.",
         highlight=False,
     )
-    err.print(f"Next: faceattr train --dataset wflw --root {result.root}", highlight=False)
+    from faceattr.errors import command  # the folder shell-quoted: safe to copy
+
+    then = command("faceattr train --dataset wflw --root {root}", root=result.root)
+    err.print(f"Next: {literal(then)}", highlight=False)
 
 
 @data_app.command("prepare", cls=Command)
@@ -210,14 +214,16 @@ def prepare_command(
         print_json(res.to_json())
         return
     for note in res.notes:
-        err.print(note, highlight=False)
+        err.print(literal(note), highlight=False)
     size = f"{res.nbytes / 1e9:.2f} GB" if res.nbytes >= 1e8 else f"{res.nbytes / 1e6:.1f} MB"
     if not res.built:
-        out.print(f"Cache up to date: {res.path} ({res.n_images:,} images, {size}).")
+        out.print(f"Cache up to date: {literal(res.path)} ({res.n_images:,} images, {size}).",
+                  highlight=False)  # fmt: skip
     else:
         out.print(
             f"Prepared {res.n_images:,} images at {res.img_size} px in {res.seconds:.1f} s "
-            f"({res.images_per_second:.0f} img/s): {res.path} ({size})"
+            f"({res.images_per_second:.0f} img/s): {literal(res.path)} ({size})",
+            highlight=False,
         )
     if res.failed:
         shown = list(res.failed.items())[:5]
@@ -227,9 +233,12 @@ def prepare_command(
             highlight=False,
         )
         for _, reason in shown:
-            err.print(f"  {reason}", highlight=False)
+            err.print(f"  {literal(reason)}", highlight=False)
+    from faceattr.errors import command
+
+    shown_root = literal(command("{root}", root=root))
     err.print(
-        f"train/eval with --root {root} --img-size {res.img_size} now read this cache.",
+        f"train/eval with --root {shown_root} --img-size {res.img_size} now read this cache.",
         highlight=False,
     )
 
@@ -248,6 +257,7 @@ def stats_command(
         Path | None, typer.Option(help="Write the correlation heatmap to this .png file.")
     ] = None,
     top_pairs: Annotated[int, typer.Option("--top", help="Strongest pairs listed per sign.")] = 10,
+    overwrite: OverwriteOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Images per split, positive rate and imbalance of each attribute, and how attributes
@@ -262,20 +272,22 @@ def stats_command(
     from faceattr.cli.common import print_json
     from faceattr.data import read_dataset
     from faceattr.data.stats import check_plot_path, dataset_stats, plot_correlation
+    from faceattr.fileio import Inputs
 
-    if plot is not None:
-        check_plot_path(plot)  # before reading the data: fail fast on a bad file name
+    sources = Inputs([root, *([labels] if labels else [])])  # the label files: never replaced
+    if plot is not None:  # before reading the data: fail fast on a bad or taken file name
+        check_plot_path(plot, overwrite=overwrite, inputs=sources)
     stats = dataset_stats(read_dataset(data_config(ctx)), split, top=top_pairs)
     if plot is not None:
-        stats.plot = str(plot_correlation(stats, plot))
+        stats.plot = str(plot_correlation(stats, plot, overwrite=overwrite, inputs=sources))
     if json_out:
         print_json(stats.to_json())
         return
     for note in stats.notes:
-        err.print(note, highlight=False)
+        err.print(literal(note), highlight=False)
     _render_stats(stats)
     if plot is not None:
-        err.print(f"Wrote the correlation heatmap to {stats.plot}", highlight=False)
+        err.print(f"Wrote the correlation heatmap to {literal(stats.plot)}", highlight=False)
 
 
 def _render_stats(stats: DatasetStats) -> None:
@@ -287,7 +299,8 @@ def _render_stats(stats: DatasetStats) -> None:
     files = f", {stats.n_files:,} files" if stats.n_files != stats.n_images else ""
     people = f", {stats.n_identities:,} identities" if stats.n_identities else ""
     out.print(
-        f"[bold]{stats.dataset}[/] ({stats.split}): {stats.n_images:,} images{files}"
+        f"[bold]{literal(stats.dataset)}[/] ({literal(stats.split)}): {stats.n_images:,} images"
+        f"{files}"
         f"{people}; per split: " + ", ".join(f"{s} {n:,}" for s, n in stats.splits.items()),
         highlight=False,
     )
@@ -298,7 +311,7 @@ def _render_stats(stats: DatasetStats) -> None:
         c = stats.counts[a]
         imb = stats.imbalance[a]
         table.add_row(
-            a,
+            literal(a),  # a CSV dataset's attributes are its header's names
             pct(stats.positive_rate[a]),
             f"{c['positive']:,}",
             f"{c['negative']:,}",
@@ -322,5 +335,5 @@ def _render_stats(stats: DatasetStats) -> None:
         t.add_column("attribute")
         t.add_column("r", justify="right")
         for p in pairs:
-            t.add_row(p["a"], p["b"], f"{p['r']:+.3f}")
+            t.add_row(literal(p["a"]), literal(p["b"]), f"{p['r']:+.3f}")
         out.print(t)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
-from faceattr.cli.options import JsonOption, choice, data_config, setting
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
+from faceattr.cli.options import JsonOption, OverwriteOption, choice, data_config, setting
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import ENSEMBLE_DTYPES, THRESHOLD_METRICS, TTA_MODES
 
@@ -72,6 +72,7 @@ def ensemble_command(
             "(default: as train, {default}).",
         ),
     ] = None,
+    overwrite: OverwriteOption = False,
     workers: DataWorkers = None,
     cache: CacheOption = None,
     json_out: JsonOption = False,
@@ -103,6 +104,7 @@ def ensemble_command(
         dtype=dtype,
         threshold_metric=threshold_metric,
         max_accuracy_drop=threshold_accuracy_drop,
+        overwrite=overwrite,
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
@@ -112,12 +114,12 @@ def ensemble_command(
         render_scores(result)
     else:
         err.print("No --root: the ensemble's thresholds are 0.5.", highlight=False)
-    out.print(f"Wrote {result.out}", highlight=False)
+    out.print(f"Wrote {literal(result.out)}", highlight=False)
 
 
 def render_scores(s: EnsembleResult) -> None:
     table = Table(
-        title=f"{s.split} split: {s.images} images (tuned: two-fold)", title_justify="left"
+        title=f"{literal(s.split)} split: {s.images} images (tuned: two-fold)", title_justify="left"
     )
     for col in ("model", "acc @0.5", "bal acc @0.5", "acc tuned", "bal acc tuned"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -126,7 +128,7 @@ def render_scores(s: EnsembleResult) -> None:
         rows.append(("ensemble", s.ensemble))
     for name, r in rows:
         table.add_row(
-            name,
+            literal(name),
             pct(r["mean_accuracy_at_0.5"]),
             pct(r["mean_balanced_accuracy_at_0.5"]),
             pct(r["mean_accuracy_tuned_two_fold"]),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
 from faceattr.cli.options import BackendOption, JsonOption, TtaOverride, data_config, setting
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import EVAL_BATCH_SIZE
@@ -103,12 +103,13 @@ def eval_command(
 
 def render_metrics(result: Evaluation) -> None:
     m = result.metrics
-    table = Table(title=f"{result.split} split: {m['n_images']} images", title_justify="left")
+    table = Table(title=f"{literal(result.split)} split: {m['n_images']} images",
+                  title_justify="left")  # fmt: skip
     for col in ("attribute", "acc", "prec", "recall", "F1", "bal acc", "AP", "pos", "thr"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for name, a in m["per_attribute"].items():
         table.add_row(
-            name,
+            literal(name),  # a CSV dataset's attributes are its header's names
             pct(a["accuracy"], 1),
             pct(a["precision"], 1),
             pct(a["recall"], 1),
@@ -132,4 +133,5 @@ def render_metrics(result: Evaluation) -> None:
         summary.add_row(*row)
     out.print(summary)
     if result.saved_to:
-        err.print(f"Saved {result.saved_as} to {result.saved_to}", highlight=False)
+        err.print(f"Saved {literal(result.saved_as)} to {literal(result.saved_to)}",
+                  highlight=False)  # fmt: skip

@@ -7,8 +7,23 @@ from typing import Annotated
 
 import typer
 
-from faceattr.cli.common import RichProgress, as_flags, err, handle_errors, out, print_json
-from faceattr.cli.options import JsonOption, TtaOverride, choice, data_config, setting
+from faceattr.cli.common import (
+    RichProgress,
+    as_flags,
+    err,
+    handle_errors,
+    literal,
+    out,
+    print_json,
+)
+from faceattr.cli.options import (
+    JsonOption,
+    OverwriteOption,
+    TtaOverride,
+    choice,
+    data_config,
+    setting,
+)
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import (
     EXPORT_CALIBRATION_IMAGES,
@@ -86,6 +101,7 @@ def export_command(
             "check against PyTorch shows the change). Not with --int8.",
         ),
     ] = False,
+    overwrite: OverwriteOption = False,
     workers: DataWorkers = None,
     cache: CacheOption = None,
     json_out: JsonOption = False,
@@ -117,10 +133,11 @@ def export_command(
         max_accuracy_drop=max_accuracy_drop,
         tta=tta,
         fp16_weights=fp16_weights,
+        overwrite=overwrite,
         progress=RichProgress(quiet=json_out),
     )
     if json_out:
         print_json(result.to_json())
         return
     for line in iter_summary_lines(result):
-        (out if line.startswith("Wrote") else err).print(as_flags(line), highlight=False)
+        (out if line.startswith("Wrote") else err).print(literal(as_flags(line)), highlight=False)

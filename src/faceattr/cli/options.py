@@ -245,3 +245,14 @@ MaxFacesOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (docs/formats.md).")
 ]
+
+# Every command that writes files it does not keep itself (predict, search, export, ensemble,
+# report, data stats): an output never replaces an input, and an existing file only with it.
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace output files that already exist (never an input of the command). "
+        "Without it an existing output is an error.",
+    ),
+]

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, print_json
 from faceattr.cli.options import (
     BackendOption,
     DetectorOption,
     MaxFacesOption,
     MinFaceSizeOption,
     MinScoreOption,
+    OverwriteOption,
     TtaOverride,
     WorkersOption,
 )
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from faceattr.inference.results import ImageResult
 
 
-def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
-    """Files as given, folders expanded to their images, '-' read from stdin (one path a line)."""
+def expand_inputs(paths: list[str], recursive: bool) -> tuple[list[str], int]:
+    """Files as given, folders expanded to their images, '-' read from stdin (one path a
+    line); and how many folders could not be read (each said on stderr, as is each FIFO,
+    socket or device passed over)."""
     from faceattr.data.images import expand_image_paths
     from faceattr.errors import UsageError
 
@@ -38,14 +41,17 @@ def expand_inputs(paths: list[str], recursive: bool) -> list[str]:
         else:
             given.append(p)
     # Missing files stay in the list: they become per-image errors, not a crash.
-    result, empty = expand_image_paths(given, recursive)
+    result, empty, skipped = expand_image_paths(given, recursive)
     for folder in empty:
-        err.print(f"[yellow]Warning:[/] no images in folder {folder}", highlight=False)
+        err.print(f"[yellow]Warning:[/] no images in folder {literal(folder)}", highlight=False)
+    for path, reason in skipped:
+        err.print(f"[yellow]Skipped[/] {literal(path)}: {literal(reason)}", highlight=False)
+    unreadable = sum(reason.startswith("a folder") for _, reason in skipped)
     if not result:
         raise UsageError(
             "No input images.", "Pass image files, folders, or - to read paths from stdin."
         )
-    return result
+    return result, unreadable
 
 
 @handle_errors
@@ -96,6 +102,7 @@ def predict_command(
     max_pixels: Annotated[
         int | None, typer.Option(help="Refuse images larger than this many pixels.")
     ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Predict the attributes of the faces in images.
 
@@ -108,12 +115,19 @@ def predict_command(
       faceattr predict photos/ --json
       ls *.jpg | faceattr predict - --csv out.csv
     """
-    from faceattr.fileio import atomic_open
+    from faceattr.fileio import Inputs, atomic_open, check_output
     from faceattr.inference.detect import create_detector
     from faceattr.inference.draw import PictureWriter
     from faceattr.inference.predictor import Predictor, iter_predictions
 
-    inputs = expand_inputs(paths, recursive)
+    inputs, unreadable = expand_inputs(paths, recursive)
+    # Outputs are checked before any work: never over an input, an existing file only with
+    # --overwrite.
+    sources = Inputs(inputs) if csv_file or save_crops or annotate else None
+    if csv_file is not None:
+        check_output(csv_file, what="predictions CSV", inputs=sources, overwrite=overwrite)
+    pictures = PictureWriter(save_crops, annotate, images=inputs, overwrite=overwrite,
+                             inputs=sources)  # fmt: skip
     face_detector = None
     if not no_detect:
         face_detector = create_detector(
@@ -123,7 +137,6 @@ def predict_command(
         model, backend=backend, device=device, batch_size=batch_size, threshold=threshold,
         tta=tta,
     )  # fmt: skip
-    pictures = PictureWriter(save_crops, annotate)
     predictions = iter_predictions(
         inputs,
         predictor,
@@ -138,10 +151,10 @@ def predict_command(
         results = list(predictions)
     else:  # rows go to disk as they come: a failure keeps them in CSV_FILE.partial
         with atomic_open(csv_file, "w", newline="", encoding="utf-8", what="predictions CSV",
-                         keep_partial=True) as fh:  # fmt: skip
+                         keep_partial=True, overwrite=overwrite, inputs=sources) as fh:  # fmt: skip
             rows = CsvRows(fh, predictor.attributes)
             results = [rows.write(r) for r in predictions]
-        err.print(f"Wrote {csv_file}", highlight=False)
+        err.print(f"Wrote {literal(csv_file)}", highlight=False)
     if json_out:
         print_json([r.to_json() for r in results])
     elif csv_file is None:
@@ -150,6 +163,9 @@ def predict_command(
     failed = [r for r in results if r.error]
     if failed:
         err.print(f"[bold red]{len(failed)} of {len(results)} image(s) could not be read.[/]")
+    if unreadable:
+        err.print(f"[bold red]{unreadable} folder(s) could not be read.[/]")
+    if failed or unreadable:
         raise typer.Exit(1)
 
 
@@ -177,14 +193,14 @@ class CsvRows:
 
 def render_result(r: ImageResult, top: int) -> None:
     if r.error:
-        err.print(f"[bold red]{r.image}:[/] {r.error}", highlight=False)
+        err.print(f"[bold red]{literal(r.image)}:[/] {literal(r.error)}", highlight=False)
         return
     if not r.faces:
-        out.print(f"{r.image}: no face found", highlight=False)
+        out.print(f"{literal(r.image)}: no face found", highlight=False)
         return
     for i, face in enumerate(r.faces):
         title = r.image if len(r.faces) == 1 else f"{r.image} face {i + 1}"
-        table = Table(title=title, title_justify="left")
+        table = Table(title=literal(title), title_justify="left")
         table.add_column("attribute")
         table.add_column("probability", justify="right")
         table.add_column("present", justify="center")
@@ -195,5 +211,5 @@ def render_result(r: ImageResult, top: int) -> None:
         for name, p in items:
             mark = "[green]yes[/]" if name in present else ""
             style = "bold" if name in present else "dim"
-            table.add_row(name, f"{p:.3f}", mark, style=style)
+            table.add_row(literal(name), f"{p:.3f}", mark, style=style)
         out.print(table)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct
+from faceattr.cli.options import OverwriteOption
 
 if TYPE_CHECKING:
     from faceattr.engine.tune import StudySummary
-
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
 @handle_errors
@@ -77,6 +75,7 @@ def report_command(
         ),
     ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help="Device for Grad-CAM: cpu, auto, cuda.")] = "cpu",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Report on trained runs: curves, per-attribute metrics, subgroup gaps, calibration,
     correlations, worst errors and Grad-CAM; several runs side by side.
@@ -92,7 +91,15 @@ def report_command(
     """
     from faceattr.attributes import CELEBA_ATTRIBUTES, parse_attribute_list, resolve_attributes
     from faceattr.data.splits import resolve_split_name
-    from faceattr.report import FORMATS, ReportOptions, build_report, load_runs, write_report
+    from faceattr.fileio import Inputs
+    from faceattr.report import (
+        FORMATS,
+        ReportOptions,
+        build_report,
+        check_report_output,
+        load_runs,
+        write_report,
+    )
 
     if fmt is not None and fmt not in FORMATS:
         from faceattr.errors import unknown_name_error
@@ -101,6 +108,9 @@ def report_command(
     if out_file is None and fmt is not None:
         out_file = Path(f"report.{fmt}")
     run_dirs, studies = _expand_studies(list(runs))
+    sources = Inputs([*runs, *run_dirs])  # the runs' files: never written over
+    if out_file is not None:  # before the work: a report that cannot be written fails now
+        check_report_output(out_file, fmt, inputs=sources, overwrite=overwrite)
     loaded = load_runs(list(run_dirs), resolve_split_name(split) if split else None)
     known = list(dict.fromkeys([*CELEBA_ATTRIBUTES, *(a for r in loaded for a in r.attributes)]))
     groups = parse_attribute_list(by)
@@ -118,10 +128,11 @@ def report_command(
         _print_summary(loaded, options)
         return
     report = build_report(loaded, options, progress=RichProgress(), studies=studies)
-    written = write_report(report, out_file, fmt)
+    written = write_report(report, out_file, fmt, inputs=sources, overwrite=overwrite)
     size = sum(p.stat().st_size for p in written)
     extra = f" and {len(written) - 1} plot/image files" if len(written) > 1 else ""
-    err.print(f"Wrote {written[0]}{extra} ({size / 1e6:.1f} MB).", highlight=False, soft_wrap=True)
+    err.print(f"Wrote {literal(written[0])}{extra} ({size / 1e6:.1f} MB).", highlight=False,
+              soft_wrap=True)  # fmt: skip
     for line in report.findings[:3]:
         out.print(_rich(line), highlight=False)
 
@@ -143,9 +154,12 @@ def _expand_studies(paths: list[Path], best: int = 5) -> tuple[list[Path], list[
 
 
 def _rich(text: str) -> str:
-    from rich.markup import escape
+    """A report text (:mod:`faceattr.report.document`) as rich markup: its bold as bold, its
+    code as is, every character (names whole) literal."""
+    from faceattr.report.document import spans
 
-    return _BOLD.sub(r"[bold]\1[/bold]", escape(text))
+    return "".join(f"[bold]{literal(s.text)}[/bold]" if s.bold else literal(s.text)
+                   for s in spans(text))  # fmt: skip
 
 
 def _print_summary(runs, options) -> None:
@@ -161,14 +175,14 @@ def _print_summary(runs, options) -> None:
     analyses = [analyze_run(r, options) for r in runs]
     for a in analyses:
         run = a.run
-        out.rule(f"[bold]{run.name}[/]  ({run.split} split)", align="left")
+        out.rule(f"[bold]{literal(run.name)}[/]  ({literal(run.split)} split)", align="left")
         for line in single_run_findings(a):
             out.print("• " + _rich(line), highlight=False)
         hard = Table(title="hardest attributes", title_justify="left")
         for col in ("attribute", "acc", "majority", "lift", "bal acc", "F1", "pos rate"):
             hard.add_column(col, justify="left" if col == "attribute" else "right")
         for r in a.hardest:
-            hard.add_row(r.name, pct(r.accuracy, 1), pct(r.majority, 1),
+            hard.add_row(literal(r.name), pct(r.accuracy, 1), pct(r.majority, 1),
                          "-" if r.lift is None else f"{100 * r.lift:+.1f}",
                          pct(r.balanced, 1), pct(r.f1, 1), pct(r.positive_rate, 1))  # fmt: skip
         out.print(hard)
@@ -176,16 +190,16 @@ def _print_summary(runs, options) -> None:
             flagged = sub.flagged
             if not flagged:
                 continue
-            t = Table(title=f"subgroup gaps by {sub.group}", title_justify="left")
+            t = Table(title=f"subgroup gaps by {literal(sub.group)}", title_justify="left")
             for col in ("attribute", f"acc {sub.label_yes}", f"acc {sub.label_no}", "gap",
                         "beyond base rates"):  # fmt: skip
-                t.add_column(col, justify="left" if col == "attribute" else "right")
+                t.add_column(literal(col), justify="left" if col == "attribute" else "right")
             for row in flagged[:10]:
                 gaps = (f"{100 * (g or 0):+.1f}" for g in (row.gap, row.excess_gap))
-                t.add_row(row.attribute, pct(row.acc_yes, 1), pct(row.acc_no, 1), *gaps)
+                t.add_row(literal(row.attribute), pct(row.acc_yes, 1), pct(row.acc_no, 1), *gaps)
             out.print(t)
         for note in a.notes:
-            err.print(f"[yellow]Note:[/] {note}", highlight=False)
+            err.print(f"[yellow]Note:[/] {_rich(note)}", highlight=False)
         if len(runs) == 1:
             out.print(
                 f"trained {duration(run.train_seconds)}, best epoch {run.best_epoch} of "
@@ -198,17 +212,18 @@ def _print_summary(runs, options) -> None:
         table = comparison_table(comp)
         t = Table()
         for i, c in enumerate(table.columns):
-            t.add_column(c or "metric", justify="left" if i == 0 else "right")
+            t.add_column(_rich(c) or "metric", justify="left" if i == 0 else "right")
         for cells in table.rows:
-            t.add_row(*[f"[green]{c.text}[/]" if c.tone == "good" else c.text for c in cells])
+            t.add_row(*[f"[green]{_rich(c.text)}[/]" if c.tone == "good" else _rich(c.text)
+                        for c in cells])  # fmt: skip
         out.print(t)
         if comp.differences:
             d = Table(title="what differs", title_justify="left")
             d.add_column("setting")
             for r in runs:
-                d.add_column(r.name)
+                d.add_column(literal(r.name))
             for key, values in comp.differences:
-                d.add_row(key, *values)
+                d.add_row(literal(key), *map(literal, values))
             out.print(d)
         for line in comparison_findings(comp, analyses):
             out.print("• " + _rich(line), highlight=False)

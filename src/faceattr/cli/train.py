@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, pct, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
 from faceattr.cli.options import JsonOption, choice, config_changes, setting
 from faceattr.cli.settings import (
     DATA_HELP,
@@ -299,7 +299,7 @@ def train_command(
         from faceattr.models import list_archs as _list
 
         for name in _list():
-            out.print(name, highlight=False)
+            out.print(literal(name), highlight=False)
         return
     if resume is not None:
         result = resume_run(resume, progress=RichProgress())
@@ -328,7 +328,7 @@ def train_command(
     ctx = distributed.init(cfg.device)
     if ctx.is_main:
         where = f" on {ctx.world_size} processes, global batch {cfg.batch_size * ctx.world_size}"
-        err.print(f"Training {cfg.model.arch} -> [bold]{cfg.out}[/]"
+        err.print(f"Training {literal(cfg.model.arch)} -> [bold]{literal(cfg.out)}[/]"
                   + (where if ctx.enabled else ""), highlight=False)  # fmt: skip
     result = fit(cfg, progress=RichProgress())
     if ctx.is_main:
@@ -372,7 +372,9 @@ def _report(result: FitResult, json_out: bool) -> None:
         return
     if result.already_finished:
         out.print(
-            f"{result.run_dir} already finished ({result.epochs_done} epochs); nothing to do."
+            f"{literal(result.run_dir)} already finished ({result.epochs_done} epochs); "
+            "nothing to do.",
+            highlight=False,
         )
     at_half = m.get("at_threshold_0.5", m)
     out.print(
@@ -387,12 +389,12 @@ def _report(result: FitResult, json_out: bool) -> None:
         ),
         highlight=False,
     )
-    out.print(
-        f"Model: {RunDir(result.run_dir).best_file}\n"
-        f"Next: faceattr eval {result.run_dir} --root ... | faceattr predict IMAGE --model "
-        f"{result.run_dir}",
-        highlight=False,
-    )
+    from faceattr.errors import command  # the run folder shell-quoted: safe to copy
+
+    then = command("faceattr eval {run} --root ... | faceattr predict IMAGE --model {run}",
+                   run=result.run_dir)  # fmt: skip
+    out.print(f"Model: {literal(RunDir(result.run_dir).best_file)}\nNext: {literal(then)}",
+              highlight=False)  # fmt: skip
 
 
 @handle_errors
@@ -476,6 +478,7 @@ def finetune_command(
     if print_config:
         print_json(cfg.to_dict())
         return
-    err.print(f"Fine-tuning {run_dir} -> [bold]{cfg.out}[/] (unfreeze {unfreeze})", highlight=False)
+    err.print(f"Fine-tuning {literal(run_dir)} -> [bold]{literal(cfg.out)}[/] "
+              f"(unfreeze {literal(unfreeze)})", highlight=False)  # fmt: skip
     result = finetune(cfg, progress=RichProgress())
     _report(result, json_out)

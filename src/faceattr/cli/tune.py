@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from faceattr.cli.common import RichProgress, err, handle_errors, out, print_json
+from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, print_json
 from faceattr.cli.options import JsonOption, choice, config_changes, setting_of
 from faceattr.config import TUNE_METRICS, TUNE_PRUNERS, TUNE_SAMPLERS
 
@@ -171,23 +171,23 @@ def _show(summary: StudySummary, json_out: bool) -> None:
         print_json(summary.to_json())
         return
     names = list(dict.fromkeys(k for t in summary.trials for k in t.params))
-    table = Table(title=f"{summary.study_dir}: {summary.metric}", title_justify="left")
+    table = Table(title=literal(f"{summary.study_dir}: {summary.metric}"), title_justify="left")
     for col in ("trial", *names, summary.metric, "epochs", "seconds", "state"):
-        table.add_column(col, justify="left" if col == "state" else "right")
+        table.add_column(literal(col), justify="left" if col == "state" else "right")
     for t in summary.trials:
         value = "" if t.value is None else f"{t.value:.4f}"
-        table.add_row(str(t.number), *[_fmt(t.params.get(n)) for n in names], value,
+        table.add_row(str(t.number), *[literal(_fmt(t.params.get(n))) for n in names], value,
                       str(t.epochs), "" if t.seconds is None else f"{t.seconds:.0f}",
                       t.state + (f" (retry of {t.retry_of})" if t.retry_of is not None
                                  else ""))  # fmt: skip
     out.print(table)
     best = summary.best
     if best is not None:
-        err.print(f"Best: trial {best.number}, {summary.metric} {best.value:.4f} "
-                  f"({best.run_dir}). Reproduce it with:", highlight=False)  # fmt: skip
-        out.print(summary.command, highlight=False, soft_wrap=True)
+        err.print(f"Best: trial {best.number}, {literal(summary.metric)} {best.value:.4f} "
+                  f"({literal(best.run_dir)}). Reproduce it with:", highlight=False)  # fmt: skip
+        out.print(literal(summary.command), highlight=False, soft_wrap=True)
     if summary.importances:
-        shown = ", ".join(f"{k} {v:.2f}" for k, v in summary.importances.items())
+        shown = ", ".join(f"{literal(k)} {v:.2f}" for k, v in summary.importances.items())
         err.print(f"Parameter importances: {shown}", highlight=False)
 
 

@@ -3,14 +3,21 @@
 A file is recognised as an image by its first bytes (JPEG, PNG, GIF, BMP, WebP, TIFF), or by
 an image extension (then an unreadable one is recorded as an error). Re-running is
 incremental: a file whose size and modification time are unchanged is skipped without being
-read; one whose time changed but whose contents hash the same is only touched; a copy of
-an indexed file takes its faces without predicting again. ``prune`` drops entries of files
-that are gone.
+read (unless it failed last time: failed files are retried on every run); one whose time
+changed but whose contents hash the same is only touched; a copy of an indexed file takes
+its faces without predicting again. ``prune`` drops entries of files that are gone; a
+folder or file that cannot be read keeps its entries and is reported (``unreadable``), never
+taken as deleted.
+
+Only regular files are read: a FIFO, socket or device (or a link to one) is passed over
+with a note (``skipped``), never opened, so the walk and the hash cannot block on one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +32,7 @@ from faceattr.fileio import sha256_of
 from faceattr.inference.results import ImageResult
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.progress import NullProgress, Progress
+from faceattr.reading import file_kind, open_regular
 from faceattr.utils import JsonResult
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -49,36 +57,99 @@ class IndexSummary(JsonResult):
     faces_in_index: int = 0
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)  # the first few failures
+    # Folders and files that could not be read: their entries are kept (path, reason).
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    # FIFOs, sockets, devices (or links to them) named or placed like images: never read.
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def looks_like_image(path: Path) -> bool:
-    """An image by content (its first bytes) or by extension."""
+    """An image by content (its first bytes) or by extension. Only a regular file is opened."""
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return True
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(16)
     except OSError:
         return False
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def walk(paths: Sequence[str | Path], skip: set[Path]) -> Iterator[Path]:
-    """Image files under ``paths`` (recursively, sorted, hidden folders skipped)."""
+@dataclass
+class WalkNotes:
+    """What a :func:`walk` could not read (entries kept) and what it passed over."""
+
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def cannot_read(self, path: str | Path, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        self.unreadable.append({"path": str(path), "reason": reason})
+
+    def keeps(self, path: str) -> bool:
+        """Whether the entry ``path`` lies in (or is) something that could not be read."""
+        return any(
+            path == u["path"] or path.startswith(u["path"].rstrip(os.sep) + os.sep)
+            for u in self.unreadable
+        )
+
+
+def _regular(path: Path, notes: WalkNotes) -> os.stat_result | None:
+    """``path``'s stat when it is a regular file; else None, with a note saying why."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # gone since the listing, or a broken link
+        if os.path.islink(path):
+            notes.skipped.append({"path": str(path), "reason": "a link to a missing file"})
+        return None
+    except OSError as exc:  # no permission, a name too long; a loop of links is no file
+        if exc.errno == errno.ELOOP:
+            notes.skipped.append({"path": str(path), "reason": "a loop of symbolic links"})
+        else:
+            notes.cannot_read(path, exc)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = f"{file_kind(st.st_mode)}, not a regular file"
+        notes.skipped.append({"path": str(path), "reason": kind})
+        return None
+    return st
+
+
+def walk(
+    paths: Sequence[str | Path], skip: set[Path], notes: WalkNotes | None = None
+) -> Iterator[tuple[Path, os.stat_result]]:
+    """Image files under ``paths`` (recursively, sorted, hidden folders skipped), each with
+    its stat. A folder or file that cannot be read goes to ``notes.unreadable``, a FIFO,
+    socket or device to ``notes.skipped``; neither stops the walk."""
+    notes = notes if notes is not None else WalkNotes()
     for p in paths:
         root = Path(p).expanduser().absolute()
-        if root.is_file():
-            if root not in skip and looks_like_image(root):
-                yield root
+        try:
+            is_dir = stat.S_ISDIR(os.stat(root).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.islink(root):
+                hint = "Pass folders or image files to index."
+                raise UsageError(f"{p} does not exist.", hint) from None
+            is_dir = False
+        except OSError as exc:  # no permission on a parent, a name too long
+            notes.cannot_read(root, exc)
             continue
-        if not root.is_dir():
-            raise UsageError(f"{p} does not exist.", "Pass folders or image files to index.")
-        for folder, dirs, files in os.walk(root):
+        if not is_dir:
+            st = _regular(root, notes) if root not in skip else None
+            if st is not None and looks_like_image(root):
+                yield root, st
+            continue
+        for folder, dirs, files in os.walk(
+            root, onerror=lambda e: notes.cannot_read(e.filename, e)
+        ):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 path = Path(folder) / name
-                if path not in skip and not name.startswith(".") and looks_like_image(path):
-                    yield path
+                if path in skip or name.startswith("."):
+                    continue
+                st = _regular(path, notes)
+                if st is not None and looks_like_image(path):
+                    yield path, st
 
 
 def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -131,23 +202,22 @@ def index_folders(
         skip = {Path(f"{store.location}{end}").absolute() for end in ("", "-wal", "-shm")}
         todo: list[tuple[Path, os.stat_result, int | None]] = []
         seen = set()
+        notes = WalkNotes()
         progress.start("scanning", total=None, unit="files")
-        for path in walk(paths, skip):
+        for path, st in walk(paths, skip, notes):
             seen.add(str(path))
-            try:
-                st = path.stat()
-            except OSError:
-                continue
             row = store.image(str(path))
-            if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+            same = row is not None and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            if row is not None and same and row.status != "error":
                 summary.unchanged += 1
-            else:
+            else:  # new, changed, or failed last time (retried: it may be readable now)
                 todo.append((path, st, row.id if row else None))
             progress.advance(1)
         progress.finish()
+        summary.unreadable, summary.skipped = notes.unreadable, notes.skipped
         if prune:
             roots = [str(Path(p).expanduser().absolute()) for p in paths]
-            gone = [p for p in store.images_under(roots) if p not in seen]
+            gone = [p for p in store.images_under(roots) if p not in seen and not notes.keeps(p)]
             with store.transaction():
                 summary.pruned = store.delete(gone)
 
@@ -192,7 +262,7 @@ def _resolve_copies(
         except OSError:
             sha = None
         row = store.image(str(path)) if known is not None else None
-        if row is not None and sha is not None and row.sha256 == sha:
+        if row is not None and sha is not None and row.sha256 == sha and row.status != "error":
             with store.transaction():
                 store.touch(row.id, st.st_size, st.st_mtime_ns)
             summary.unchanged += 1

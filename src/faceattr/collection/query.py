@@ -13,6 +13,11 @@ A bare ``NAME`` means the attribute is present at the model's threshold for it (
 says); ``NAME > 0.9`` compares its probability. Names are case-insensitive. Keywords are
 ``and``, ``or``, ``not`` (also ``&``, ``|``, ``!``).
 
+Limits: at most :data:`MAX_DEPTH` levels of parentheses and ``not`` (counted together: each
+``(`` and each ``not`` opens one) and :data:`MAX_TERMS` attribute terms; a longer query is a
+:class:`QueryError` naming the column, as is any text that is not a query (never another
+exception, whatever the text).
+
 Each face matching the query gets a score in [0, 1], its "combined probability", and results
 are ranked by it: a name or ``>`` / ``>=`` comparison scores the probability ``p``, ``<`` /
 ``<=`` scores ``1 - p``, ``not`` is ``1 - score``, ``and`` multiplies, ``or`` takes the larger.
@@ -62,6 +67,9 @@ _TOKEN = re.compile(
 )
 _SYMBOLS = {"&": "and", "|": "or", "!": "not"}
 _KEYWORDS = {"and", "or", "not"}
+MAX_DEPTH = 100  # levels of "(" and "not", counted together
+MAX_TERMS = 1000  # attribute names in one query
+_SHOWN = 70  # characters of the query shown around the column an error points at
 
 
 class QueryError(UsageError):
@@ -69,8 +77,19 @@ class QueryError(UsageError):
 
 
 def _error(query: str, column: int, what: str, hint: str | None = None) -> QueryError:
-    pointer = f"  {query}\n  {' ' * column}^"
+    """The error at ``column`` (0-based), with the query shown (around it, when long) and a
+    caret under it."""
+    start = max(0, min(column - _SHOWN // 2, len(query) - _SHOWN))
+    shown = "".join(c if c.isprintable() else " " for c in query[start : start + _SHOWN])
+    before = "..." if start > 0 else ""
+    after = "..." if start + _SHOWN < len(query) else ""
+    pointer = f"  {before}{shown}{after}\n  {' ' * (len(before) + column - start)}^"
     return QueryError(f"Query error at column {column + 1}: {what}\n{pointer}", hint)
+
+
+def _short(text: str) -> str:
+    """A token for a message: quoted, cut when long."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 _HELP = (
@@ -105,6 +124,8 @@ class _Parser:
         self.pos = 0
         self.by_lower = {a.lower(): i for i, a in enumerate(attributes)}
         self.attributes = attributes
+        self.depth = 0  # levels of "(" and "not" open at this point
+        self.terms = 0
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -125,7 +146,7 @@ class _Parser:
             raise _error(self.query, 0, "the query is empty.", _HELP)
         node = self.or_()
         if self.peek() is not None:
-            raise _error(self.query, self.column(), f"unexpected {self.peek()[1]!r}; "  # type: ignore[index]
+            raise _error(self.query, self.column(), f"unexpected {_short(self.peek()[1])}; "  # type: ignore[index]
                          "expected and, or, or the end of the query.", _HELP)  # fmt: skip
         return node
 
@@ -141,9 +162,21 @@ class _Parser:
             args.append(self.not_())
         return args[0] if len(args) == 1 else And(tuple(args))
 
+    def deeper(self, column: int) -> None:
+        """One more level of "(" or "not" opens at ``column``."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _error(self.query, column, f"more than {MAX_DEPTH} levels of parentheses and "
+                         "'not' (counted together).", "Write the query with fewer levels: "
+                         "'((A))' is 'A', and 'not not A' is 'A'.")  # fmt: skip
+
     def not_(self) -> Node:
+        column = self.column()
         if self.keyword("not"):
-            return Not(self.not_())
+            self.deeper(column)
+            node = self.not_()
+            self.depth -= 1
+            return Not(node)
         return self.atom()
 
     def atom(self) -> Node:
@@ -153,22 +186,27 @@ class _Parser:
                          "attribute name or '('.", _HELP)  # fmt: skip
         kind, text, col = tok
         if kind == "par" and text == "(":
+            self.deeper(col)
             self.pos += 1
             node = self.or_()
             close = self.peek()
             if close is None or close[1] != ")":
                 raise _error(self.query, self.column(), "expected ')'.", _HELP)
             self.pos += 1
+            self.depth -= 1
             return node
         if kind != "word" or text.lower() in _KEYWORDS:
-            raise _error(self.query, col, f"expected an attribute name or '(', got {text!r}.",
+            raise _error(self.query, col, f"expected an attribute name or '(', got {_short(text)}.",
                          _HELP)  # fmt: skip
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise _error(self.query, col, f"more than {MAX_TERMS} attribute names in one query.")
         self.pos += 1
         index = self.by_lower.get(text.lower())
         if index is None:
-            near = close_matches(text, self.attributes)
+            near = close_matches(text, self.attributes) if len(text) <= 64 else []
             did = f" Did you mean: {', '.join(near)}?" if near else ""
-            raise _error(self.query, col, f"unknown attribute {text!r}.{did}",
+            raise _error(self.query, col, f"unknown attribute {_short(text)}.{did}",
                          f"The index's attributes: {', '.join(self.attributes)}")  # fmt: skip
         op = self.peek()
         if op is None or op[0] != "op":
@@ -184,13 +222,15 @@ class _Parser:
             )
         value = float(num[1])
         if not 0.0 <= value <= 1.0:
-            raise _error(self.query, num[2], f"{num[1]} is not a probability (0 to 1).")
+            raise _error(self.query, num[2], f"{_short(num[1])} is not a probability (0 to 1).")
         self.pos += 1
         return Attr(index, self.attributes[index], op[1], value)
 
 
 def parse(query: str, attributes: list[str]) -> Node:
     """The tree of ``query``; a :class:`QueryError` (exit 2) pointing at the problem."""
+    if not isinstance(query, str):
+        raise QueryError(f"The query must be text, not {type(query).__name__}.", _HELP)
     return _Parser(query, list(attributes)).parse()
 
 
@@ -218,9 +258,16 @@ def evaluate(node: Node, column, thresholds) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(node, Not):
         m, score = evaluate(node.arg, column, thresholds)
         return ~m, 1.0 - score
-    parts = [evaluate(a, column, thresholds) for a in node.args]
-    masks = [m for m, _ in parts]
-    scores = [s for _, s in parts]
-    if isinstance(node, And):
-        return np.logical_and.reduce(masks), np.prod(np.stack(scores), axis=0)
-    return np.logical_or.reduce(masks), np.max(np.stack(scores), axis=0)
+    # Folded one argument at a time: memory for two results, however many arguments.
+    first, *rest = node.args
+    m, score = evaluate(first, column, thresholds)
+    m, score = np.array(m, dtype=bool), np.array(score, dtype=np.float64)
+    for arg in rest:
+        m2, s2 = evaluate(arg, column, thresholds)
+        if isinstance(node, And):
+            np.logical_and(m, m2, out=m)
+            np.multiply(score, s2, out=score)
+        else:
+            np.logical_or(m, m2, out=m)
+            np.maximum(score, s2, out=score)
+    return m, score

@@ -14,6 +14,7 @@ import numpy as np
 from faceattr.collection.query import attributes_of, evaluate, parse
 from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.errors import command
+from faceattr.redaction import redact
 from faceattr.utils import JsonResult
 
 DEFAULT_LIMIT = 20
@@ -35,10 +36,13 @@ class Match(JsonResult):
 class SearchResult:
     """``faceattr search --json``: the query (or the ``like`` image), the index, the faces."""
 
-    db: str
+    db: str  # without its password: what every output of the result shows
     query: str | None = None
     like: str | None = None
     results: list[Match] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.db = redact(self.db)
 
     def to_json(self) -> dict[str, Any]:
         asked = {"query": self.query} if self.like is None else {"like": self.like}
@@ -68,7 +72,9 @@ def _results(store: Store, ids, chosen, score, names: list[str], used: list[int]
     found = store.faces_by_id(ids[chosen].tolist(), used)
     results = []
     for pos in chosen:
-        row = found[int(ids[pos])]
+        row = found.get(int(ids[pos]))
+        if row is None:  # deleted (pruned, re-indexed) since the column store was read
+            continue
         values = row["values"]
         results.append(Match(
             image=row["image"], face=row["face"], box=row["box"],

@@ -3,8 +3,13 @@
 Both fetchers (:mod:`faceattr.data.fetch` for CelebA, :mod:`faceattr.data.fetch.wflw`) unpack
 archives from the network or from a user's downloads, so nothing in one may write outside
 its target folder: absolute member paths, drive letters and ``..`` are refused (zip-slip), and
-so are links and special members of a tar. An extraction that fails removes its target
-folder, so a refused or damaged archive leaves nothing that could pass for data.
+so are links and special members of a tar. Every format is bounded by what it unpacks to,
+counted while extracting, never by its own size (:class:`UnpackLimit`: at most
+``UNPACK_RATIO`` times the archive's size, at least ``UNPACK_FLOOR``, at most
+``UNPACK_MAX_BYTES`` and the free space, in at most ``UNPACK_MAX_FILES`` files), so a
+decompression bomb stops with an :class:`ArchiveError` instead of filling the disk. An
+extraction that fails removes its target folder, so a refused or damaged archive leaves
+nothing that could pass for data.
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from faceattr.data.download import CHUNK_SIZE, check_free_space, disk_error
+from faceattr.data.download import CHUNK_SIZE, check_free_space, disk_error, format_bytes
 from faceattr.errors import DownloadError
 from faceattr.progress import Progress
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+# What an archive may unpack to. Dataset photos are JPEGs, which do not compress (CelebA's
+# image zip unpacks to 1.0x its size, WFLW's tar.gz to 1.0x, annotation text to ~5x): a
+# hundredfold is a decompression bomb. The floor lets small archives of text through.
+UNPACK_RATIO = 100
+UNPACK_FLOOR = 256 * 1024 * 1024
+UNPACK_MAX_BYTES = 64 * 1000**3  # no dataset faceattr fetches comes near
+UNPACK_MAX_FILES = 1_000_000  # CelebA: 202,599 images
 _PROGRESS_STEP = 256  # files per progress update: 200k single updates cost time
 # What reading a damaged archive raises (gzip's BadGzipFile is an OSError without errno).
 _DAMAGE = (
@@ -73,10 +85,69 @@ def _macos_metadata(parts: tuple[str, ...]) -> bool:
     return parts[0] == "__MACOSX" or parts[-1].startswith("._")
 
 
+class UnpackLimit:
+    """The bytes and files an extraction of ``archive`` may write, counted as they are
+    written (a member's declared size is checked before it, its real bytes while copying)."""
+
+    def __init__(self, archive: Path, dest_parent: Path) -> None:
+        self.archive = archive
+        self.size = size = archive.stat().st_size
+        self.max_bytes = min(UNPACK_MAX_BYTES, max(UNPACK_FLOOR, UNPACK_RATIO * size))
+        self.why = f"{UNPACK_RATIO} times its size, at least {format_bytes(UNPACK_FLOOR)}"
+        if self.max_bytes == UNPACK_MAX_BYTES:
+            self.why = "the most faceattr unpacks"
+        self.hint = _BOMB_HINT
+        try:
+            free = shutil.disk_usage(dest_parent).free
+        except OSError:
+            free = None
+        if free is not None and free < self.max_bytes:
+            self.max_bytes, self.why = free, f"the free space in {dest_parent}"
+            self.hint = (
+                "Free some space or choose another dataset folder (`root=DIR`); nothing was kept."
+            )
+        self.bytes = self.files = 0
+
+    def add_file(self, declared: int = 0) -> None:
+        """One more file, ``declared`` bytes long (checked before it is written)."""
+        self.files += 1
+        self.check_files(self.files)
+        self.check(self.bytes + declared)
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        self.check(self.bytes)
+
+    def check_files(self, count: int) -> None:
+        if count > UNPACK_MAX_FILES:
+            raise ArchiveError(
+                f"Refusing to extract {self.archive.name}: it holds more than "
+                f"{UNPACK_MAX_FILES:,} files, more than any dataset faceattr fetches.",
+                _BOMB_HINT,
+            )
+
+    def check(self, total: int) -> None:
+        if total > self.max_bytes:
+            raise ArchiveError(
+                f"Refusing to extract {self.archive.name}: it unpacks to more than "
+                f"{format_bytes(self.max_bytes)} ({self.why}); the archive is "
+                f"{format_bytes(self.size)}.",
+                self.hint,
+            )
+
+
+_BOMB_HINT = (
+    "The archive is malformed or malicious (a decompression bomb); get it again from the "
+    "official source. Nothing was kept."
+)
+
+
 def extract_zip(archive: Path, dest: Path, progress: Progress) -> int:
     """Extract the files of the zip ``archive`` into ``dest`` (made afresh); how many.
 
-    Every member path is checked, and the free space too, before anything is written.
+    Every member path is checked, and the free space and :class:`UnpackLimit` by the
+    declared sizes too, before anything is written; the bytes are counted again as they
+    are written.
     """
     shutil.rmtree(dest, ignore_errors=True)
     with open_zip(archive) as zf:
@@ -85,10 +156,14 @@ def extract_zip(archive: Path, dest: Path, progress: Progress) -> int:
             parts = member_parts(info.filename, "zip")
             if not info.is_dir() and parts and not _macos_metadata(parts):
                 members.append((parts, info))
-        check_free_space(dest.parent, sum(i.file_size for _, i in members), archive.name)
-        with _writing(archive, dest, progress, len(members), _zip_damaged) as out:
+        declared = sum(i.file_size for _, i in members)
+        check_free_space(dest.parent, declared, archive.name)
+        limit = UnpackLimit(archive, dest.parent)
+        limit.check_files(len(members))
+        limit.check(declared)
+        with _writing(archive, dest, progress, len(members), _zip_damaged, limit) as out:
             for parts, info in members:
-                out.write(parts, zf.open(info))
+                out.write(parts, zf.open(info), info.file_size)
     return out.count
 
 
@@ -103,9 +178,10 @@ def extract_archive(archive: Path, dest: Path, progress: Progress) -> int:
     shutil.rmtree(dest, ignore_errors=True)
     # Dataset photos are JPEGs, which do not compress: the archive's size estimates the need.
     check_free_space(dest.parent, archive.stat().st_size, archive.name)
+    limit = UnpackLimit(archive, dest.parent)  # what it really unpacks to, counted
     # Opened inside the writer's block, so a file that is no tar at all counts as damaged.
     with (
-        _writing(archive, dest, progress, None, _tar_damaged) as out,
+        _writing(archive, dest, progress, None, _tar_damaged, limit) as out,
         tarfile.open(archive, "r|*") as tf,
     ):
         for info in tf:
@@ -120,7 +196,7 @@ def extract_archive(archive: Path, dest: Path, progress: Progress) -> int:
             parts = member_parts(info.name, "archive")
             src = tf.extractfile(info)
             if parts and not _macos_metadata(parts) and src is not None:
-                out.write(parts, src)
+                out.write(parts, src, info.size)
     return out.count
 
 
@@ -136,22 +212,27 @@ def _tar_damaged(archive: Path, exc: BaseException) -> ArchiveError:
 
 
 class _MemberWriter:
-    """Writes members under ``dest``, counting them and reporting progress."""
+    """Writes members under ``dest``, counting them (within ``limit``) and reporting
+    progress."""
 
-    def __init__(self, dest: Path, progress: Progress) -> None:
+    def __init__(self, dest: Path, progress: Progress, limit: UnpackLimit) -> None:
         self.dest = dest
         self.progress = progress
+        self.limit = limit
         self.count = 0
         self.target = dest  # the file being written, for error messages
         self._made: set[Path] = set()
 
-    def write(self, parts: tuple[str, ...], src: IO[bytes]) -> None:
+    def write(self, parts: tuple[str, ...], src: IO[bytes], declared: int = 0) -> None:
+        self.limit.add_file(declared)
         self.target = target = self.dest.joinpath(*parts)
         if target.parent not in self._made:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(target.parent)
         with src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out, CHUNK_SIZE)
+            while block := src.read(CHUNK_SIZE):
+                self.limit.add_bytes(len(block))
+                out.write(block)
         self.count += 1
         if self.count % _PROGRESS_STEP == 0:
             self.progress.advance(_PROGRESS_STEP)
@@ -164,10 +245,11 @@ def _writing(
     progress: Progress,
     total: int | None,
     damaged: Callable[[Path, BaseException], ArchiveError],
+    limit: UnpackLimit,
 ) -> Iterator[_MemberWriter]:
     """A writer into a new ``dest``; any failure in the block removes ``dest`` and becomes a
     disk error (disk full, no permission), ``damaged(archive, exc)``, or is re-raised."""
-    out = _MemberWriter(dest, progress)
+    out = _MemberWriter(dest, progress, limit)
     try:
         dest.mkdir(parents=True)
         progress.start(f"extract {archive.name}", total, unit="files")

@@ -158,6 +158,16 @@ def _check_header(path: Path, header: list[str]) -> tuple[int, int | None, int |
             f"Labels file {path} has no attribute columns (only {', '.join(header)}).",
             "Add one column per attribute after the image column. " + _FORMAT_HINT,
         )
+    # A model file keeps printable names of up to 200 characters (models.info): say so now,
+    # not after training.
+    odd = [i for i in attr_cols if not header[i].isprintable() or len(header[i]) > 200]
+    if odd:
+        raise DataError(
+            f"Labels file {path}: the name of column {odd[0] + 1} ({header[odd[0]][:60]!r}) is "
+            "not an attribute name a model can keep: it holds a line break or another control "
+            "character, or is over 200 characters long.",
+            "Rename the column in the header line (any printable characters, up to 200).",
+        )
     return image_col, split_col, identity_col, attr_cols
 
 

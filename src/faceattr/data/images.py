@@ -7,17 +7,22 @@ a folder of thousands is easy to find.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceattr.errors import DataError, ImageReadError
+from faceattr.reading import NotRegularFileError, file_kind, open_regular
 
 # Lower-case suffixes that `list_images` treats as images.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -104,7 +109,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+def _open_error(path: Path, exc: OSError) -> ImageReadError:
+    """Why the file ``path`` could not be opened (any error of the operating system)."""
+    if isinstance(exc, NotRegularFileError):
+        if exc.errno == errno.EISDIR:
+            return ImageReadError(f"Cannot read image {path}: it is a folder, not an image file.")
+        return ImageReadError(f"Cannot read image {path}: it is {exc.strerror}.")
+    if isinstance(exc, FileNotFoundError):
+        return ImageReadError(f"Cannot read image {path}: the file does not exist.")
+    if isinstance(exc, PermissionError):
+        return ImageReadError(f"Cannot read image {path}: permission denied.")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ImageReadError(f"Cannot read image {path}: {reason[:1].lower()}{reason[1:]}.")
+
+
+def load_image(
+    path: str | Path,
+    *,
+    max_pixels: int | None = None,
+    before_decode: Callable[[tuple[int, int]], None] | None = None,
+) -> Image.Image:
     """Decode ``path`` into an upright RGB image (``size`` is ``(width, height)``).
 
     EXIF orientation is applied; greyscale, palette, CMYK and 16-bit images are converted (16
@@ -112,27 +136,34 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     so a truncated file fails here rather than later in a data loader.
 
     ``max_pixels`` bounds ``width * height``; ``None`` keeps Pillow's default limit (about 89
-    million pixels), which protects against decompression bombs.
+    million pixels), which protects against decompression bombs. ``before_decode`` is called
+    with the size once the header is read and the limit checked, before the pixels are
+    decoded (the predictor's pixel budget waits there). Only a regular file is opened
+    (:func:`faceattr.fileio.open_regular`): a FIFO or device is an error, never a hang.
 
     Raises :class:`~faceattr.errors.ImageReadError` naming the file and the reason.
     """
     path = Path(path)
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-    if not path.exists():
-        raise ImageReadError(f"Cannot read image {path}: the file does not exist.")
-    if path.is_dir():
-        raise ImageReadError(f"Cannot read image {path}: it is a folder, not an image file.")
+    try:
+        fh = open_regular(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        if isinstance(exc, ValueError):
+            raise ImageReadError(f"Cannot read image {str(path)!r}: the name is invalid.") from None
+        raise _open_error(path, exc) from None
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     size: tuple[int, int] | None = None
     try:
         # Pillow warns between its limit and twice its limit; treat that as the error it is.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _pillow_pixel_limit(max_pixels), Image.open(path) as img:
+            with fh, _pillow_pixel_limit(max_pixels), Image.open(fh) as img:
                 size = img.size
                 if limit is not None and size[0] * size[1] > limit:
                     raise _too_large(path, size, None, limit, max_pixels is not None)
+                if before_decode is not None:
+                    before_decode(size)
                 img.load()
                 # Build the result before the `with` closes the file: a closed image is unusable.
                 upright = ImageOps.exif_transpose(img)
@@ -164,45 +195,113 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     return out
 
 
+class ImageScan(NamedTuple):
+    """What a folder holds: its image files, sorted, and what was passed over (a folder
+    that could not be read, a FIFO, socket or device named like an image: path and why)."""
+
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def scan_images(folder: str | Path, recursive: bool = False) -> ImageScan:
+    """The image files in ``folder`` (by extension, case-insensitive; subfolders with
+    ``recursive``, links to folders not followed), and what was passed over.
+
+    Hidden files and folders (such as macOS ``._name.jpg`` resource forks) are skipped
+    silently; a folder that cannot be read (``folder`` itself included), a broken link, and
+    a FIFO, socket or device (or a link to one) named like an image are listed in
+    ``skipped``: never opened. A DataError when ``folder`` is missing or no folder.
+    """
+    folder = Path(folder)
+    try:
+        st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"Image folder {folder} does not exist.") from None
+    except OSError as exc:
+        return ImageScan([], [(folder, f"a folder that cannot be read ({exc.strerror})")])
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{folder} is a file, not a folder of images.")
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    failed: list[OSError] = []
+    for base, dirs, names in os.walk(folder, onerror=failed.append):
+        dirs[:] = [d for d in dirs if not _is_hidden(d)] if recursive else []
+        for name in names:
+            if _is_hidden(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = Path(base, name)
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:  # a broken link, or a file gone since the listing
+                if os.path.islink(path):
+                    skipped.append((path, "a link to a file that does not exist"))
+                continue
+            except OSError as exc:  # a loop of links: passed over; no permission: its load says so
+                if exc.errno == errno.ELOOP:
+                    skipped.append((path, "a loop of symbolic links"))
+                else:
+                    files.append(path)
+                continue
+            if stat.S_ISREG(mode):
+                files.append(path)
+            elif not stat.S_ISDIR(mode):
+                skipped.append((path, f"{file_kind(mode)}, not a regular file"))
+    for error in failed:
+        where = Path(error.filename) if error.filename else folder
+        skipped.append((where, f"a folder that cannot be read ({error.strerror})"))
+    return ImageScan(sorted(files), skipped)
+
+
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (by extension, case-insensitive), sorted by path.
 
-    Hidden files (such as macOS ``._name.jpg`` resource forks) are skipped.
+    Hidden files (such as macOS ``._name.jpg`` resource forks) are skipped; so are FIFOs,
+    sockets and devices (:func:`scan_images` says which). A DataError when ``folder``
+    cannot be read.
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"Image folder {folder} does not exist.")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is a file, not a folder of images.")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    found = [
-        p
-        for p in candidates
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not p.name.startswith(".")
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1])
-        and p.is_file()
-    ]
-    return sorted(found)
+    found, skipped = scan_images(folder, recursive)
+    for path, reason in skipped:
+        if path == Path(folder):
+            raise DataError(f"Cannot read the image folder {folder}: {reason}.")
+    return found
 
 
-def expand_image_paths(
-    paths: Iterable[str | Path], recursive: bool = False
-) -> tuple[list[str], list[Path]]:
-    """Files as given (a missing one stays: it becomes that image's error), folders expanded
-    to their images (:func:`list_images`); and the folders that held none."""
+class Expanded(NamedTuple):
+    """:func:`expand_image_paths`: the files to read, the folders that held none, and what
+    was passed over (path, why)."""
+
+    files: list[str]
+    empty: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def expand_image_paths(paths: Iterable[str | Path], recursive: bool = False) -> Expanded:
+    """Files as given (a missing, unreadable or special one stays: reading it becomes that
+    image's error), folders expanded to their images (:func:`scan_images`); the folders
+    that held none; and what was passed over (a folder that cannot be read, a FIFO or
+    device inside a folder)."""
     files: list[str] = []
     empty: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for p in paths:
         path = Path(p)
-        if path.is_dir():
-            found = list_images(path, recursive=recursive)
-            if not found:
-                empty.append(path)
-            files.extend(str(f) for f in found)
-        else:
+        try:
+            is_dir = path.is_dir()
+        except (OSError, ValueError):  # a name too long, a NUL byte: the load says why
+            is_dir = False
+        if not is_dir:
             files.append(str(p))
-    return files, empty
+            continue
+        found, passed = scan_images(path, recursive=recursive)
+        skipped.extend(passed)
+        if not found and all(where != path for where, _ in passed):
+            empty.append(path)
+        files.extend(str(f) for f in found)
+    return Expanded(files, empty, skipped)
 
 
 def note_missing_images(

@@ -21,7 +21,7 @@ from faceattr.attributes import ATTRIBUTE_GROUPS
 from faceattr.data.splits import resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
-from faceattr.fileio import publish
+from faceattr.fileio import Inputs, check_output, input_error, publish
 from faceattr.utils import JSON_OPTIONAL, JsonResult
 
 TOP_PAIRS = 10  # strongest positive and negative pairs listed
@@ -204,26 +204,39 @@ def heatmap_order(attributes: list[str]) -> list[str]:
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
-def check_plot_path(path: str | Path) -> Path:
-    """``path`` if its suffix names an image format matplotlib writes, else a UsageError."""
+def check_plot_path(
+    path: str | Path, *, overwrite: bool | None = None, inputs: Inputs | None = None
+) -> Path:
+    """``path`` if its suffix names an image format matplotlib writes, else a UsageError;
+    with ``overwrite`` given, also :func:`faceattr.fileio.check_output`'s check."""
     path = Path(path).expanduser()
     if path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise UsageError(
             f"Cannot tell the image format of the plot file {path}.",
             "Give the file a .png (or .pdf, .svg) name.",
         )
+    if overwrite is not None:  # through a link: the file it leads to
+        path = check_output(path, what="plot", inputs=inputs, overwrite=overwrite)
     return path
 
 
-def plot_correlation(stats: DatasetStats, path: str | Path, *, title: str | None = None) -> Path:
+def plot_correlation(
+    stats: DatasetStats,
+    path: str | Path,
+    *,
+    title: str | None = None,
+    overwrite: bool = False,
+    inputs: Inputs | None = None,
+) -> Path:
     """Draw ``stats.correlation`` as a heatmap image at ``path`` (format from the suffix:
-    .png, .pdf, .svg); written atomically. Returns the path."""
+    .png, .pdf, .svg); written atomically. Returns the path. An existing file is replaced
+    only with ``overwrite``, one of ``inputs`` never."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window
     import matplotlib.pyplot as plt
 
-    path = check_plot_path(path)
+    path = check_plot_path(path, overwrite=overwrite, inputs=inputs)
     attrs = heatmap_order(list(stats.attributes))
     corr = stats.correlation
     m = np.array([[np.nan if corr[a][b] is None else corr[a][b] for b in attrs] for a in attrs])
@@ -256,7 +269,9 @@ def plot_correlation(stats: DatasetStats, path: str | Path, *, title: str | None
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
-        publish(tmp, path)
+        if inputs is not None and (source := inputs.find(path)) is not None:
+            raise input_error(path, source, "plot")
+        publish(tmp, path, overwrite=overwrite, what="plot")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

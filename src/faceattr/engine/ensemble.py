@@ -21,7 +21,7 @@ import torch
 
 from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
 from faceattr.errors import ModelError, UsageError
-from faceattr.fileio import sha256_of
+from faceattr.fileio import Inputs, check_output, sha256_of
 from faceattr.metrics import HeldOutScores
 from faceattr.models.file import ModelFile
 from faceattr.progress import NullProgress, Progress
@@ -131,6 +131,7 @@ def make_ensemble(
     dtype: str = "float32",
     threshold_metric: str | None = None,
     max_accuracy_drop: float | None = None,
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> EnsembleResult:
     """Combine ``models`` (run directories or model files) into the ensemble file ``out``.
@@ -139,6 +140,7 @@ def make_ensemble(
     are tuned there (``threshold_metric``, ``max_accuracy_drop``: as in training, whose
     defaults they take). Returns an :class:`EnsembleResult`: the file, its members, and with
     ``data`` their scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
+    An existing ``out`` is refused unless ``overwrite`` (a member, never).
     """
     from faceattr.metrics import held_out_scores, tune_thresholds
     from faceattr.models.ensemble import combine, ensemble_info
@@ -146,6 +148,7 @@ def make_ensemble(
     from faceattr.models.io import load_model_file, save_model_file
 
     progress = progress or NullProgress()
+    out = Path(out)
     check_tta(tta)
     if dtype not in SAVE_DTYPES:
         raise UsageError(f"dtype must be one of {', '.join(SAVE_DTYPES)}, not {dtype!r}.")
@@ -158,12 +161,18 @@ def make_ensemble(
     metric = threshold_metric or defaults.threshold_metric
     drop = max_accuracy_drop if max_accuracy_drop is not None else defaults.threshold_accuracy_drop
     paths = [ModelFile.resolve(m).path for m in models]
+    sources = Inputs(paths)
+
+    def check() -> None:  # before the work, and again before the file is written
+        check_output(out, what="ensemble model", inputs=sources, overwrite=overwrite)
+
+    check()
     loaded = [load_model_file(p) for p in paths]
     info = ensemble_info([i for _, i in loaded], [_source(p) for p in paths], tta=tta)
     ensemble = combine([m for m, _ in loaded], [i for _, i in loaded], info)
-    out = Path(out)
     members = [str(p) for p in paths]
     if data is None:
+        check()
         save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
         return EnsembleResult(out=str(out), members=members, tta=tta,
                               thresholds="0.5 (no dataset to tune them on)")  # fmt: skip
@@ -192,6 +201,7 @@ def make_ensemble(
         validation = {"split": split, "images": len(probs), **scores}
         extra = dict(info.extra, validation=validation)
         info = replace(info, thresholds=[float(t) for t in thresholds], extra=extra)
+        check()
         save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
     finally:
         tmp.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ from faceattr.config import (
 )
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.extras import require
-from faceattr.fileio import TEMP_SUFFIX, atomic_write_bytes, sha256_of
+from faceattr.fileio import TEMP_SUFFIX, Inputs, atomic_write_bytes, check_output, sha256_of
 from faceattr.metrics import MetricsReport, compute_metrics, defined
 from faceattr.models.digest import with_onnx_metadata
 from faceattr.models.file import ModelFile, ModelRef
@@ -288,7 +288,7 @@ def _bundled_faces(info: ModelInfo) -> np.ndarray:
     from faceattr.inference.predictor import faces_detected
 
     photo = load_image(Path(str(resources.files("faceattr") / "assets" / "astronaut.jpg")))
-    crops = [f.crop for f in faces_detected(photo, create_detector(None))]
+    crops = [f.crop for f in faces_detected(photo, create_detector(None)) if f.crop]
     pixels = Preprocessing.from_info(info).batch(crops)
     return np.concatenate([pixels, pixels[..., ::-1]])
 
@@ -346,6 +346,7 @@ def export_model(
     max_accuracy_drop: float = EXPORT_MAX_ACCURACY_DROP,
     tta: str | None = None,
     fp16_weights: bool = False,
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` (a run directory, a ``.safetensors`` file or ``default``) to ONNX.
@@ -357,7 +358,8 @@ def export_model(
     ``data`` names the real images used for int8 calibration (``calibration_images`` of its
     train split) and, with ``eval_split`` (e.g. ``valid``: the run's held-out identities),
     for the self-check and the fp32-vs-int8 comparison. Returns an :class:`ExportResult`.
-    Nothing is written when a check fails: the file appears complete or not at all.
+    Nothing is written when a check fails: the file appears complete or not at all. An
+    existing ``out`` is refused unless ``overwrite`` (the source, never).
     """
     require("torch", "onnx", "onnxscript", what="faceattr export")
     if fmt not in EXPORT_FORMATS:
@@ -386,6 +388,9 @@ def export_model(
     out_path = Path(out) if out is not None else default_output(source, int8)
     if out_path.suffix.lower() != ".onnx":
         raise UsageError(f"The output file must end in .onnx, got {out_path}.")
+    # Never over the source; an existing file only with overwrite (checked before the work).
+    sources = Inputs([source.path])
+    check_output(out_path, what="ONNX model", inputs=sources, overwrite=overwrite)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     # Named like atomic_open's temp files, so a killed export's are cleaned up like theirs.
@@ -397,6 +402,7 @@ def export_model(
             calibration_images=calibration_images, eval_split=eval_split,
             eval_images=eval_images, max_accuracy_drop=max_accuracy_drop, tta=tta,
             fp16_weights=fp16_weights, progress=progress, started=started,
+            overwrite=overwrite, sources=sources,
         )  # fmt: skip
     finally:
         for t in tmp:
@@ -406,7 +412,7 @@ def export_model(
 def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
             data: DataConfig | None, calibration_images: int, eval_split: str | None,
             eval_images: int | None, max_accuracy_drop: float, tta: str | None,
-            fp16_weights: bool, progress: Progress,
+            fp16_weights: bool, progress: Progress, overwrite: bool, sources: Inputs,
             started: float) -> ExportResult:  # fmt: skip
     from faceattr.engine.evaluate import split_table
     from faceattr.inference.predictor import Predictor
@@ -500,7 +506,7 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
     final_info = replace(info, extra={**info.extra, "export": provenance})
     entries = {METADATA_KEY: final_info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
     blob = with_onnx_metadata(written.read_bytes(), entries, producer="faceattr")
-    atomic_write_bytes(out_path, blob, what="ONNX model")
+    atomic_write_bytes(out_path, blob, what="ONNX model", overwrite=overwrite, inputs=sources)
     result.nbytes = out_path.stat().st_size
     result.seconds = round(time.perf_counter() - started, 1)
     return result

@@ -37,7 +37,7 @@ from faceattr.fileio import check_free_space
 from faceattr.malloc import tune_allocator
 from faceattr.metrics import SavedMetrics, compute_metrics, metrics_report, tune_thresholds
 from faceattr.progress import EpochEnd, NullProgress, Progress
-from faceattr.runs import RunDir
+from faceattr.runs import RunDir, structure_problem
 from faceattr.utils import JSON_OMIT, JsonResult, json_key, prefetch
 
 
@@ -192,12 +192,42 @@ def _finished_result(run: RunDir, saved: dict[str, Any]) -> FitResult:
     )
 
 
+def _load_saved(run: RunDir, what: str, target: Any, saved: Any) -> None:
+    """``target.load_state_dict(saved)``, or the run's :meth:`~RunDir.state_error` when the
+    saved part does not fit what this run built (another architecture, a foreign file).
+    Parts loaded by updating attributes (schedule, scaler) are first compared with the
+    fresh state, key by key (:func:`faceattr.runs.structure_problem`)."""
+    if what in ("scheduler", "scaler"):
+        problem = structure_problem(saved, target.state_dict(), what)
+        if problem:
+            raise run.state_error(problem)
+    try:
+        target.load_state_dict(saved)
+    except Exception as e:  # torch raises RuntimeError, ValueError, KeyError, ...
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise run.state_error(f"its {what} does not fit this run's settings ({detail})") from e
+    if what == "optimizer":  # each parameter's saved moments must have its shape
+        for group in target.param_groups:
+            for param in group["params"]:
+                for key, value in target.state.get(param, {}).items():
+                    if (
+                        isinstance(value, torch.Tensor)
+                        and value.dim()
+                        and value.shape != param.shape
+                    ):
+                        raise run.state_error(
+                            f"its optimizer's {key} has shape {tuple(value.shape)} for a "
+                            f"parameter of shape {tuple(param.shape)}"
+                        )
+
+
 def restore(training: Training, saved: dict[str, Any], progress: Progress) -> RunState:
     """Continue from a checkpoint: weights, optimizer, schedule and EMA into ``training``; the
     run's counters returned. Model files and history a kill left behind the state are
     rewritten."""
-    training.model.load_state_dict(saved["model"])
-    training.optimizer.load_state_dict(saved["optimizer"])
+    run = training.run
+    _load_saved(run, "model", training.model, saved["model"])
+    _load_saved(run, "optimizer", training.optimizer, saved["optimizer"])
     saved_world = int(saved.get("world_size", 1))
     if training.scheduler is not None and saved_world != training.dist.world_size:
         # Another number of processes: other steps per epoch. Rebuild the schedule's
@@ -212,11 +242,11 @@ def restore(training: Training, saved: dict[str, Any], progress: Progress) -> Ru
             for _ in range(saved["epoch"] * training.steps_per_epoch):
                 training.scheduler.step()
     elif training.scheduler is not None and saved.get("scheduler") is not None:
-        training.scheduler.load_state_dict(saved["scheduler"])
+        _load_saved(run, "scheduler", training.scheduler, saved["scheduler"])
     if training.scaler is not None and saved.get("scaler") is not None:
-        training.scaler.load_state_dict(saved["scaler"])
+        _load_saved(run, "scaler", training.scaler, saved["scaler"])
     if training.ema is not None and saved.get("ema") is not None:
-        training.ema.load_state_dict(saved["ema"])
+        _load_saved(run, "EMA", training.ema, saved["ema"])
     state = RunState.from_saved(saved)
     repaired: list[str] = []
     if training.dist.is_main:

@@ -27,6 +27,7 @@ from typing import Any
 
 from faceattr.errors import FaceAttrError, UsageError
 from faceattr.progress import EpochEnd, NullProgress, Progress
+from faceattr.redaction import redact
 from faceattr.utils import JsonResult
 
 STUDY_NAME = "faceattr"
@@ -217,10 +218,13 @@ def _retry(study: Any, trial: Any) -> None:
 
 
 def _storage(url: str) -> Any:
+    """Optuna's storage at ``url``; its messages never show the URL's password."""
     import warnings
 
-    if url.startswith("postgresql://"):  # SQLAlchemy's name for the psycopg (3) driver
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    given = url
+    for scheme in ("postgresql://", "postgres://"):  # SQLAlchemy's name for psycopg (3)
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
 
     import optuna
 
@@ -234,11 +238,12 @@ def _storage(url: str) -> Any:
                 heartbeat_stale_trial_callback=_retry,
             )
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and servers
+        reason = (redact(e, given, url).splitlines() or ["(no reason given)"])[0][:300]
         raise FaceAttrError(
-            f"Cannot open the study storage {url}: {str(e).splitlines()[0][:300]}",
+            f"Cannot open the study storage {redact(given)}: {reason}",
             'Pass `storage="sqlite:///PATH"` or a postgresql://USER@HOST:PORT/DB URL (psycopg '
             "needed).",
-        ) from e
+        ) from None  # the library's error (and its cause) quote the URL, password included
 
 
 def _reclaim_dead_trials(study: Any) -> list[int]:
@@ -290,7 +295,7 @@ def open_study(study_dir: Path, settings: StudySettings, storage: str | None) ->
         if previous.key() != settings.key():
             raise UsageError(
                 f"{study_dir} holds a study with other settings (train options "
-                f"{' '.join(previous.base_args)}; parameters "
+                f"{redact(' '.join(previous.base_args))}; parameters "
                 f"{', '.join(ParamSpec(**p).describe() for p in previous.params)}; metric "
                 f"{previous.metric}, sampler {previous.sampler}, pruner {previous.pruner}).",
                 "Re-run it with the same settings to continue it, or choose another "
@@ -411,7 +416,7 @@ def summarize(
         try:
             study = optuna.load_study(study_name=STUDY_NAME, storage=_storage(url))
         except KeyError:
-            raise FaceAttrError(f"No study in {url}.") from None
+            raise FaceAttrError(f"No study in {redact(url)}.") from None
     settings = StudySettings(**study.user_attrs["settings"])
     trials = []
     for t in study.get_trials(deepcopy=False):
@@ -441,7 +446,7 @@ def summarize(
         params=settings.params,
         trials=trials,
         best=best,
-        command=None if best is None else _command(settings.base_args, best.params),
+        command=None if best is None else redact(_command(settings.base_args, best.params)),
         importances=importances,
         counts={s: sum(t.state == s for t in trials)
                 for s in ("complete", "pruned", "fail", "running", "waiting")},

@@ -56,7 +56,14 @@ class OnnxBackend(Backend):
         self._run = onnx.run_logits
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.session, self.input_name, np.ascontiguousarray(x, np.float32))
+        out = self._run(self.session, self.input_name, np.ascontiguousarray(x, np.float32))
+        if out.shape != (len(x), self.info.num_attributes):  # a graph with free output sizes
+            raise ModelError(
+                f"{self.path} gave outputs of shape {list(out.shape)} for {len(x)} faces and "
+                f"{self.info.num_attributes} attributes: its graph and metadata disagree.",
+                "Export it again with `faceattr export MODEL --format onnx`.",
+            )
+        return out
 
 
 class TorchBackend(Backend):

@@ -2,53 +2,137 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from faceattr.fileio import atomic_open
+from faceattr.errors import UsageError
+from faceattr.fileio import Inputs, atomic_open, input_error
 from faceattr.inference.results import FaceResult, ImageResult
 
 BOX_COLOUR = (40, 220, 90)
 
 
-def _output_name(folder: Path, image: str, suffix: str, used: set[Path]) -> Path:
-    stem = Path(image).stem or "image"
-    path, n = folder / f"{stem}{suffix}.jpg", 2
-    while path in used:  # same file name from two folders
-        path, n = folder / f"{stem}-{n}{suffix}.jpg", n + 1
-    used.add(path)
-    return path
+def _stems(images: Sequence[str]) -> dict[str, list[str]]:
+    """Each input's output stem, unique among the inputs (``x``, ``x-2`` for a second
+    ``x.jpg`` from another folder; compared without case, as some file systems do), per
+    input name in input order."""
+    stems: dict[str, list[str]] = {}
+    used: set[str] = set()
+    for image in images:
+        stem = Path(image).stem or "image"
+        candidate, n = stem, 2
+        while candidate.casefold() in used:
+            candidate, n = f"{stem}-{n}", n + 1
+        used.add(candidate.casefold())
+        stems.setdefault(image, []).append(candidate)
+    return stems
+
+
+def _annotated_stem(name: str) -> str | None:
+    """The stem of an annotated photo's file name ``STEM.jpg``, or None."""
+    return name[:-4] if name.lower().endswith(".jpg") else None
+
+
+def _crop_stem(name: str) -> str | None:
+    """The stem of a crop file name ``STEM_faceN.jpg``, or None."""
+    found = re.fullmatch(r"(.*)_face\d+\.jpg", name, flags=re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 class PictureWriter:
-    """Writes aligned crops (``crops_dir``) and annotated photos (``annotate_dir``)."""
+    """Writes aligned crops (``crops_dir``: ``STEM_faceN.jpg``) and annotated photos
+    (``annotate_dir``: ``STEM.jpg``) of the ``images`` predicted, in their order.
+
+    Before anything is predicted the folders are checked: a file there that an output
+    would replace is refused when it is one of the inputs (always: annotating a folder of
+    photos into itself) and when it exists at all unless ``overwrite``. Each write is
+    checked again (:func:`faceattr.fileio.atomic_open`)."""
 
     def __init__(
-        self, crops_dir: Path | None = None, annotate_dir: Path | None = None, top: int = 3
+        self,
+        crops_dir: Path | None = None,
+        annotate_dir: Path | None = None,
+        top: int = 3,
+        *,
+        images: Sequence[str] = (),
+        overwrite: bool = False,
+        inputs: Inputs | None = None,
     ) -> None:
         self.crops_dir, self.annotate_dir, self.top = crops_dir, annotate_dir, top
-        self._used: set[Path] = set()
-        for d in (crops_dir, annotate_dir):
-            if d is not None:
-                Path(d).mkdir(parents=True, exist_ok=True)
+        self.overwrite = overwrite
+        self.inputs = inputs if inputs is not None else Inputs(images)
+        self._stems = _stems(images)
+        if self.wanted:
+            self._check()
 
     @property
     def wanted(self) -> bool:
         return self.crops_dir is not None or self.annotate_dir is not None
 
+    def _check(self) -> None:
+        stems = {s.casefold() for names in self._stems.values() for s in names}
+        for folder, what, ours in (
+            (self.annotate_dir, "annotated photo", _annotated_stem),
+            (self.crops_dir, "face crop", _crop_stem),
+        ):
+            if folder is None:
+                continue
+            folder = Path(folder)
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise UsageError(
+                    f"The folder for the {what}s, {folder}, is a file.", "Name a folder."
+                )
+            clashes: list[Path] = []
+            with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+                for entry in entries:
+                    stem = ours(entry.name)
+                    if stem is not None and stem.casefold() in stems:
+                        clashes.append(Path(entry.path))
+            clashes.sort()
+            for path in clashes:
+                source = self.inputs.find(path)
+                if source is not None:
+                    raise input_error(path, source, what)
+            if clashes and not self.overwrite:
+                shown = ", ".join(p.name for p in clashes[:3])
+                more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+                raise UsageError(
+                    f"{folder} already holds {len(clashes)} file(s) that the {what}s would "
+                    f"replace ({shown}{more}); faceattr does not replace files unless asked.",
+                    "Pass `overwrite=True` to replace them, or choose another folder.",
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _stem(self, image: str) -> str:
+        names = self._stems.get(image)
+        if names:
+            return names.pop(0) if len(names) > 1 else names[0]
+        stem = Path(image).stem or "image"  # not announced: a name of its own
+        self._stems[image] = [stem]
+        return stem
+
     def __call__(
         self, result: ImageResult, image: Image.Image | None, crops: list[Image.Image]
     ) -> None:
+        stem = self._stem(result.image)  # in input order, failed images included
         if image is None or result.error:
             return
         if self.crops_dir is not None:
             for i, crop in enumerate(crops):
-                path = _output_name(Path(self.crops_dir), result.image, f"_face{i}", self._used)
-                _save_jpeg(crop, path)
+                self._save(crop, Path(self.crops_dir) / f"{stem}_face{i}.jpg", "face crop")
         if self.annotate_dir is not None:
-            path = _output_name(Path(self.annotate_dir), result.image, "", self._used)
-            _save_jpeg(annotate(image, result.faces, self.top), path)
+            picture = annotate(image, result.faces, self.top)
+            self._save(picture, Path(self.annotate_dir) / f"{stem}.jpg", "annotated photo")
+
+    def _save(self, image: Image.Image, path: Path, what: str) -> None:
+        with atomic_open(path, "wb", what=what, overwrite=self.overwrite,
+                         inputs=self.inputs) as fh:  # fmt: skip
+            image.save(fh, format="JPEG", quality=92)
 
 
 def annotate(image: Image.Image, faces: list[FaceResult], top: int = 3) -> Image.Image:
@@ -79,8 +163,3 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
-
-
-def _save_jpeg(image: Image.Image, path: Path) -> None:
-    with atomic_open(path, "wb") as fh:
-        image.save(fh, format="JPEG", quality=92)

@@ -37,6 +37,8 @@ def session_options(threads: int | None = None) -> Any:
         opts.intra_op_num_threads = int(threads)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Always the ONNX protobuf format (the one faceattr's readers checked), never the ORT one.
+    opts.add_session_config_entry("session.load_model_format", "ONNX")
     return opts
 
 
@@ -99,8 +101,13 @@ def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> st
     """The input name, after checking the graph has one image input and ``[B, A]`` logits."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     problems = []
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+    shape, wanted = list(inputs[0].shape) if len(inputs) == 1 else [], [3, img_size, img_size]
+    if len(shape) != 4:
         problems.append(f"expected one [B, 3, {img_size}, {img_size}] input")
+    elif any(isinstance(n, int) and n != w for n, w in zip(shape[1:], wanted, strict=True)):
+        problems.append(
+            f"its input is {shape} but the metadata says [B, 3, {img_size}, {img_size}]"
+        )
     if len(outputs) < 1 or len(outputs[0].shape) != 2:
         problems.append("expected a [B, attributes] output")
     elif isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] != num_attributes:
@@ -117,5 +124,15 @@ def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> st
 
 
 def run_logits(session: Any, input_name: str, x: np.ndarray) -> np.ndarray:
-    """Logits ``[B, A]`` (float32) for normalised pixels ``x``."""
-    return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
+    """Logits ``[B, A]`` (float32) for normalised pixels ``x``; a ModelError when ONNX Runtime
+    cannot run the graph on them (a file whose graph and metadata disagree)."""
+    try:
+        out = session.run(None, {input_name: x})[0]
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"ONNX Runtime cannot run the model on a batch of shape {list(x.shape)}: {first[:300]}",
+            "The file's graph and its metadata disagree: export it again with "
+            "`faceattr export MODEL --format onnx`, or use the bundled model (`default`).",
+        ) from e
+    return np.asarray(out, dtype=np.float32)

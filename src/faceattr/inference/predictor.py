@@ -5,7 +5,8 @@
 :mod:`faceattr.inference.backends`) with its preprocessing, test-time augmentation and
 thresholds. :func:`iter_predictions` is a pipeline: worker threads decode, detect and align the
 next images while the model runs on the current batch (Pillow, OpenCV and ONNX Runtime
-release the GIL, so threads are enough).
+release the GIL, so threads are enough). Its memory is bounded by decoded pixels, not by a
+count of images (:class:`PixelBudget`, ``config.PIPELINE_PIXELS``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceattr.config import NUMBER_LIMITS, PREDICT_BATCH_SIZE, check_number
+from faceattr.config import NUMBER_LIMITS, PIPELINE_PIXELS, PREDICT_BATCH_SIZE, check_number
 from faceattr.data.images import load_image
 from faceattr.data.transforms import Preprocessing
 from faceattr.errors import FaceAttrError
@@ -26,6 +27,7 @@ from faceattr.inference.align import align_face
 from faceattr.inference.backends import check_finite
 from faceattr.inference.detect import Detector
 from faceattr.inference.results import FaceResult, ImageResult
+from faceattr.malloc import release_free_memory
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.info import check_tta
 from faceattr.progress import NullProgress, Progress
@@ -130,7 +132,9 @@ class Predictor:
 class _Face:
     box: list[float]
     score: float
-    crop: Image.Image
+    # Dropped once preprocessed unless a callback draws it (with no_detect it is the whole
+    # image, which would otherwise stay in memory until the batch).
+    crop: Image.Image | None
     landmarks: list[list[float]] | None = None
     pixels: np.ndarray | None = None  # the model's input, made by the worker thread
 
@@ -142,6 +146,7 @@ class _Item:
     size: tuple[int, int] | None = None
     error: str | None = None
     picture: Image.Image | None = None  # kept only when a callback wants to draw on it
+    pixels: int = 0  # the picture's share of the pixel budget, given back by the consumer
 
 
 def faces_whole_image(image: Image.Image) -> list[_Face]:
@@ -161,15 +166,96 @@ def faces_detected(image: Image.Image, detector: Detector) -> list[_Face]:
     return faces
 
 
-def _load(source: str | Path | Image.Image, max_pixels: int | None) -> tuple[str, Image.Image]:
+# An image this large gives the memory it was decoded into back to the kernel when it is
+# done (faceattr.malloc keeps freed heap otherwise, per worker thread).
+TRIM_PIXELS = 8_000_000
+
+
+class PipelineStopped(Exception):
+    """The pipeline was left (an error, or its consumer stopped): a worker waiting for the
+    pixel budget gives up."""
+
+
+class PixelBudget:
+    """The decoded pixels the pipeline holds at once.
+
+    An image takes its pixels (:meth:`take`) once its header is read, before it is decoded,
+    and waits while the pixels in flight plus its own would pass ``limit``; an image larger
+    than the limit goes alone (nothing else in flight). Images take their turn in input order
+    (``ticket``): a later image never takes the pixels an earlier one waits for, so the
+    consumer, which needs them in order, is never left waiting for an image that waits for
+    it. ``peak`` is the most pixels ever in flight.
+    """
+
+    def __init__(self, limit: int | None = PIPELINE_PIXELS) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._turn = 0
+        self._passed: set[int] = set()  # tickets that took no pixels (failed before decoding)
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def fits(self, ticket: int, pixels: int) -> bool:
+        """Whether ``ticket`` may take ``pixels`` now."""
+        if ticket != self._turn:
+            return False
+        return self.limit is None or self.in_flight == 0 or self.in_flight + pixels <= self.limit
+
+    def _advance(self) -> None:
+        self._turn += 1
+        while self._turn in self._passed:
+            self._passed.discard(self._turn)
+            self._turn += 1
+        self._cond.notify_all()
+
+    def take(self, ticket: int, pixels: int) -> None:
+        """Wait for ``ticket``'s turn and room for ``pixels``, then hold them."""
+        with self._cond:
+            while not self._closed and not self.fits(ticket, pixels):
+                self._cond.wait()
+            if self._closed:
+                raise PipelineStopped
+            self.in_flight += pixels
+            self.peak = max(self.peak, self.in_flight)
+            self._advance()
+
+    def skip(self, ticket: int) -> None:
+        """``ticket`` takes no pixels (its image failed before decoding): its turn passes."""
+        with self._cond:
+            if ticket == self._turn:
+                self._advance()
+            elif ticket > self._turn:
+                self._passed.add(ticket)
+
+    def give_back(self, pixels: int) -> None:
+        with self._cond:
+            self.in_flight -= pixels
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wake every waiting worker (it raises :class:`PipelineStopped`)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _load(
+    source: str | Path | Image.Image,
+    max_pixels: int | None,
+    take: Callable[[tuple[int, int]], None],
+) -> tuple[str, Image.Image]:
     if isinstance(source, Image.Image):
+        take(source.size)
         return "<image>", source.convert("RGB")
-    return str(source), load_image(source, max_pixels=max_pixels)
+    return str(source), load_image(source, max_pixels=max_pixels, before_decode=take)
 
 
 class _Prepare:
     """One source -> an :class:`_Item` with its faces found, aligned and preprocessed; runs
-    in the worker threads. Detectors that are not thread-safe run under a lock."""
+    in the worker threads. Detectors that are not thread-safe run under a lock. Each image
+    holds its pixels of the ``budget`` while it is decoded and worked on (and, when the
+    picture is kept for a callback, until the consumer takes the item)."""
 
     def __init__(
         self,
@@ -177,11 +263,13 @@ class _Prepare:
         detector: Detector | None,
         max_pixels: int | None,
         keep_picture: bool,
+        budget: PixelBudget,
     ) -> None:
         self.preprocessing = preprocessing
         self.detector = detector
         self.max_pixels = max_pixels
         self.keep_picture = keep_picture
+        self.budget = budget
         safe = detector is None or getattr(detector, "thread_safe", False)
         self.lock: threading.Lock | None = None if safe else threading.Lock()
 
@@ -193,17 +281,38 @@ class _Prepare:
         with self.lock:
             return faces_detected(image, self.detector)
 
-    def __call__(self, source: str | Path | Image.Image) -> _Item:
+    def __call__(self, job: tuple[int, str | Path | Image.Image]) -> _Item:
+        ticket, source = job
+        held = 0  # pixels this call holds
+        taken = False
+
+        def take(size: tuple[int, int]) -> None:
+            nonlocal held, taken
+            self.budget.take(ticket, size[0] * size[1])
+            held, taken = size[0] * size[1], True
+
         try:
-            name, image = _load(source, self.max_pixels)
-        except FaceAttrError as exc:
-            return _Item(image=str(source), error=exc.message)
-        item = _Item(image=name, size=(image.width, image.height), faces=self._detect(image))
-        for face in item.faces:
-            face.pixels = self.preprocessing.pixels(face.crop)
-        if self.keep_picture:
-            item.picture = image
-        return item
+            try:
+                name, image = _load(source, self.max_pixels, take)
+            except FaceAttrError as exc:
+                return _Item(image=str(source), error=exc.message)
+            item = _Item(image=name, size=(image.width, image.height), faces=self._detect(image))
+            for face in item.faces:
+                assert face.crop is not None
+                face.pixels = self.preprocessing.pixels(face.crop)
+                if not self.keep_picture:
+                    face.crop = None
+            if self.keep_picture:
+                item.picture, item.pixels, held = image, held, 0  # the consumer gives them back
+            del image  # before the pixels go back to the budget (and the heap is trimmed)
+            return item
+        finally:
+            if not taken:
+                self.budget.skip(ticket)
+            elif held:
+                self.budget.give_back(held)
+                if held >= TRIM_PIXELS:
+                    release_free_memory()
 
 
 # Called once per image with (result, the decoded image or None, aligned crops per face).
@@ -220,20 +329,25 @@ def iter_predictions(
     total: int | None = None,
     on_image: OnImage | None = None,
     workers: int | None = None,
+    budget: PixelBudget | None = None,
 ) -> Iterator[ImageResult]:
     """Yield one :class:`ImageResult` per source, in order, batching faces across images.
 
     With a ``detector`` every face found is aligned and predicted; without one the whole
     image is taken as an aligned face crop. An unreadable source yields a result with
     ``error`` set instead of raising. ``workers`` threads (default: one per core, at most 4;
-    0: none) prepare the next images while the model runs.
+    0: none) prepare the next images while the model runs, within ``budget`` (default:
+    ``config.PIPELINE_PIXELS`` decoded pixels at once; with ``on_image``, the pictures
+    waiting for their batch have a budget of the same size besides).
     """
     progress = progress or NullProgress()
     progress.start("predicting", total=total)
     workers = default_workers() if workers is None else workers
-    prepare = _Prepare(predictor.preprocessing, detector, max_pixels, on_image is not None)
+    budget = budget if budget is not None else PixelBudget(PIPELINE_PIXELS)
+    prepare = _Prepare(predictor.preprocessing, detector, max_pixels, on_image is not None,
+                       budget)  # fmt: skip
     pending: list[_Item] = []
-    n_faces = 0
+    n_faces = pictures = 0
 
     def flush() -> Iterator[ImageResult]:
         faces = [f for item in pending for f in item.faces]
@@ -249,17 +363,31 @@ def iter_predictions(
                 result.faces.append(predictor.face_result(face, probs[k]))
                 k += 1
             if on_image is not None:
-                on_image(result, item.picture, [f.crop for f in item.faces])
+                on_image(result, item.picture, [f.crop for f in item.faces if f.crop])
+            item.picture = None
             yield result
         progress.advance(len(pending))
+        large = any(item.pixels >= TRIM_PIXELS for item in pending)
         pending.clear()
+        if large:
+            release_free_memory()
 
     ahead = max(2 * predictor.batch_size, 4 * workers)
-    for item in ordered_map(prepare, sources, workers, ahead):
-        pending.append(item)
-        n_faces += len(item.faces)
-        if n_faces >= predictor.batch_size or len(pending) >= 4 * predictor.batch_size:
-            yield from flush()
-            n_faces = 0
-    yield from flush()
+    prepared = ordered_map(prepare, enumerate(sources), workers, ahead)
+    try:
+        for item in prepared:
+            pending.append(item)
+            n_faces += len(item.faces)
+            # A kept picture leaves the budget here (the workers go on), and the pictures
+            # waiting for their batch are bounded by a budget of their own.
+            budget.give_back(item.pixels)
+            pictures += item.pixels
+            full = budget.limit is not None and pictures >= budget.limit
+            if full or n_faces >= predictor.batch_size or len(pending) >= 4 * predictor.batch_size:
+                yield from flush()
+                n_faces = pictures = 0
+        yield from flush()
+    finally:
+        budget.close()  # a worker still waiting gives up, so the pool can shut down
+        prepared.close()
     progress.finish()

@@ -9,6 +9,10 @@ Both formats carry ``faceattr_sha256`` in their string metadata:
   small reader of protobuf's wire format at the top level of ``ModelProto`` only, so the
   light install needs no ``onnx`` package.
 
+An ONNX tensor may keep its data in another file (``external_data``), which ONNX Runtime
+reads from the current folder for a model given as bytes and which no digest covers: the
+same reader walks the graph's tensors and such a file is refused (:func:`verify_onnx`).
+
 Files written before the digest existed have no such key and still load.
 """
 
@@ -199,9 +203,78 @@ def with_onnx_metadata(blob: bytes, entries: dict[str, str], producer: str | Non
 
 
 def verify_onnx(blob: bytes | memoryview, path: Path) -> dict[str, str]:
-    """The file's metadata, after checking its graph against the stored digest."""
+    """The file's metadata, after checking its graph against the stored digest and that no
+    tensor keeps its data in another file (:func:`onnx_external_data`)."""
     meta = onnx_metadata(blob, path)
     expected = meta.get(DIGEST_KEY)
     if expected is not None and onnx_digest(blob, path) != expected:
         raise damaged(path)
+    try:
+        external = onnx_external_data(blob)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _onnx_error(path, e) from e
+    if external:
+        shown = ", ".join(f"{name or '(unnamed)'!r} -> {where!r}" for name, where in external[:3])
+        more = f" and {len(external) - 3} more" if len(external) > 3 else ""
+        raise ModelError(
+            f"{path} keeps tensor data in other files ({shown}{more}): ONNX Runtime would read "
+            "them from the current folder, and no checksum covers them. faceattr models are "
+            "one self-contained file, so it was not opened.",
+            "Use the .onnx file `faceattr export` wrote (its weights are inside it), or the "
+            "bundled model (`default`).",
+        )
     return meta
+
+
+# Where a TensorProto may sit inside a ModelProto: per message, the fields holding messages
+# that can (transitively) hold tensors. TensorProto keeps external data in its fields 13
+# (external_data: key/value entries, "location" the file) and 14 (data_location, 1=EXTERNAL).
+_WALK = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto: initialization, algorithm
+    "function": {7: "node", 11: "attribute"},  # FunctionProto: node, attribute_proto
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},  # node, initializer, sparse_initializer
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},  # SparseTensorProto: values, indices
+}
+_TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION = 8, 13, 14
+_MAX_DEPTH = 100  # protobuf's own recursion limit
+
+
+def onnx_external_data(blob: bytes | memoryview) -> list[tuple[str, str]]:
+    """``(tensor name, location)`` of every tensor of a serialized ONNX model whose data lives
+    in another file: initializers, sparse initializers, node attributes, subgraphs,
+    functions and training graphs. ValueError for bytes that are no protobuf message."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, memoryview, int]] = [("model", memoryview(blob), 0)]
+    while stack:
+        kind, data, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ValueError("messages nested too deep")
+        if kind == "tensor":
+            external = _external_location(data)
+            if external is not None:
+                found.append(external)
+            continue
+        children = _WALK[kind]
+        for number, wire, start, end in _fields(data):
+            if wire == 2 and number in children:
+                stack.append((children[number], data[start:end], depth + 1))
+    return found
+
+
+def _external_location(tensor: memoryview) -> tuple[str, str] | None:
+    """``(name, location)`` when a TensorProto says its data is elsewhere, else None."""
+    name, location, external = "", "", False
+    for number, wire, start, end in _fields(tensor):
+        if number == _TENSOR_NAME and wire == 2:
+            name = bytes(tensor[start:end]).decode("utf-8", "replace")
+        elif number == _EXTERNAL_DATA:
+            external = True
+            if wire == 2:
+                key, value = _string_entry(tensor[start:end])
+                location = value if key == "location" else location
+        elif number == _DATA_LOCATION:  # anything but DEFAULT (0), however it is encoded
+            external = external or wire != 0 or _varint(tensor, _varint(tensor, start)[1])[0] != 0
+    return (name, location) if external else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faceattr.errors import UsageError
-from faceattr.fileio import atomic_write_text
+from faceattr.fileio import Inputs, atomic_write_text, check_output
 from faceattr.report.build import ReportOptions, RunAnalysis, analyze_run, build_report
 from faceattr.report.document import Report
 from faceattr.report.load import Predictions, RunData, load_run, load_runs
@@ -26,11 +26,17 @@ from faceattr.report.load import Predictions, RunData, load_run, load_runs
 FORMATS = ("html", "md")
 
 
-def write_report(report: Report, out: str | Path, fmt: str | None = None) -> list[Path]:
-    """Write ``report`` to ``out`` as ``fmt`` (html or md; default from the extension).
-
-    Returns the files written (for Markdown: the .md file and its plot files).
-    """
+def check_report_output(
+    out: str | Path,
+    fmt: str | None = None,
+    *,
+    inputs: Inputs | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, str]:
+    """The report's file and format (html or md; default from the extension), once it is
+    known the report may be written there: never over one of ``inputs`` (the run
+    directories' files), an existing file (or a Markdown report's files folder holding
+    files) only with ``overwrite``. A UsageError otherwise, before any work."""
     out = Path(out).expanduser()
     if fmt is None:
         fmt = "md" if out.suffix.lower() in (".md", ".markdown") else "html"
@@ -43,13 +49,38 @@ def write_report(report: Report, out: str | Path, fmt: str | None = None) -> lis
             f"The report's output {out} is a folder.",
             f'Name a file, e.g. `out="{out / ("report." + fmt)}"`.',
         )
+    out = check_output(out, what="report", inputs=inputs, overwrite=overwrite)
+    files = out.with_name(out.stem + "_files")
+    if fmt == "md" and not overwrite and files.is_dir() and any(files.iterdir()):
+        raise UsageError(
+            f"The report's files folder {files} already holds files; faceattr does not "
+            "replace files unless asked.",
+            "Pass `overwrite=True` to replace them, or choose another name.",
+        )
+    return out, fmt
+
+
+def write_report(
+    report: Report,
+    out: str | Path,
+    fmt: str | None = None,
+    *,
+    inputs: Inputs | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``report`` to ``out`` as ``fmt`` (html or md; default from the extension).
+
+    Returns the files written (for Markdown: the .md file and its plot files). Checked as
+    :func:`check_report_output` says (call it before building the report to fail early).
+    """
+    out, fmt = check_report_output(out, fmt, inputs=inputs, overwrite=overwrite)
     if fmt == "md":
         from faceattr.report.markdown import write_markdown
 
-        return write_markdown(report, out)
+        return write_markdown(report, out, overwrite=overwrite, inputs=inputs)
     from faceattr.report.html import render_html
 
-    atomic_write_text(out, render_html(report))
+    atomic_write_text(out, render_html(report), what="report", overwrite=overwrite, inputs=inputs)
     return [out]
 
 
@@ -62,6 +93,7 @@ __all__ = [
     "RunData",
     "analyze_run",
     "build_report",
+    "check_report_output",
     "load_run",
     "load_runs",
     "write_report",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from faceattr.report.document import literal
 from faceattr.report.load import Predictions, RunData, row_identities
 from faceattr.report.options import ReportOptions
 
@@ -264,7 +265,7 @@ def group_labels(
     table, why = _dataset_table(run)
     if table is None:
         notes.append(
-            f"Subgroups by {', '.join(need)} skipped: the model does not predict "
+            f"Subgroups by {', '.join(map(literal, need))} skipped: the model does not predict "
             f"{'it' if len(need) == 1 else 'them'} and the dataset labels could not be read "
             f"({why})."
         )
@@ -277,12 +278,15 @@ def group_labels(
     rows = np.array([index.get(k, -1) for k in pred.identities()], dtype=np.int64)
     for g in need:
         if g not in table.attributes:
-            notes.append(f"Subgroups by {g} skipped: the dataset has no {g} labels.")
+            notes.append(
+                f"Subgroups by {literal(g)} skipped: the dataset has no {literal(g)} labels."
+            )
             continue
         col = table.labels[:, table.attributes.index(g)].astype(np.float64)
         labels = np.where(rows >= 0, col[np.maximum(rows, 0)], np.nan)
         if np.isnan(labels).all():
-            notes.append(f"Subgroups by {g} skipped: no evaluated image is in the dataset labels.")
+            notes.append(f"Subgroups by {literal(g)} skipped: no evaluated image is in the dataset "
+                         "labels.")  # fmt: skip
             continue
         found[g] = (labels, "the dataset's label file")
     return found, notes
@@ -553,8 +557,8 @@ def analyze_run(run: RunData, options: ReportOptions | None = None) -> RunAnalys
             min_count=options.min_group_count,
         )  # fmt: skip
         if sub is None:
-            result.notes.append(f"Subgroups by {g} skipped: every evaluated image has the same {g}"
-                                " label.")  # fmt: skip
+            result.notes.append(f"Subgroups by {literal(g)} skipped: every evaluated image has "
+                                f"the same {literal(g)} label.")  # fmt: skip
         else:
             result.subgroups.append(sub)
     result.reliability = reliability(pred.probs, pred.targets)

@@ -22,7 +22,7 @@ from faceattr.report.compare_sections import (
     per_attribute_comparison,
 )
 from faceattr.report.comparison import compare_runs
-from faceattr.report.document import Columns, Details, Figure, Paragraph, Report, Section
+from faceattr.report.document import Columns, Details, Figure, Paragraph, Report, Section, literal
 from faceattr.report.format import duration
 from faceattr.report.load import RunData
 from faceattr.report.options import ReportOptions
@@ -81,9 +81,10 @@ def _build_report(
         a = analyses[0]
         sections = run_sections(a, options, progress=progress)
         report = Report(
-            title=f"faceattr report: {a.run.name}",
-            subtitle=f"{a.run.config.get('model', {}).get('arch', '?')} evaluated on the "
-            f"{a.run.split} split of {a.run.metrics.get('dataset') or 'the dataset'}",
+            title=f"faceattr report: {literal(a.run.name)}",
+            subtitle=f"{literal(a.run.config.get('model', {}).get('arch', '?'))} evaluated on "
+            f"the {literal(a.run.split)} split of "
+            f"{literal(a.run.metrics.get('dataset') or 'the dataset')}",
             findings=single_run_findings(a),
             sections=sections,
             footer=footer,
@@ -95,15 +96,15 @@ def _build_report(
     for i, a in enumerate(analyses):
         anchor = f"run{i + 1}-"
         inner = run_sections(a, options, anchor, progress=progress)
-        sec = Section(f"{anchor}report", f"Run {i + 1}: {a.run.name}",
+        sec = Section(f"{anchor}report", f"Run {i + 1}: {literal(a.run.name)}",
                       lead=" ".join(single_run_findings(a)[:2]))  # fmt: skip
         sec.add(*[Details(s.title, [*([Paragraph(s.lead)] if s.lead else []), *s.blocks],
                           open=s.id.endswith("overview")) for s in inner])  # fmt: skip
         sections.append(sec)
     progress.finish()
     return Report(
-        title="faceattr report: " + " vs ".join(r.name for r in runs),
-        subtitle=f"{len(runs)} runs compared on the {runs[0].split} split",
+        title="faceattr report: " + " vs ".join(literal(r.name) for r in runs),
+        subtitle=f"{len(runs)} runs compared on the {literal(runs[0].split)} split",
         findings=comparison_findings(comp, analyses),
         sections=sections,
         footer=footer,

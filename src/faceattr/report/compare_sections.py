@@ -9,7 +9,7 @@ from typing import Any
 from faceattr.report import plots
 from faceattr.report.analysis import RunAnalysis, prefers_half, summary_at_half
 from faceattr.report.comparison import Comparison
-from faceattr.report.document import Cell, Note, Section, Table
+from faceattr.report.document import Cell, Note, Section, Table, literal
 from faceattr.report.format import duration, heat, ips, lift_heat, num, params, pcell, pct, points
 from faceattr.report.run_sections import training_section
 
@@ -17,8 +17,8 @@ from faceattr.report.run_sections import training_section
 def comparison_findings(comp: Comparison, analyses: Sequence[RunAnalysis]) -> list[str]:
     """The "at a glance" sentences of a comparison (``**bold**`` marks the lead words)."""
     runs = comp.runs
+    names = [literal(r.name) for r in runs]
     best_i = comp.ranking[0]
-    best = runs[best_i]
     out = []
     others = comp.ranking[1:]
     if all(abs(comp.scores[i] - comp.scores[best_i]) < 1e-9 for i in others):
@@ -27,13 +27,12 @@ def comparison_findings(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
         others = []
         text = ""
     else:
-        text = f"**Best run: {best.name}**, {comp.rank_label} {pct(comp.scores[best_i])}"
+        text = f"**Best run: {names[best_i]}**, {comp.rank_label} {pct(comp.scores[best_i])}"
     for i in others[:3]:
         lead = comp.scores[best_i] - comp.scores[i]
         won, total = comp.wins(best_i, i)
         text += (
-            f"; {points(lead)} points over {runs[i].name} (more accurate on {won} of {total} "
-            "attributes"
+            f"; {points(lead)} points over {names[i]} (more accurate on {won} of {total} attributes"
         )
         pair = comp.paired.get(i)
         if pair is not None:
@@ -46,8 +45,8 @@ def comparison_findings(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
     if text:
         out.append(text + ".")
     if comp.differences:
-        parts = [f"{k}: " + " / ".join(v) for k, v in comp.differences[:5]]
-        out.append("**What differs** (" + " vs ".join(r.name for r in runs) + "): "
+        parts = [f"{k}: " + " / ".join(map(literal, v)) for k, v in comp.differences[:5]]
+        out.append("**What differs** (" + " vs ".join(names) + "): "
                    + "; ".join(parts) + ".")  # fmt: skip
     else:
         out.append("**What differs**: the configurations are identical (different seeds of the "
@@ -55,22 +54,22 @@ def comparison_findings(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
     if len(runs) >= 2:
         ref, other = 0, 1
         deltas = comp.deltas(other, ref)
-        gains = [f"{x} ({points(v)})" for x, v in deltas[:3] if v > 0]
-        losses = [f"{x} ({points(v)})" for x, v in deltas[::-1][:3] if v < 0]
+        gains = [f"{literal(x)} ({points(v)})" for x, v in deltas[:3] if v > 0]
+        losses = [f"{literal(x)} ({points(v)})" for x, v in deltas[::-1][:3] if v < 0]
         if gains or losses:
-            text = f"**{runs[other].name} vs {runs[ref].name}**: "
+            text = f"**{names[other]} vs {names[ref]}**: "
             text += ("largest gains " + ", ".join(gains)) if gains else "no attribute improves"
             text += ("; largest losses " + ", ".join(losses)) if losses else "; no attribute loses"
             out.append(text + ".")
     hard_sets = [set(r.name for r in a.hardest) for a in analyses]
     common = set.intersection(*hard_sets) if hard_sets else set()
     if common:
-        order = [r.name for r in analyses[best_i].hardest if r.name in common]
+        order = [literal(r.name) for r in analyses[best_i].hardest if r.name in common]
         out.append("**Hard for every run**: " + ", ".join(order) + ".")
     cost = []
-    for r in runs:
+    for r, shown in zip(runs, names, strict=True):
         bits = [duration(r.train_seconds), ips(r.images_per_second), params(r) + " params"]
-        cost.append(f"{r.name} " + ", ".join(b for b in bits if not b.startswith("–")))
+        cost.append(f"{shown} " + ", ".join(b for b in bits if not b.startswith("–")))
     out.append("**Cost**: " + "; ".join(cost) + ".")
     for g in dict.fromkeys(s.group for a in analyses for s in a.subgroups):
         parts = []
@@ -78,12 +77,12 @@ def comparison_findings(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
             sub = next((s for s in a.subgroups if s.group == g), None)
             if sub is None or sub.mean_yes is None or sub.mean_no is None:
                 continue
-            parts.append(f"{a.run.name} {points(sub.mean_yes - sub.mean_no)} "
+            parts.append(f"{literal(a.run.name)} {points(sub.mean_yes - sub.mean_no)} "
                          f"({len(sub.flagged)} flagged)")  # fmt: skip
         if parts:
             sub0 = next(s for a in analyses for s in a.subgroups if s.group == g)
-            out.append(f"**{sub0.label_yes} minus {sub0.label_no}** mean accuracy: "
-                       + "; ".join(parts) + ".")  # fmt: skip
+            yes, no = literal(sub0.label_yes), literal(sub0.label_no)
+            out.append(f"**{yes} minus {no}** mean accuracy: " + "; ".join(parts) + ".")
     return out
 
 
@@ -114,7 +113,8 @@ def comparison_table(comp: Comparison) -> Table:
     """Summary metrics and costs, one column per run (and their difference for two runs)."""
     runs = comp.runs
     two = len(runs) == 2
-    cols = ["", *[r.name for r in runs]] + ([f"Δ {runs[1].name} − {runs[0].name}"] if two else [])
+    names = [literal(r.name) for r in runs]
+    cols = ["", *names] + ([f"Δ {names[1]} − {names[0]}"] if two else [])
     rows = []
     # The rows name their metrics by key.
     own: list[Mapping[str, Any]] = [r.metrics for r in runs]
@@ -149,7 +149,8 @@ def comparison_table(comp: Comparison) -> Table:
     for label, texts in extra:
         rows.append([Cell(label, tone="strong"), *[Cell(t) for t in texts]]
                     + ([Cell("")] if two else []))  # fmt: skip
-    return Table(cols, rows, caption=f"Summary on the {runs[0].split} split (best in green)",
+    split = literal(runs[0].split)
+    return Table(cols, rows, caption=f"Summary on the {split} split (best in green)",
                  sortable=False)  # fmt: skip
 
 
@@ -159,18 +160,19 @@ def per_attribute_comparison(comp: Comparison) -> Table:
     cols = ["attribute"]
     groups = [("", 1)]
     acc_col = "acc @0.5" if comp.accuracy_label == "accuracy at 0.5" else "acc"
-    for r in runs:
+    names = [literal(r.name) for r in runs]
+    for shown in names:
         cols += [acc_col, "bal acc"]
-        groups.append((r.name, 2))
-    for r in runs[1:]:
-        cols.append(f"Δ {r.name}" if len(runs) > 2 else f"Δ {acc_col}")
+        groups.append((shown, 2))
+    for shown in names[1:]:
+        cols.append(f"Δ {shown}" if len(runs) > 2 else f"Δ {acc_col}")
     if len(runs) > 1:
-        groups.append((f"vs {runs[0].name}", len(runs) - 1))
+        groups.append((f"vs {names[0]}", len(runs) - 1))
     rows = []
     for a in comp.attributes:
         accs, bals = comp.accuracy[a], comp.balanced[a]
         defined = [v for v in accs if v is not None]
-        cells = [Cell(a)]
+        cells = [Cell(literal(a))]
         for acc, bal in zip(accs, bals, strict=True):
             tone = "strong" if acc is not None and _unique_top(acc, defined) else None
             cells.append(Cell(pct(acc), num(acc), tone=tone))
@@ -182,7 +184,7 @@ def per_attribute_comparison(comp: Comparison) -> Table:
         rows.append(cells)
     return Table(cols, rows, groups=groups,
                  caption=f"Per-attribute {comp.accuracy_label} and balanced accuracy (at the "
-                 f"runs' thresholds) per run, and the change from {runs[0].name} (click a "
+                 f"runs' thresholds) per run, and the change from {names[0]} (click a "
                  "column to sort)")  # fmt: skip
 
 
@@ -191,11 +193,11 @@ def comparison_sections(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
     runs = comp.runs
     sec = Section("comparison", "Runs side by side",
                   lead="Each run is labelled by its directory name; deltas are against the "
-                  f"first run given ({runs[0].name}).")  # fmt: skip
+                  f"first run given ({literal(runs[0].name)}).")  # fmt: skip
     diff: Table | Note
     if comp.differences:
-        diff = Table(["setting", *[r.name for r in runs]],
-                     [[Cell(k, tone="strong"), *[Cell(v) for v in vals]]
+        diff = Table(["setting", *[literal(r.name) for r in runs]],
+                     [[Cell(k, tone="strong"), *[Cell(literal(v)) for v in vals]]
                       for k, vals in comp.differences],
                      caption="What differs between the runs", sortable=False,
                      wrap=True)  # fmt: skip
@@ -229,14 +231,16 @@ def comparison_sections(comp: Comparison, analyses: Sequence[RunAnalysis]) -> li
                 label_yes, label_no = sub.label_yes, sub.label_no
                 gap = None if sub.mean_yes is None or sub.mean_no is None else (
                     sub.mean_yes - sub.mean_no)  # fmt: skip
-                top = ", ".join(f"{r.attribute} ({points(r.excess_gap)})" for r in sub.flagged[:3])
-                rows.append([Cell(a.run.name, tone="strong"), pcell(sub.mean_yes),
+                top = ", ".join(f"{literal(r.attribute)} ({points(r.excess_gap)})"
+                                for r in sub.flagged[:3])  # fmt: skip
+                rows.append([Cell(literal(a.run.name), tone="strong"), pcell(sub.mean_yes),
                              pcell(sub.mean_no), Cell(points(gap), num(gap)),
                              pcell(sub.strict_yes), pcell(sub.strict_no),
                              Cell(str(len(sub.flagged)), len(sub.flagged)),
                              Cell(top or "–")])  # fmt: skip
-            sg.add(Table(["run", f"mean acc {label_yes}", f"mean acc {label_no}", "gap",
-                          f"strict {label_yes}", f"strict {label_no}", "flagged",
-                          "largest flagged gaps"], rows, caption=f"By {g}"))  # fmt: skip
+            yes, no = literal(label_yes), literal(label_no)
+            sg.add(Table(["run", f"mean acc {yes}", f"mean acc {no}", "gap", f"strict {yes}",
+                          f"strict {no}", "flagged", "largest flagged gaps"], rows,
+                         caption=f"By {literal(g)}"))  # fmt: skip
         out.append(sg)
     return out

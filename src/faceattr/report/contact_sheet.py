@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from faceattr.collection.search import SearchResult
-from faceattr.report.document import Card, Gallery, Paragraph, Report, Section
+from faceattr.report.document import Card, Gallery, Paragraph, Report, Section, literal
 from faceattr.report.html import render_html
 
 THUMBNAIL_PIXELS = 128
@@ -38,9 +38,10 @@ def contact_sheet(found: SearchResult, title: str) -> str:
         Card(
             title=f"{m.match:.3f}  {Path(m.image).name} #{m.face}",
             image=thumbnail(m.image, m.box),
-            subtitle=m.image if m.image else "",
+            subtitle=literal(m.image),
             lines=[
-                f"{k} **{v:.3f}**" for k, v in list(m.probabilities.items())[:SHOWN_PROBABILITIES]
+                f"{literal(k)} **{v:.3f}**"
+                for k, v in list(m.probabilities.items())[:SHOWN_PROBABILITIES]
             ],
         )  # fmt: skip
         for m in found.results
@@ -53,5 +54,6 @@ def contact_sheet(found: SearchResult, title: str) -> str:
     )
     body = Gallery(cards) if cards else Paragraph("No face matches.")
     section = Section("faces", "Faces", [body], lead=lead)
-    subtitle = f"{len(cards)} face(s) from {found.db}"
-    return render_html(Report(title=title, subtitle=subtitle, findings=[], sections=[section]))
+    subtitle = f"{len(cards)} face(s) from {literal(found.db)}"
+    page = Report(title=literal(title), subtitle=subtitle, findings=[], sections=[section])
+    return render_html(page)  # the title (the query) is the user's text: shown as it is

@@ -1,10 +1,76 @@
 """A report as format-neutral blocks, rendered to HTML (:mod:`.html`) or Markdown
-(:mod:`.markdown`). Text fields may use two inline marks: ``**bold**`` and ```code```."""
+(:mod:`.markdown`). Text fields may use two inline marks: ``**bold**`` and ```code```.
+
+Text fields are faceattr's own sentences; a name from outside (an attribute from a CSV header,
+a run, file or folder name, a setting's value) goes in through :func:`literal`, which every
+renderer shows exactly as it is: its ``**``, backticks, ``<``, ``|``, ``[`` are characters, not
+marks or markup. :func:`spans` is the one reading of a text that the renderers (and the
+terminal summary) share.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Union
+
+# A name is wrapped in two Unicode noncharacters (reserved for a program's internal use): they
+# never come from faceattr's text, and literal() takes them out of the names themselves.
+_OPEN, _CLOSE, _SLOT = "\ufdd0", "\ufdd1", "\ufdd2"
+_NAMED = re.compile(f"{_OPEN}([^{_OPEN}{_CLOSE}]*){_CLOSE}")
+_MARKS = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*")
+
+
+def literal(value: object) -> str:
+    """``value`` for a text field, shown literally by every renderer (no marks, no markup)."""
+    text = str(value)
+    for c in (_OPEN, _CLOSE, _SLOT):
+        text = text.replace(c, "\ufffd")
+    return f"{_OPEN}{text}{_CLOSE}"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of a text's characters, to show as they are, in one style."""
+
+    text: str
+    bold: bool = False
+    code: bool = False
+
+
+def spans(text: str) -> list[Span]:
+    """``text`` as styled runs: ``**bold**`` and ```code``` outside names become styles (the
+    marks dropped), everything else (names whole) is literal characters."""
+    names: list[str] = []
+
+    def slot(match: re.Match[str]) -> str:
+        names.append(match.group(1))
+        return _SLOT
+
+    masked = _NAMED.sub(slot, text.replace(_SLOT, "\ufffd"))
+    masked = masked.replace(_OPEN, "\ufffd").replace(_CLOSE, "\ufffd")
+    out: list[Span] = []
+
+    def walk(part: str, bold: bool) -> None:
+        at = 0
+        for m in _MARKS.finditer(part):
+            out.append(Span(part[at : m.start()], bold))
+            if m.group(1) is not None:
+                out.append(Span(m.group(1), bold, code=True))
+            else:
+                walk(m.group(2), True)
+            at = m.end()
+        out.append(Span(part[at:], bold))
+
+    walk(masked, False)
+    filled = iter(names)  # the slots, left to right
+    runs = [Span(re.sub(_SLOT, lambda _: next(filled), s.text), s.bold, s.code) for s in out]
+    return [s for s in runs if s.text]
+
+
+def plain(text: str) -> str:
+    """``text``'s characters without its marks (alt texts, tooltips, the page title)."""
+    return "".join(s.text for s in spans(text))
 
 
 @dataclass
@@ -76,7 +142,7 @@ class Tiles:
 class Card:
     """One gallery image with its right and wrong attributes (or plain ``lines``)."""
 
-    title: str
+    title: str  # the image's name: shown as it is, never read for marks
     image: bytes | None  # JPEG
     subtitle: str = ""
     wrong: list[str] = field(default_factory=list)

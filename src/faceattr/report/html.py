@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
-import re
+from itertools import groupby
 
 from faceattr.report.document import (
     Block,
@@ -24,18 +24,25 @@ from faceattr.report.document import (
     Section,
     Table,
     Tiles,
+    literal,
+    plain,
+    spans,
 )
 from faceattr.report.template import CSS, JS
 
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_CODE = re.compile(r"`([^`]+)`")
-
 
 def inline(text: str) -> str:
-    """Escape ``text`` and turn ``**bold**`` and ```code``` into tags."""
-    out = html.escape(text, quote=False)
-    out = _CODE.sub(r"<code>\1</code>", out)
-    return _BOLD.sub(r"<strong>\1</strong>", out)
+    """A text field as HTML: its ``**bold**`` and ```code``` as tags, every character
+    (names whole: :func:`~faceattr.report.document.literal`) escaped once."""
+    out = []
+    for bold, group in groupby(spans(text), key=lambda s: s.bold):
+        inner = "".join(
+            f"<code>{html.escape(s.text, quote=False)}</code>" if s.code
+            else html.escape(s.text, quote=False)
+            for s in group
+        )  # fmt: skip
+        out.append(f"<strong>{inner}</strong>" if bold else inner)
+    return "".join(out)
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -49,10 +56,8 @@ def _attr(value: object) -> str:
 def _figure(f: Figure) -> str:
     width = f' width="{f.width}"' if f.width else ""
     cap = f"<figcaption>{inline(f.caption)}</figcaption>" if f.caption else ""
-    return (
-        f'<figure><img src="{data_uri(f.data, f.mime)}" alt="{_attr(f.alt or f.name)}"{width}>'
-        f"{cap}</figure>"
-    )
+    alt = _attr(plain(f.alt) or f.name)
+    return f'<figure><img src="{data_uri(f.data, f.mime)}" alt="{alt}"{width}>{cap}</figure>'
 
 
 def _table(t: Table) -> str:
@@ -70,7 +75,7 @@ def _table(t: Table) -> str:
     parts.append("<tr>")
     for c in t.columns:
         tip = t.tips.get(c)
-        title = f' title="{_attr(tip)}"' if tip else ""
+        title = f' title="{_attr(plain(tip))}"' if tip else ""
         parts.append(f"<th{title}>{inline(c)}</th>")
     parts.append("</tr></thead><tbody>")
     for row in t.rows:
@@ -84,7 +89,7 @@ def _table(t: Table) -> str:
             if cell.background:
                 attrs.append(f'style="background:{_attr(cell.background)}"')
             if cell.title:
-                attrs.append(f'title="{_attr(cell.title)}"')
+                attrs.append(f'title="{_attr(plain(cell.title))}"')
             a = (" " + " ".join(attrs)) if attrs else ""
             parts.append(f"<td{a}>{inline(cell.text)}</td>")
         parts.append("</tr>")
@@ -93,12 +98,13 @@ def _table(t: Table) -> str:
 
 
 def _card(c: Card) -> str:
+    title = literal(c.title)  # the image's name, as it is
     img = f'<img src="{data_uri(c.image, "image/jpeg")}" alt="{_attr(c.title)}">' if c.image else ""
     wrong = "".join(f'<li class="w">{inline(w)}</li>' for w in c.wrong)
     right = "".join(f'<li class="r">{inline(r)}</li>' for r in c.right)
     lines = "".join(f"<li>{inline(x)}</li>" for x in c.lines)
     return (
-        f'<div class="gcard">{img}<div class="gtext"><div class="gname">{inline(c.title)}</div>'
+        f'<div class="gcard">{img}<div class="gtext"><div class="gname">{inline(title)}</div>'
         f'<div class="gsub">{inline(c.subtitle)}</div><ul>{wrong}{right}{lines}</ul></div></div>'
     )
 
@@ -158,7 +164,7 @@ def render_html(report: Report) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(report.title)}</title><style>{CSS}</style></head><body>"
+        f"<title>{html.escape(plain(report.title))}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><h1>{inline(report.title)}</h1>'
         f'<div class="sub">{inline(report.subtitle)}</div></header>'
         f'<nav class="toc">{glance_link}{toc}</nav>'

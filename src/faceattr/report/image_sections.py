@@ -16,7 +16,7 @@ from faceattr.errors import FaceAttrError
 from faceattr.report import analysis as an
 from faceattr.report import plots
 from faceattr.report.analysis import RunAnalysis
-from faceattr.report.document import Card, Figure, Gallery, Note, Paragraph, Section
+from faceattr.report.document import Card, Figure, Gallery, Note, Paragraph, Section, literal
 from faceattr.report.format import decision_note
 from faceattr.report.load import RunData
 from faceattr.report.options import (
@@ -79,7 +79,7 @@ def _thumbnail(image: Image.Image, height: int = 150) -> bytes:
 
 
 def _not_here(run: RunData, what: str) -> Note:
-    where = ", ".join(str(d) for d in image_dirs(run)) or "no image folder recorded"
+    where = ", ".join(literal(d) for d in image_dirs(run)) or "no image folder recorded"
     return Note(f"{what} skipped: the evaluated images are not on this machine (looked in "
                 f"{where}).", "warn")  # fmt: skip
 
@@ -105,11 +105,11 @@ def gallery_section(a: RunAnalysis, anchor: str, options: ReportOptions) -> Sect
         if face is None:
             missing.append(item.image)
             continue
-        wrong = [f"{attr} {p:.2f}, truly {'no' if label == 0 else 'yes'}"
+        wrong = [f"{literal(attr)} {p:.2f}, truly {'no' if label == 0 else 'yes'}"
                  for attr, p, label in item.wrong[:GALLERY_LINES]]  # fmt: skip
         if len(item.wrong) > GALLERY_LINES:
             wrong.append(f"... {len(item.wrong) - GALLERY_LINES} more wrong")
-        right = [f"{attr} {p:.2f}" for attr, p in item.right_positive[:GALLERY_LINES]]
+        right = [f"{literal(attr)} {p:.2f}" for attr, p in item.right_positive[:GALLERY_LINES]]
         k = int(faces[item.index])  # file names must differ for faces of one photo
         stem = Path(item.image).stem + (f"-face{k}" if k else "")
         cards.append(Card(title=names[item.index], image=_thumbnail(face),
@@ -182,13 +182,13 @@ def gradcam_section(a: RunAnalysis, anchor: str, options: ReportOptions) -> Sect
         sec.add(Note(f"Grad-CAM skipped: {exc.message}", "warn"))
         return sec
     except (OSError, RuntimeError, ImportError, ValueError) as exc:
-        sec.add(Note(f"Grad-CAM skipped: {type(exc).__name__}: {exc}", "warn"))
+        sec.add(Note(f"Grad-CAM skipped: {type(exc).__name__}: {literal(exc)}", "warn"))
         return sec
     if fig is None:
         sec.add(_not_here(run, "Grad-CAM"))
         return sec
-    sec.add(fig, Paragraph(f"Attributes: {', '.join(attrs)}. Feature map: `{layer}` of the "
-                           "backbone."))  # fmt: skip
+    sec.add(fig, Paragraph(f"Attributes: {', '.join(map(literal, attrs))}. Feature map: "
+                           f"`{literal(layer)}` of the backbone."))  # fmt: skip
     return sec
 
 

@@ -8,6 +8,7 @@ only for Grad-CAM.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -210,8 +211,14 @@ def count_file_parameters(model_file: Path) -> FileParameters:
     return FileParameters(total, head)
 
 
+# What reading a predictions file that is damaged or not faceattr's raises (numpy's and the
+# zip reader's errors, and read_predictions' own ValueError for arrays of the wrong shape).
+PREDICTION_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def read_predictions(path: Path) -> Predictions:
-    """Load ``predictions-<split>.npz`` written by ``faceattr eval``."""
+    """Load ``predictions-<split>.npz`` written by ``faceattr eval``; one of
+    :data:`PREDICTION_ERRORS` when it is damaged or its arrays disagree in shape."""
     with np.load(path, allow_pickle=False) as z:
         targets = z["targets"].astype(np.float32)
         targets[targets < 0] = np.nan  # -1 marks an unknown label
@@ -220,13 +227,22 @@ def read_predictions(path: Path) -> Predictions:
         # row and box came later: older files have neither (then images are the identity).
         rows = z["row"].astype(np.int64) if "row" in z else None
         boxes = z["box"].astype(np.float64) if "box" in z else None
+        probs = z["probs"].astype(np.float32)
+        attributes = [str(a) for a in np.atleast_1d(z["attributes"])]
+        n, a = len(images), len(attributes)
+        shapes = {"probs": probs.shape, "targets": targets.shape, "image": images.shape,
+                  "row": None if rows is None else rows.shape}  # fmt: skip
+        wanted = {"probs": (n, a), "targets": (n, a), "image": (n,), "row": (n,)}
+        for key, shape in shapes.items():
+            if shape is not None and shape != wanted[key]:
+                raise ValueError(f"{key} has shape {shape}, expected {wanted[key]}")
         if boxes is not None and boxes.shape != (len(images), 4):
             raise ValueError(f"box has shape {boxes.shape}, expected ({len(images)}, 4)")
         return Predictions(
             images=images,
-            probs=z["probs"].astype(np.float32),
+            probs=probs,
             targets=targets,
-            attributes=[str(a) for a in z["attributes"]],
+            attributes=attributes,
             image_dir=Path(image_dir) if image_dir else None,
             rows=rows,
             boxes=boxes,
@@ -271,7 +287,7 @@ def choose_split(runs: list[RunDir], split: str | None) -> str:
     if missing:
         cmds = []
         for run in missing:
-            root = run.config_dict().get("data", {}).get("root") or "DATASET_DIR"
+            root = read_config(run).get("data", {}).get("root") or "DATASET_DIR"
             cmds.append(_eval_command(run.path, root, split))
         names = ", ".join(str(run.path) for run in missing)
         found = sorted(set().union(*have.values()))
@@ -294,22 +310,44 @@ def run_names(paths: list[Path]) -> list[str]:
     return [f"{i + 1}:{p.name}" for i, p in enumerate(resolved)]
 
 
+def read_config(run: RunDir) -> dict[str, Any]:
+    """The run's ``config.json`` as stored, after checking that each value a report reads has
+    its TrainConfig type (runs of other versions may have other keys); DataError if not."""
+    from faceattr.config import config_problems
+
+    config = run.config_dict()
+    problems = config_problems(config, strict=False)
+    if problems:
+        raise DataError(
+            f"{run.config_file} is not a faceattr run's settings: {'; '.join(problems)}.",
+            "It is the run's resolved settings, written by `faceattr train`; restore it from "
+            "a backup.",
+        )
+    return config
+
+
 def load_run(path: str | Path, split: str, name: str | None = None) -> RunData:
     """Read the run directory ``path`` for the evaluated ``split`` (metrics must exist)."""
     run = _check_run_dir(Path(path))
     path = run.path
-    config = run.config_dict()
+    config = read_config(run)
     metrics_file = run.metrics_file(split)
     if not metrics_file.exists():
         choose_split([run], split)  # raises with the eval command
-    metrics = run.read_metrics(split)
+    root = config.get("data", {}).get("root") or "DATASET_DIR"
+    try:
+        metrics = run.read_metrics(split)
+    except DataError as exc:
+        raise DataError(
+            exc.message, "Write it again with " + _eval_command(run.path, root, split) + "."
+        ) from exc
     notes: list[str] = []
     predictions = None
     pred_file = run.predictions_file(split)
     if pred_file.exists():
         try:
             predictions = read_predictions(pred_file)
-        except (OSError, KeyError, ValueError) as exc:
+        except PREDICTION_ERRORS as exc:
             notes.append(f"Could not read {pred_file.name} ({exc}); per-image views skipped.")
         if predictions is not None and predictions.attributes != list(metrics["per_attribute"]):
             notes.append(

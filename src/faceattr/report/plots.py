@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from faceattr.report.analysis import AttributeRow, Reliability, SubgroupResult
 from faceattr.report.comparison import Comparison
-from faceattr.report.document import Figure
+from faceattr.report.document import Figure, literal
 from faceattr.report.load import RunData
 
 if TYPE_CHECKING:
@@ -46,7 +47,18 @@ STYLE: dict[RcKeyType, Any] = {
     "legend.fontsize": 8,
     "svg.fonttype": "path",  # text as outlines: identical rendering without fonts installed
     "svg.hashsalt": "faceattr",  # stable element ids, so equal inputs give equal files
+    "text.usetex": False,  # never LaTeX, whatever the user's matplotlibrc: see label()
 }
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def label(text: object) -> str:
+    """A name (attribute, run, file, parameter) for a plot's text, shown as it is: ``$`` never
+    starts maths (mathtext), control characters (a newline) show as escapes (``\\n``), and a
+    leading ``_`` does not hide it from the legend."""
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text)).replace("$", r"\$")
+    return " " + shown if shown.startswith("_") else shown
 
 
 def _new(width: float, height: float, **kw):
@@ -122,11 +134,11 @@ def training_curves(runs: Sequence[RunData], name: str = "curves") -> Figure | N
             ep, v = _col(run.history, key)
             if len(v):
                 ax_loss.plot(ep, v, style, color=c, marker="o", ms=3, lw=1.6,
-                             label=f"{run.name} {what}" if multi else what)  # fmt: skip
+                             label=f"{label(run.name)} {what}" if multi else what)  # fmt: skip
         for ax, key in ((ax_acc, "val_mean_accuracy"), (ax_strict, "val_strict_accuracy")):
             ep, v = _col(run.history, key)
             if len(v):
-                ax.plot(ep, v, color=c, marker="o", ms=3, lw=1.6, label=run.name)
+                ax.plot(ep, v, color=c, marker="o", ms=3, lw=1.6, label=label(run.name))
         best = run.best_epoch
         if best is not None:
             ep, v = _col(run.history, "val_mean_accuracy")
@@ -185,7 +197,7 @@ def accuracy_bars(rows: Sequence[AttributeRow], name: str = "accuracy") -> Figur
             ax.text(1.005, yi, f"{100 * d:+.1f}", va="center", ha="left", fontsize=7.5,
                     color=GOOD if d >= 0.02 else (BAD if d < 0 else "#8D6E00"),
                     transform=ax.get_yaxis_transform())  # fmt: skip
-    ax.set_yticks(y, [r.name for r in rows])
+    ax.set_yticks(y, [label(r.name) for r in rows])
     ax.tick_params(axis="y", length=0, labelsize=8)
     ax.set_xlim(x0, 1.0)
     ax.set_ylim(-0.7, n - 0.3)
@@ -257,7 +269,7 @@ def threshold_plot(
     ax = fig.subplots()
     for i, (attr, (grid, values, thr)) in enumerate(curves.items()):
         c = PALETTE[i % len(PALETTE)]
-        ax.plot(grid, values, color=c, lw=1.6, label=attr)
+        ax.plot(grid, values, color=c, lw=1.6, label=label(attr))
         at = float(np.interp(thr, grid, values))
         ax.plot([thr], [at], marker="o", ms=6, color=c, mec="white", mew=1, zorder=4)
     ax.axvline(0.5, color=MUTED, ls=":", lw=1)
@@ -297,9 +309,9 @@ def subgroup_plot(result: SubgroupResult, k: int = 14, name: str = "subgroup") -
     for yi, r in zip(y, rows, strict=True):
         ax.plot([r.acc_yes, r.acc_no], [yi, yi], color=BAD if r.flagged else "#BBBBBB",
                 lw=2.2 if r.flagged else 1.4, zorder=2)  # fmt: skip
-    ax.scatter(a_yes, y, s=30, color=c_yes, zorder=3, label=result.label_yes)
-    ax.scatter(a_no, y, s=30, color=c_no, zorder=3, label=result.label_no)
-    labels = [("! " if r.flagged else "") + r.attribute for r in rows]
+    ax.scatter(a_yes, y, s=30, color=c_yes, zorder=3, label=label(result.label_yes))
+    ax.scatter(a_no, y, s=30, color=c_no, zorder=3, label=label(result.label_no))
+    labels = [("! " if r.flagged else "") + label(r.attribute) for r in rows]
     ax.set_yticks(y, labels)
     for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
         if r.flagged:
@@ -309,10 +321,11 @@ def subgroup_plot(result: SubgroupResult, k: int = 14, name: str = "subgroup") -
     _pct_axis(ax.xaxis)
     ax.grid(axis="y", visible=False)
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel(f"accuracy by {result.group}")
+    ax.set_xlabel(f"accuracy by {label(result.group)}")
     fig.legend(loc="outside upper left", ncols=2)
-    return render(fig, name, caption=f"Per-attribute accuracy on {result.label_yes} vs "
-                  f"{result.label_no} images (dots), and each side's majority-answer accuracy "
+    yes, no = literal(result.label_yes), literal(result.label_no)
+    return render(fig, name, caption=f"Per-attribute accuracy on {yes} vs {no} images (dots), "
+                  f"and each side's majority-answer accuracy "
                   f"(small triangles). Largest gaps beyond base rates first; red = "
                   f"{100 * result.gap_threshold:.0f}+ points.")  # fmt: skip
 
@@ -337,8 +350,9 @@ def correlation_plot(
         im = ax.imshow(masked, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(title)
         fs = 6 if n > 20 else 8
-        ax.set_xticks(range(n), attributes, rotation=90, fontsize=fs)
-        ax.set_yticks(range(n), attributes if ax is axes[0] else [""] * n, fontsize=fs)
+        shown = [label(a) for a in attributes]
+        ax.set_xticks(range(n), shown, rotation=90, fontsize=fs)
+        ax.set_yticks(range(n), shown if ax is axes[0] else [""] * n, fontsize=fs)
         ax.tick_params(length=0)
         ax.grid(False)
         for spine in ax.spines.values():
@@ -379,7 +393,7 @@ def gradcam_grid(
     for i in range(b):
         ax = axes[i, 0]
         ax.imshow(images[i])
-        ax.set_title(titles[i], fontsize=7, fontweight="normal")
+        ax.set_title(label(titles[i]), fontsize=7, fontweight="normal")
         for j in range(k):
             ax = axes[i, j + 1]
             ax.imshow(images[i])
@@ -391,7 +405,7 @@ def gradcam_grid(
             ax.imshow(overlay)
             lab = labels[i, j]
             truth = "?" if np.isnan(lab) else ("yes" if lab == 1 else "no")
-            ax.set_title(f"{attributes[j]}\np={probs[i, j]:.2f}  label {truth}", fontsize=7,
+            ax.set_title(f"{label(attributes[j])}\np={probs[i, j]:.2f}  label {truth}", fontsize=7,
                          fontweight="normal")  # fmt: skip
     for ax in axes.flat:
         ax.set_axis_off()
@@ -433,17 +447,17 @@ def delta_plot(comp: Comparison, name: str = "deltas") -> Figure | None:
         else:
             colours = PALETTE[i % len(PALETTE)]
         ax.barh(y + offs, 100 * d, height=h * 0.9, color=colours, alpha=0.85,
-                label=comp.runs[i].name)  # fmt: skip
+                label=label(comp.runs[i].name))  # fmt: skip
     ax.axvline(0, color="#333333", lw=0.8)
-    ax.set_yticks(y, attrs)
+    ax.set_yticks(y, [label(a) for a in attrs])
     ax.tick_params(axis="y", length=0, labelsize=8)
     ax.set_ylim(-0.7, n - 0.3)
     ax.grid(axis="y", visible=False)
-    ax.set_xlabel(f"{comp.accuracy_label} change vs {comp.runs[ref].name} (points)")
-    ax.set_title(f"Per-attribute {comp.accuracy_label}, change vs {comp.runs[ref].name}",
-                 loc="left")  # fmt: skip
+    ref_name = label(comp.runs[ref].name)
+    ax.set_xlabel(f"{comp.accuracy_label} change vs {ref_name} (points)")
+    ax.set_title(f"Per-attribute {comp.accuracy_label}, change vs {ref_name}", loc="left")
     if len(others) > 1:
         ax.legend(loc="lower right")
     return render(fig, name, caption=f"{comp.accuracy_label.capitalize()} of each attribute "
-                  f"minus the same in {comp.runs[ref].name} (green = better, red = "
+                  f"minus the same in {literal(comp.runs[ref].name)} (green = better, red = "
                   "worse).")  # fmt: skip

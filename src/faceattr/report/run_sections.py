@@ -23,6 +23,7 @@ from faceattr.report.document import (
     Table,
     Tile,
     Tiles,
+    literal,
 )
 from faceattr.report.format import (
     decision_note,
@@ -52,7 +53,8 @@ def single_run_findings(a: RunAnalysis) -> list[str]:
     maj = m.get("majority_accuracy")
     mean = (at_half or m).get("mean_accuracy")
     where = " at threshold 0.5" if at_half else ""
-    text = f"**Mean accuracy {pct(mean)}**{where} on {m.get('n_images', 0):,} {run.split} images"
+    n, split = m.get("n_images", 0), literal(run.split)
+    text = f"**Mean accuracy {pct(mean)}**{where} on {n:,} {split} images"
     if mean is not None and maj is not None:
         side = "above" if mean >= maj else "below"
         text += (
@@ -75,7 +77,7 @@ def single_run_findings(a: RunAnalysis) -> list[str]:
     if hard:
         out.append(
             "**Hardest attributes** (lowest balanced accuracy): "
-            + ", ".join(f"{r.name} {pct(r.difficulty, 0)}" for r in hard)
+            + ", ".join(f"{literal(r.name)} {pct(r.difficulty, 0)}" for r in hard)
             + "."
         )
     lifts = [r for r in rows if r.lift is not None and (r.positive_rate or 0) > 0]
@@ -103,22 +105,23 @@ def single_run_findings(a: RunAnalysis) -> list[str]:
 
 
 def _lift_list(rows: Sequence[an.AttributeRow], k: int = 6) -> str:
-    text = ", ".join(f"{r.name} ({points(r.lift)})" for r in rows[:k])
+    text = ", ".join(f"{literal(r.name)} ({points(r.lift)})" for r in rows[:k])
     return text + (f" and {len(rows) - k} more" if len(rows) > k else "")
 
 
 def subgroup_sentence(sub: an.SubgroupResult) -> str:
     gap = None if sub.mean_yes is None or sub.mean_no is None else sub.mean_yes - sub.mean_no
+    yes, no = literal(sub.label_yes), literal(sub.label_no)
     text = (
-        f"**By {sub.group}**: mean accuracy {pct(sub.mean_yes)} on {sub.label_yes} vs "
-        f"{pct(sub.mean_no)} on {sub.label_no} images ({points(gap)} points); all attributes "
+        f"**By {literal(sub.group)}**: mean accuracy {pct(sub.mean_yes)} on {yes} vs "
+        f"{pct(sub.mean_no)} on {no} images ({points(gap)} points); all attributes "
         f"right on {pct(sub.strict_yes)} vs {pct(sub.strict_no)}."
     )
     flagged = sub.flagged
     size = f"{100 * sub.gap_threshold:.0f}+ points"
     if flagged:
         shown = ", ".join(
-            f"{r.attribute} (better on {sub.label_yes if (r.excess_gap or 0) > 0 else sub.label_no}"
+            f"{literal(r.attribute)} (better on {yes if (r.excess_gap or 0) > 0 else no}"
             f" by {abs(100 * (r.excess_gap or 0)):.0f}; raw {pct(r.acc_yes, 0)} vs "
             f"{pct(r.acc_no, 0)})"
             for r in flagged[:3]
@@ -153,11 +156,11 @@ def _overview(a: RunAnalysis, anchor: str) -> Section:
         Tile("strict accuracy", pct((at_half or m).get("strict_accuracy")), strict_detail),
         Tile("majority baseline", pct(maj), "always the most common answer", "muted"),
         Tile("macro F1", pct(m.get("macro_f1")), f"mAP {pct(m.get('mean_average_precision'))}"),
-        Tile("images", f"{m.get('n_images', 0):,}", f"{run.split} split, "
+        Tile("images", f"{m.get('n_images', 0):,}", f"{literal(run.split)} split, "
              f"{len(run.attributes)} attributes"),
     ])  # fmt: skip
     cfg = describe_config(run.config)
-    rows = [[Cell(k), Cell(v)] for k, v in cfg.items()]
+    rows = [[Cell(k), Cell(literal(v))] for k, v in cfg.items()]  # values: paths, names
     rows += [
         [Cell("best epoch"), Cell(f"{run.best_epoch or '–'} of {len(run.history)}")],
         [Cell("training time"), Cell(duration(run.train_seconds))],
@@ -165,7 +168,7 @@ def _overview(a: RunAnalysis, anchor: str) -> Section:
         [Cell("parameters"), Cell(params(run))],
     ]
     config = Table(["setting", "value"], rows, caption="Configuration", sortable=False, wrap=True)
-    sec = Section(f"{anchor}overview", "Overview", lead=f"Run directory `{run.path}`.")
+    sec = Section(f"{anchor}overview", "Overview", lead=f"Run directory `{literal(run.path)}`.")
     sec.add(tiles, *[Note(n, "warn") for n in a.notes])
     sec.add(Details("Configuration", [config], open=False))
     return sec
@@ -219,7 +222,7 @@ def attribute_table(rows: Sequence[an.AttributeRow]) -> Table:
     out = []
     for r in rows:
         out.append([
-            Cell(r.name, title=r.note),
+            Cell(literal(r.name), title=r.note),
             pcell(r.accuracy),
             *([pcell(r.accuracy_half)] if at_half else []),
             Cell(pct(r.majority), num(r.majority), tone="muted"),
@@ -266,11 +269,13 @@ def _subgroup_section(a: RunAnalysis, anchor: str) -> Section | None:
         return sec
     for sub in a.subgroups:
         sec.add(Paragraph(subgroup_sentence(sub) + f" Group labels from {sub.source}."))
+        group, yes, no = literal(sub.group), literal(sub.label_yes), literal(sub.label_no)
         rows = []
         ordered = sub.by_gap()
         for r in ordered:
             rows.append([
-                Cell(("⚑ " if r.flagged else "") + r.attribute, tone="bad" if r.flagged else None),
+                Cell(("⚑ " if r.flagged else "") + literal(r.attribute),
+                     tone="bad" if r.flagged else None),
                 pcell(r.acc_yes, heat(r.acc_yes, 0.6)),
                 pcell(r.acc_no, heat(r.acc_no, 0.6)),
                 Cell(points(r.gap), num(r.gap)),
@@ -280,19 +285,18 @@ def _subgroup_section(a: RunAnalysis, anchor: str) -> Section | None:
                 Cell(pct(r.rate_no), num(r.rate_no), tone="muted"),
                 Cell(f"{r.n_yes:,}", r.n_yes), Cell(f"{r.n_no:,}", r.n_no),
             ])  # fmt: skip
-        cols = ["attribute", f"acc {sub.label_yes}", f"acc {sub.label_no}", "gap",
-                "beyond base rates", f"pos rate {sub.label_yes}", f"pos rate {sub.label_no}",
-                f"n {sub.label_yes}", f"n {sub.label_no}"]  # fmt: skip
+        cols = ["attribute", f"acc {yes}", f"acc {no}", "gap", "beyond base rates",
+                f"pos rate {yes}", f"pos rate {no}", f"n {yes}", f"n {no}"]  # fmt: skip
         top = Table(cols[:5], [r[:5] for r in rows[:SUBGROUP_ROWS]],
-                    caption=f"Largest gaps by {sub.group} beyond base rates (⚑ = "
+                    caption=f"Largest gaps by {group} beyond base rates (⚑ = "
                     f"{100 * sub.gap_threshold:.0f}+ points, enough images on both sides)",
                     tips={"gap": "accuracy difference, in points",
                           "beyond base rates": "difference of each side's accuracy minus "
                           "that side's majority-answer accuracy"})  # fmt: skip
-        full = Table(cols, rows, caption=f"Accuracy by {sub.group}, every attribute")
+        full = Table(cols, rows, caption=f"Accuracy by {group}, every attribute")
         fig = plots.subgroup_plot(sub, k=SUBGROUP_ROWS, name=f"{anchor}subgroup-{sub.group}")
         sec.add(Columns([fig, top]) if fig is not None else top)
-        sec.add(Details(f"All attributes by {sub.group}, with positive rates and counts", [full]))
+        sec.add(Details(f"All attributes by {group}, with positive rates and counts", [full]))
     return sec
 
 
@@ -337,7 +341,7 @@ def _correlation_section(a: RunAnalysis, anchor: str) -> Section | None:
     pairs = an.coupled_pairs(pred.attributes, a.label_corr, a.pred_corr, k=8)
     if pairs:
         rows = [
-            [Cell(f"{p.a} – {p.b}"), Cell(f"{p.label_corr:+.2f}", p.label_corr),
+            [Cell(f"{literal(p.a)} – {literal(p.b)}"), Cell(f"{p.label_corr:+.2f}", p.label_corr),
              Cell(f"{p.pred_corr:+.2f}", p.pred_corr),
              Cell(f"{p.difference:+.2f}", p.difference,
                   tone="bad" if abs(p.difference) >= 0.15 else None)]
