@@ -105,6 +105,23 @@ def test_tpe_study_with_the_median_pruner(synthetic_root, tmp_path):
     assert summary["importances"] is None or set(summary["importances"]) == {"lr"}
 
 
+def test_one_epoch_trials_are_complete_not_pruned(synthetic_root, tmp_path):
+    """With --epochs 1 every trial runs its only epoch: complete, with its metrics, and in
+    the study's report (the median pruner once marked the ones below the median pruned)."""
+    study = tmp_path / "one"
+    r = invoke("tune", *base(synthetic_root), "--epochs", "1", "--param", "lr=1e-4:3e-1:log",
+               "--trials", "5", "--study-dir", study, "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["counts"]["complete"] == 5 and summary["counts"]["pruned"] == 0
+    for t in summary["trials"]:
+        assert t["value"] is not None and t["epochs"] == 1
+        assert (Path(t["run_dir"]) / "metrics-valid.json").exists()
+    page = tmp_path / "study.md"
+    assert invoke("report", study, "--out", page).exit_code == 0
+    assert "5 complete, 0 pruned" in page.read_text()
+
+
 def test_usage_errors(synthetic_root, tmp_path):
     r = invoke("tune", *base(synthetic_root), "--param", "lr=1e-3:1e-2", "--sampler", "grid",
                "--study-dir", tmp_path / "s")  # fmt: skip
@@ -160,7 +177,6 @@ def test_two_workers_on_postgres_share_one_study(postgres_server, synthetic_root
     for _ in range(2):
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env))  # fmt: skip
-        time.sleep(3)  # the first creates the study and enqueues the grid
     outs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [o[1][-1500:] for o in outs]
     final = invoke("tune", "--summary", tmp_path / "pg-study", "--storage", url, "--json")
@@ -196,3 +212,45 @@ def test_ctrl_c_then_the_same_command_continues(synthetic_root, tmp_path, monkey
     assert sorted(t["state"] for t in trials) == ["complete", "complete", "fail"]
     [retry] = [t for t in trials if t["retry_of"] is not None]
     assert retry["retry_of"] == 1 and retry["run_dir"].endswith("trial-001")
+
+
+def test_a_grid_point_that_is_taken_is_never_trained_twice(tmp_path):
+    """Every grid point is taken (one failed without a retry, one complete): a worker that
+    starts then draws a taken point from the sampler, and must leave it untrained."""
+    import optuna
+
+    from faceattr.engine.tune import StudySettings, open_study, run_study
+
+    params = [{"name": "lr", "choices": [0.1, 0.2], "low": None, "high": None,
+               "log": False, "integer": False}]  # fmt: skip
+    settings = StudySettings(base_args=["--epochs", "1"], params=params, metric="mean_accuracy",
+                             sampler="grid", pruner="none", trials=None)  # fmt: skip
+    study = open_study(tmp_path, settings, None)
+    first, second = study.ask(), study.ask()  # the two queued points
+    for trial in (first, second):
+        trial.suggest_categorical("lr", [0.1, 0.2])  # as the objective does
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # an error: not retried
+    study.tell(second, 0.9)
+
+    def make_config(values, run_dir):
+        raise AssertionError(f"trained {values} again")
+
+    summary = run_study(tmp_path, settings, make_config)
+    assert sorted(t.params["lr"] for t in summary.trials) == [0.1, 0.2]
+    assert [t.state for t in summary.trials].count("complete") == 1
+
+
+def test_workers_opening_a_new_postgres_study_at_once_all_succeed(postgres_server):
+    """Three processes open one new database's study storage at the same moment: they race to
+    create its tables (PostgreSQL: a duplicate key in pg_type), and every one must succeed."""
+    code = "import sys; from faceattr.engine.tune import _storage; _storage(sys.argv[1])"
+    failed = []
+    for i in range(4):
+        url = new_database(postgres_server, f"race{i}")
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(3)]  # fmt: skip
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            if proc.returncode:
+                failed.append(err[-300:])
+    assert not failed, failed

@@ -3,7 +3,8 @@
 - A study lives in ``DIR/study.db`` (SQLite; ``storage`` takes any Optuna storage URL, e.g.
   ``postgresql://``, for several workers) with its trials' run directories in
   ``DIR/trials/trial-NNN``, which ``eval``, ``predict`` and ``report`` read as any run.
-- Every trial reports its validation metric after each epoch; the pruner may stop it there.
+- Every trial reports its validation metric after each epoch; the pruner may stop it there,
+  before its last epoch (a trial that ran all its epochs is complete, with its metrics).
 - The study's settings (the base train options, the parameters, the metric) are stored with it:
   re-running the same command continues it; other settings are refused.
 - Resume: a trial whose process died (kill -9, a crash, a lost machine) is marked failed and
@@ -206,8 +207,16 @@ class _Reporter(Progress):
         value = float(event.row[self.key])
         self.best = max(self.best, value)
         self.trial.report(value, event.epoch)
-        if self.trial.should_prune():
+        # A trial that ran its last epoch is complete, whatever the pruner thinks: stopping it
+        # then would save nothing and lose its thresholds and metrics (finish() is next).
+        if event.epoch < event.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {event.epoch} ({self.key} {value:.4f})")
+
+
+def _count(study: Any, states: tuple[Any, ...]) -> int:
+    """The study's trials in ``states``, leaving out grid points drawn twice (``unused``)."""
+    trials = study.get_trials(deepcopy=False, states=states)
+    return sum(1 for t in trials if not t.user_attrs.get("unused"))
 
 
 def _retry(study: Any, trial: Any) -> None:
@@ -227,8 +236,9 @@ def _storage(url: str) -> Any:
             url = "postgresql+psycopg://" + url[len(scheme) :]
 
     import optuna
+    import sqlalchemy.exc
 
-    try:
+    def connect() -> Any:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
@@ -237,6 +247,18 @@ def _storage(url: str) -> Any:
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=_retry,
             )
+
+    try:
+        for attempt in range(3):
+            try:
+                return connect()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers started together on a new database race to create its tables
+                # (PostgreSQL: a duplicate key in pg_type); the winner's tables are there now.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and servers
         reason = (redact(e, given, url).splitlines() or ["(no reason given)"])[0][:300]
         raise FaceAttrError(
@@ -324,6 +346,7 @@ def run_study(
     """Run trials until the study has ``settings.trials`` finished ones (grid: every
     combination); a summary (see :func:`summarize`). ``make_config(values, run_dir)`` is the
     TrainConfig of a trial: the base train options with the trial's parameter ``values``."""
+    import optuna
     from optuna.trial import TrialState
 
     from faceattr.engine.fit import fit, resume
@@ -345,6 +368,15 @@ def run_study(
 
     def objective(trial: Any) -> float:
         values = {s.name: _suggest(trial, s) for s in specs}
+        if settings.sampler == "grid" and not trial.user_attrs.get("retry_of"):
+            # Another worker took the last queued point between our count and this trial:
+            # the sampler drew a point that is taken. Leave it unused and stop.
+            taken = [t for t in study.get_trials(deepcopy=False)
+                     if t.number != trial.number and t.params == values]  # fmt: skip
+            if taken:
+                trial.set_user_attr("unused", True)  # left out of every count and summary
+                study.stop()
+                raise optuna.TrialPruned("this grid point is taken")
         default = study_dir.absolute() / TRIALS_DIR / f"trial-{trial.number:03d}"
         run_dir = Path(trial.user_attrs.get("run_dir") or default)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -366,13 +398,12 @@ def run_study(
 
     def enough(study: Any, _trial: Any) -> None:
         # Trials other workers are running count too: no worker starts one too many.
-        busy = finished + (TrialState.RUNNING,)
-        if len(study.get_trials(deepcopy=False, states=busy)) >= target:
+        if _count(study, finished + (TrialState.RUNNING,)) >= target:
             study.stop()
 
     started = time.perf_counter()
     try:
-        if len(study.get_trials(deepcopy=False, states=finished)) < target:
+        if _count(study, finished + (TrialState.RUNNING,)) < target:
             study.optimize(objective, callbacks=[enough], gc_after_trial=True)
     except KeyboardInterrupt:
         from faceattr.errors import Interrupted
@@ -420,6 +451,8 @@ def summarize(
     settings = StudySettings(**study.user_attrs["settings"])
     trials = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("unused"):  # a grid point drawn twice, never trained
+            continue
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if (
             t.datetime_complete and t.datetime_start) else None  # fmt: skip
         trials.append(TrialRecord(
