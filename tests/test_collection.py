@@ -181,6 +181,96 @@ def test_rerun_is_incremental_and_prune(photos, tmp_path):
     assert str(work / "d.png") not in {h["image"] for h in hits}
 
 
+def test_one_entry_per_file_however_its_path_is_spelled(library, photos, tmp_path, monkeypatch):
+    db = tmp_path / "spellings.db"
+    shutil.copy(library, db)
+    images, faces = _faces(db)
+    link = tmp_path / "link-to-photos"
+    link.symlink_to(photos, target_is_directory=True)
+    monkeypatch.chdir(photos / "nested")
+    for spelling in ("..", f"{photos}/nested/deeper/../..", str(link), photos):
+        again = faceattr.index(spelling, db=db)
+        assert (again["added"], again["unchanged"], again["images_in_index"]) == (0, 9, images)
+    r = invoke("index", "../", "--db", db, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["images_in_index"] == images
+    assert _faces(db) == (images, faces)
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "inner").symlink_to(photos, target_is_directory=True)
+    linked = faceattr.index(outer, db=db)  # a link to a folder inside a walk: not followed
+    assert linked["images_in_index"] == images and linked["skipped"] == [
+        {"path": str(outer / "inner"), "reason": linked["skipped"][0]["reason"]}]  # fmt: skip
+    assert "not followed" in linked["skipped"][0]["reason"]
+    paths = [p for (p,) in sqlite3.connect(db).execute("SELECT path FROM images")]
+    assert all(p == os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+               for p in paths)  # fmt: skip
+
+
+def test_an_index_with_doubled_paths_is_normalised(library, photos, tmp_path):
+    """An index written before paths were normalised: its entries under another spelling
+    (``.../nested/..``) are renamed, and a file stored twice keeps one entry."""
+    db = tmp_path / "old.db"
+    shutil.copy(library, db)
+    images, faces = _faces(db)
+    conn = sqlite3.connect(db)
+    old = f"{photos}/nested/.."
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'path_form'")
+        a = conn.execute("SELECT id FROM images WHERE path = ?", (str(photos / "a.jpg"),))
+        [(a_id,)] = a.fetchall()
+        columns = [c for (c,) in conn.execute("SELECT name FROM pragma_table_info('images')")
+                   if c not in ("id", "path")]  # fmt: skip
+        listed = ", ".join(columns)
+        conn.execute(f"INSERT INTO images(path, {listed}) SELECT ?, {listed} FROM images "
+                     "WHERE id = ?", (f"{old}/nested/../a.jpg", a_id))  # fmt: skip
+        new_id = conn.execute("SELECT MAX(id) FROM images").fetchone()[0]
+        face_cols = [c for (c,) in conn.execute("SELECT name FROM pragma_table_info('faces')")
+                     if c not in ("id", "image_id")]  # fmt: skip
+        listed = ", ".join(face_cols)
+        conn.execute(f"INSERT INTO faces(image_id, {listed}) SELECT ?, {listed} FROM faces "
+                     "WHERE image_id = ?", (new_id, a_id))  # fmt: skip
+        conn.execute("UPDATE images SET path = ? || substr(path, ?) WHERE id != ?",
+                     (old, len(str(photos)) + 1, new_id))  # fmt: skip
+    conn.close()
+    assert _faces(db)[0] == images + 1
+    again = faceattr.index([photos], db=db)
+    assert (again["added"], again["unchanged"], again["images_in_index"]) == (0, 9, images)
+    assert _faces(db) == (images, faces)
+    found = faceattr.search("Male > 0", db=db, limit=None)["results"]
+    folders = {photos, photos / "nested", photos / "nested" / "deeper"}
+    assert {Path(f["image"]).parent for f in found} <= folders
+
+
+def test_index_no_detect_takes_whole_images_as_predict_does(photos, tmp_path):
+    """--no-detect: each file is one aligned face (a folder of crops), the same option and
+    the same probabilities as `predict --no-detect`."""
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    base = Image.open(photos / "a.jpg")
+    for i, box in enumerate([(0, 0, 178, 218), (40, 20, 140, 160), (5, 5, 60, 80)]):
+        base.crop(box).resize((178, 218)).save(crops / f"{i}.jpg")
+    db = tmp_path / "crops.db"
+    r = invoke("index", crops, "--no-detect", "--db", db, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["faces_in_index"] == 3  # one per file, found or not
+    found = faceattr.search("Male > 0", db=db, limit=None)["results"]
+    assert sorted(f["box"] for f in found) == [[0.0, 0.0, 178.0, 218.0]] * 3
+    r = invoke("predict", *sorted(crops.iterdir()), "--no-detect", "--json")
+    for entry in json.loads(r.stdout):
+        [face] = [f for f in found if f["image"] == entry["image"]]
+        assert face["probabilities"]["Male"] == pytest.approx(
+            entry["faces"][0]["probabilities"]["Male"], abs=1e-4)  # fmt: skip
+    with_detect = faceattr.index(crops, db=tmp_path / "detected.db")
+    assert with_detect["faces_in_index"] != 3  # the detector finds no face in some crops
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    helps = {name: next(p.help for p in commands[name].params if p.name == "no_detect")
+             for name in ("index", "predict")}  # fmt: skip
+    assert helps["index"] == helps["predict"]
+
+
 def test_another_model_is_refused_unless_reindex(photos, trained_run, tmp_path):
     db = tmp_path / "m.db"
     faceattr.index([photos / "a.jpg"], db=db)

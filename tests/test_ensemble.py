@@ -103,7 +103,11 @@ def test_cli_evaluates_and_tunes_thresholds(members, synthetic_root, tmp_path):
     assert s["gain_over_best_member"] == pytest.approx(s["ensemble"]["mean_accuracy_at_0.5"] - best)
     info = Predictor(out).info
     assert info.thresholds is not None and len(info.thresholds) == 40
-    assert len(set(info.thresholds)) > 1  # tuned, not all 0.5
+    # Tuned where that beat 0.5 under cross-validation by identity; 0.5 elsewhere.
+    policy = info.extra["threshold_policy"]
+    assert policy["metric"] == "accuracy" and policy["folds_by"] == "identity"
+    tuned = [a for a, t in zip(info.attributes, info.thresholds, strict=True) if t != 0.5]
+    assert tuned == policy["tuned"] == s["tuned_attributes"]
     assert info.extra["validation"]["images"] == 150
     assert [m["source"]["file"] for m in info.members] == ["model.safetensors"] * 2
     assert out.stat().st_size < 0.6 * 2 * (a / "model.safetensors").stat().st_size  # fp16

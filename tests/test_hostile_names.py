@@ -416,3 +416,33 @@ def test_run_names_in_a_comparison(trained_run, tmp_path):
     for page in (Page((tmp_path / "c.html").read_text()), markdown_page(md.read_text())):
         assert f"faceattr report: {names[0]} vs {names[1]}" in page.text
         assert f"Run 2: {names[1]}" in page.text
+
+
+def test_subgroup_accuracy_shows_attribute_names_literally(csv_run, tmp_path):
+    """`--subgroups` names hostile attributes (any but those holding the syntax's | , ;): in
+    the terminal tables, the HTML section and the Markdown one, each shown as it is."""
+    from faceattr.report import ReportOptions, build_report, load_runs, write_report
+    from faceattr.subgroups import parse_subgroups
+
+    run, root, labels = csv_run
+    names = [ATTRIBUTES[2], ATTRIBUTES[0], ATTRIBUTES[4], ATTRIBUTES[6]]
+    spec = f"{names[0]}|{names[1]},{names[2]},{names[3]}"
+    data = ["--dataset", "csv", "--root", root, "--labels", labels, "--workers", 0]
+    r = invoke("eval", run, *data, "--subgroups", spec)
+    assert r.exit_code == 0, r.output
+    assert f"{names[0]} by {', '.join(names[1:])} (threshold" in r.output
+    r = invoke("report", run, "--subgroups", spec)
+    assert r.exit_code == 0, r.output
+    assert f"{names[0]} by {', '.join(names[1:])} (threshold" in r.output
+    specs = tuple(parse_subgroups(spec, ATTRIBUTES))
+    report = build_report(load_runs([run]), ReportOptions(gallery=0, gradcam_images=0,
+                                                          subgroups=specs))  # fmt: skip
+    html, md = tmp_path / "s.html", tmp_path / "s.md"
+    write_report(report, html)
+    write_report(report, md)
+    page, rendered = Page(html.read_text()), markdown_page(md.read_text())
+    page.assert_inert(own_scripts=1)
+    rendered.assert_inert()
+    for text in (page.text, " ".join(rendered.text.split())):
+        assert f"Subgroup accuracy: {names[0]}" in text
+        assert f"{names[0]} by {', '.join(names[1:])} (threshold" in text

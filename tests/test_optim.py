@@ -121,3 +121,31 @@ def test_fine_tuning_copies_the_backbone_and_the_head_rows_by_attribute(tmp_path
             assert torch.equal(b[i], parent.classifier.bias[j]), name
         else:
             assert torch.equal(w[i], fresh[i])  # the new attribute keeps its initialisation
+
+
+def test_history_logs_the_rates_the_cyclic_schedule_used(synthetic_root, tmp_path):
+    """history.csv's lr columns are what the optimizer's steps used: with cyclic, the rate
+    climbs from lr/10 to the peak and back within an epoch (it once logged lr/10, the rate at
+    each epoch's start, as if the schedule never moved)."""
+    from dataclasses import replace
+
+    from conftest import small_train_config
+    from faceattr.config import OptimConfig
+    from faceattr.engine.fit import fit
+    from faceattr.runs import RunDir
+
+    optim = OptimConfig(optimizer="sgd", lr=0.05, scheduler="cyclic")
+    cfg = small_train_config(synthetic_root, tmp_path / "run", epochs=2, optim=optim)
+    cfg = replace(cfg, data=replace(cfg.data, sample=128))  # 4 steps of 32: the peak at step 2
+    fit(cfg)
+    first, second = RunDir(tmp_path / "run").read_history()
+    assert first["lr_min"] == pytest.approx(0.005) and first["lr_max"] == pytest.approx(0.05)
+    assert first["lr"] == pytest.approx((0.005 + 0.0275 + 0.05 + 0.0275) / 4)  # the steps' mean
+    # triangular2: the second cycle climbs half as high
+    assert second["lr_min"] == pytest.approx(0.005) and second["lr_max"] == pytest.approx(0.0275)
+    # the report's history table: the mean, and the range the schedule swept
+    from faceattr.report.load import load_run
+    from faceattr.report.run_sections import _history_table
+
+    table = _history_table(load_run(tmp_path / "run", "valid"))
+    assert [row[1].text for row in table.rows] == ["0.028 (0.005-0.05)", "0.016 (0.005-0.028)"]

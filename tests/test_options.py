@@ -22,7 +22,7 @@ NOT_SETTINGS = {
     ("train",): {"nproc", "resume", "list_archs", "print_config", "json_out"},
     ("finetune",): {"run_dir", "unfreeze", "print_config", "json_out"},
     ("eval",): {"model", "backend", "split", "threshold", "tta", "batch_size", "device",
-                "fail_under", "metric", "json_out"},
+                "fail_under", "metric", "subgroups", "json_out"},
     ("data", "prepare"): {"force", "json_out"},
     ("tune",): {"param", "trials", "study_dir", "storage", "sampler", "pruner", "metric",
                 "summary", "json_out"},
@@ -34,7 +34,7 @@ TUNABLE = {
     "valid_fraction", "crop", "pretrained", "weights_by_order", "freeze_backbone",
     "num_features", "dropout", "augment", "hflip", "random_crop", "shift", "rotation",
     "color_jitter", "erasing", "tune_thresholds", "threshold_metric", "threshold_accuracy_drop",
-    "amp", "channels_last", "compile", "sync_bn", "seed",
+    "amp", "channels_last", "compile", "sync_bn", "seed", "balance_max_weight",
 }  # fmt: skip
 
 

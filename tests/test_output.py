@@ -177,3 +177,15 @@ def test_the_cli_shows_settings_as_flags():
                                  "/no/such/model.onnx"])  # fmt: skip
     said = " ".join(r.output.split())
     assert r.exit_code == 1 and "--model default" in said and "model=" not in said
+
+
+def test_messages_keep_long_paths_whole_when_not_a_terminal(tmp_path):
+    """Captured (not a terminal), an error naming a long path prints it on one line: rich
+    does not wrap it at 80 columns in the middle of the path."""
+    deep = tmp_path / ("a-folder-with-a-rather-long-name-" * 3) / "and-another-one" / "missing.db"
+    assert len(str(deep)) > 120
+    r = CliRunner().invoke(app, ["search", "Male", "--db", str(deep)])
+    assert r.exit_code == 1
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("Error:")]
+    assert line == f"Error: No index at {deep}."
+    assert str(deep) in r.stderr.splitlines()[1]  # the hint's command, unbroken too

@@ -45,6 +45,39 @@ def test_detects_and_aligns_the_astronaut(trained_run, tmp_path):
 
 
 @needs_detector
+def test_faces_are_numbered_from_0_everywhere(tmp_path, monkeypatch):
+    """The table, the CSV, the JSON's order, the crops' names and the annotated labels give
+    the two faces of a photo the same numbers (0 and 1)."""
+    import faceattr.inference.draw as draw
+
+    photo = EXAMPLES / "two-portraits.jpg"
+    labels: list[str] = []
+    real_label = draw.face_label
+
+    def spy(*args, **kwargs):
+        labels.append(real_label(*args, **kwargs))
+        return labels[-1]
+
+    monkeypatch.setattr(draw, "face_label", spy)
+    crops, drawn = tmp_path / "crops", tmp_path / "drawn"
+    r = invoke("predict", photo, "--save-crops", crops, "--annotate", drawn)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert f"{photo} face 0" in text and f"{photo} face 1" in text and "face 2" not in text
+    assert sorted(p.name for p in crops.iterdir()) == ["two-portraits_face0.jpg",
+                                                       "two-portraits_face1.jpg"]  # fmt: skip
+    assert [label.splitlines()[0] for label in labels] == ["face 0", "face 1"]
+    r = invoke("predict", photo, "--csv", tmp_path / "p.csv", "--json")
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    faces = json.loads(r.stdout)[0]["faces"]
+    assert [row["face"] for row in rows] == ["0", "1"]
+    for row, face in zip(rows, faces, strict=True):  # CSV face k is the JSON's faces[k]
+        assert float(row["x"]) == pytest.approx(face["box"][0])
+
+
+@needs_detector
 def test_no_face_is_a_valid_answer(trained_run, tmp_path):
     Image.new("RGB", (1, 1), (90, 90, 90)).save(tmp_path / "tiny.png")
     Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(tmp_path / "blank.jpg")
@@ -111,6 +144,106 @@ def test_default_model_ships_inside_the_package():
     assert len(info.attributes) == 40 and len(info.thresholds) == 40
     assert "non-commercial" in info.license
     assert info.arch == "ensemble" and read_model_info(default_model_path("onnx")).members
+
+
+def test_default_model_thresholds_follow_its_policy():
+    """Both shipped files carry the same thresholds, chosen by the policy their metadata
+    records: tuned for accuracy where that beat 0.5 under cross-validation, 0.5 elsewhere."""
+    from faceattr.config import TrainConfig
+    from faceattr.models.file import ModelFile, default_model_path
+
+    files = [ModelFile.resolve(default_model_path(f)) for f in ("safetensors", "onnx")]
+    for file in files:
+        file.read_verified()  # the weights still match their digests
+        info = file.info
+        policy = info.extra["threshold_policy"]
+        assert policy["policy"] == "cross-validated" and policy["split"] == "valid"
+        assert policy["metric"] == TrainConfig().threshold_metric == "accuracy"
+        assert policy["images"] == 1428 and policy["folds_by"] == "identity"
+        tuned = [a for a, t in zip(info.attributes, info.thresholds, strict=True) if t != 0.5]
+        assert tuned == policy["tuned"] and 0 < len(tuned) < 40
+        for name in tuned:  # each won out of fold
+            oof = policy["out_of_fold"][name]
+            assert oof["tuned"] > oof["at_0.5"]
+        assert info.thresholds == files[0].info.thresholds
+    # The shipped thresholds no longer flip at far-apart probabilities.
+    assert all(0.3 < t < 0.7 for t in files[0].info.thresholds)
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """attribute -> its cells, from a rendered predict table."""
+    rows = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line[1:-1].split("│")]
+        if len(cells) == 4 and cells[0] and cells[0] != "attribute":
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_predict_says_which_threshold_decided(tmp_path):
+    """The table, the JSON and the CSV say which threshold decided each attribute, and
+    where it came from: the model's tuned value, 0.5, or the caller's --threshold."""
+    import csv
+
+    from faceattr.models.file import ModelFile, default_model_path
+
+    info = ModelFile.resolve(default_model_path("onnx")).info
+    tuned = info.extra["threshold_policy"]["tuned"]
+    r = invoke("predict", ASTRONAUT, "--no-detect", "--json", "--csv", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    [face] = json.loads(r.stdout)[0]["faces"]
+    probs, thresholds = face["probabilities"], face["thresholds"]
+    assert list(thresholds) == list(probs) == list(info.attributes)
+    assert thresholds == dict(zip(info.attributes, info.thresholds, strict=True))
+    assert face["threshold_sources"] == {a: "tuned" if a in tuned else "0.5" for a in probs}
+    order = sorted(probs, key=lambda a: -probs[a])
+    assert face["attributes"] == [a for a in order if probs[a] >= thresholds[a]]
+    [row] = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
+    assert row["attributes"].split() == face["attributes"] and row["error"] == ""
+    assert float(row["Smiling"]) == probs["Smiling"]
+
+    r = invoke("predict", ASTRONAUT, "--no-detect")
+    assert r.exit_code == 0, r.output
+    rows = _table_rows(r.stdout)
+    assert set(rows) == set(probs)
+    for name, (_, threshold, present) in rows.items():
+        value = f"{thresholds[name]:.3f}"
+        assert threshold == (f"{value} tuned" if name in tuned else value), name
+        assert (present == "yes") == (name in face["attributes"]), name
+    assert "present: probability >= threshold" in " ".join(r.stdout.split())
+
+    r = invoke("predict", ASTRONAUT, "--no-detect", "--threshold", "0.3", "--json")
+    [face] = json.loads(r.stdout)[0]["faces"]
+    assert set(face["thresholds"].values()) == {0.3}
+    assert set(face["threshold_sources"].values()) == {"given"}
+    assert face["attributes"] == [a for a in order if probs[a] >= 0.3]
+    r = invoke("predict", ASTRONAUT, "--no-detect", "--threshold", "0.3", "--top", "3")
+    rows = _table_rows(r.stdout)
+    assert len(rows) == 3 and {c[1] for c in rows.values()} == {"0.300 --threshold"}
+
+
+@needs_detector
+def test_readme_shows_the_real_output_of_its_command(monkeypatch):
+    """The README's example is the whole output of `faceattr predict examples/astronaut.jpg`
+    (probabilities within 0.002: ONNX Runtime may round differently on another CPU)."""
+    monkeypatch.chdir(EXAMPLES.parent)
+    readme = Path("README.md").read_text(encoding="utf-8")
+    command = "$ faceattr predict examples/astronaut.jpg\n"
+    start = readme.index(command) + len(command)
+    shown = readme[start : readme.index("```", start)].splitlines()
+    r = invoke("predict", "examples/astronaut.jpg")
+    assert r.exit_code == 0, r.output
+    real = r.stdout.splitlines()
+    assert len(shown) == len(real) == 46
+    assert shown[:4] == real[:4] and shown[-2:] == real[-2:]
+    want, got = _table_rows("\n".join(shown)), _table_rows("\n".join(real))
+    assert set(want) == set(got) and len(want) == 40
+    for name, (p, threshold, present) in want.items():
+        assert abs(float(p) - float(got[name][0])) <= 0.002, name
+        assert (threshold, present) == tuple(got[name][1:]), name
 
 
 @needs_detector

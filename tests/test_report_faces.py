@@ -76,7 +76,8 @@ def test_predictions_keep_each_face(wflw):
     np.testing.assert_array_equal(pred.boxes, boxes[pred.rows])
     assert len(set(pred.identities().tolist())) == len(pred)
     names = pred.names()
-    assert len(set(names)) == len(pred) and any("(face 2)" in n for n in names)
+    assert len(set(names)) == len(pred) and any("(face 1)" in n for n in names)
+    assert any("(face 0)" in n for n in names)  # numbered from 0, as predict and search do
 
 
 def test_paired_comparison_counts_every_face(wflw, tmp_path):

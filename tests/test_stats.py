@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,35 @@ def test_stats_numbers_on_a_small_table():
 
     test_only = dataset_stats(_table(labels, ["train", "train", "valid", "test"]), "test")
     assert test_only.n_images == 1 and test_only.split == "test"
-    with pytest.raises(DataError, match="valid 0"):
-        dataset_stats(_table(labels), "val")
+    with pytest.raises(DataError, match="valid 0"):  # no carve asked: no validation rows
+        dataset_stats(_table(labels), "val", valid_fraction=None)
+
+
+def test_stats_show_the_validation_split_train_carves(tmp_path):
+    """Data without a validation split: stats count the images train carves out of train
+    (the same images, by identity) and say that they are carved."""
+    from faceattr.config import DataConfig
+    from faceattr.data import load_split
+
+    root = write_synthetic_celeba(tmp_path / "d", n_train=200, n_valid=0, n_test=40, seed=5,
+                                  image_size=(40, 48))  # fmt: skip
+    cfg = DataConfig(dataset="celeba", root=str(root), valid_fraction=0.2)
+    valid, train = load_split(cfg, "valid"), load_split(cfg, "train")
+    stats = dataset_stats(read_celeba(root), valid_fraction=0.2)
+    assert stats.valid_carved == len(valid) > 0
+    assert stats.splits == {"train": len(train), "valid": len(valid), "test": 40}
+    assert any("carved" in note for note in stats.notes)
+    only = dataset_stats(read_celeba(root), "valid", valid_fraction=0.2)
+    assert only.n_images == len(valid)
+    r = runner.invoke(app, ["data", "stats", "celeba", "--root", str(root),
+                            "--valid-fraction", "0.2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.stdout.split())
+    assert f"valid {len(valid):,} (carved out of train" in said
+    r = runner.invoke(app, ["data", "stats", "celeba", "--root", str(root), "--json"])
+    default = json.loads(r.stdout)
+    carved = load_split(DataConfig(dataset="celeba", root=str(root)), "valid")
+    assert default["valid_carved"] == len(carved)
 
 
 def test_top_pairs_find_the_planted_correlations():
@@ -143,3 +171,41 @@ def test_real_celeba_sample_has_the_known_correlations(real_data_root):
     assert {frozenset(("Mustache", "Goatee")), frozenset(("Smiling", "Mouth_Slightly_Open"))} <= pos
     assert {frozenset(("Male", "Heavy_Makeup")), frozenset(("Male", "Wearing_Lipstick"))} <= neg
     assert stats.majority_accuracy is not None and 0.75 < stats.majority_accuracy < 0.85
+
+
+def test_report_and_data_stats_draw_correlations_in_one_order(tmp_path, monkeypatch):
+    """The report's correlation matrices and `data stats --plot` list the attributes in one
+    order (attributes.display_order: grouped), and each matrix is permuted with its names."""
+    from matplotlib.axes import Axes
+
+    from faceattr.attributes import CELEBA_ATTRIBUTES, display_order
+    from faceattr.report import plots
+
+    drawn: list[tuple[list[str], np.ndarray]] = []
+    real_ticks, real_show = Axes.set_xticks, Axes.imshow
+
+    def ticks(self, positions, labels=None, **kw):
+        drawn.append(([str(t).strip() for t in labels], shown.pop()))
+        return real_ticks(self, positions, labels, **kw)
+
+    shown: list[np.ndarray] = []
+
+    def imshow(self, data, *a, **kw):
+        shown.append(np.ma.filled(np.ma.asarray(data, dtype=np.float64), np.nan))
+        return real_show(self, data, *a, **kw)
+
+    monkeypatch.setattr(Axes, "set_xticks", ticks)
+    monkeypatch.setattr(Axes, "imshow", imshow)
+    names = list(CELEBA_ATTRIBUTES)
+    rng = np.random.default_rng(2)
+    labels = (rng.random((300, 40)) < 0.5).astype(np.float32)
+    labels[:, names.index("Wearing_Lipstick")] = 1 - labels[:, names.index("Male")]
+    table = replace(_table(labels), attributes=names, dataset="celeba")
+    plot_correlation(dataset_stats(table), tmp_path / "stats.png")
+    r = np.corrcoef(labels.T)
+    plots.correlation_plot(names, r, r)
+    want = display_order(names)
+    assert want != names and [order for order, _ in drawn] == [want] * 3
+    male, lipstick = want.index("Male"), want.index("Wearing_Lipstick")
+    for _, matrix in drawn:  # the planted pair, where the names say it is
+        assert matrix[male, lipstick] == pytest.approx(-1.0)

@@ -25,8 +25,8 @@ from faceattr.config import DataConfig
 from faceattr.engine.evaluate import predict_table, split_table
 from faceattr.errors import FaceAttrError
 from faceattr.inference.predictor import Predictor
-from faceattr.metrics import held_out_scores
 from faceattr.progress import NullProgress
+from faceattr.thresholds import held_out_scores
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,9 @@ ONNX twin that `faceattr predict` runs.
 An ensemble file from `faceattr ensemble --root` works too (its thresholds and held-out
 scores come with it). The file keeps the run's thresholds and preprocessing, adds a
 description and the CelebA licence note, and is checked to load and to predict like the fp32
-original. `--retune` and the validation summary read the run's predictions-valid.npz: make
-it with `faceattr eval RUN --split valid` (with the same `--tta` as the export) first.
+original (`tools/set_default_thresholds.py` re-decides the shipped files' thresholds later).
+`--retune` and the validation summary read the run's predictions-valid.npz: make it with
+`faceattr eval RUN --split valid` (with the same `--tta` as the export) first.
 
 With `--root` (real CelebA), the .safetensors model is then exported to ONNX beside it
 (default.onnx), checked against PyTorch on the held-out validation identities; int8 is tried
@@ -29,10 +30,11 @@ import numpy as np
 import torch
 
 from faceattr.config import TrainConfig
-from faceattr.metrics import compute_metrics, tune_thresholds, two_fold_tuned
+from faceattr.metrics import compute_metrics
 from faceattr.models import load_model_file, save_model_file
 from faceattr.models.file import ModelFile
 from faceattr.models.head import TTA_MODES
+from faceattr.thresholds import choose_thresholds, two_fold_tuned
 
 LICENSE = (
     "Weights derived from CelebA (Liu et al., ICCV 2015), which is licensed for non-commercial "
@@ -48,9 +50,15 @@ def _validation_predictions(run: Path):
 
 
 def retune(run: Path, info, max_drop: float):
+    """Thresholds chosen again by the policy (`faceattr.thresholds.choose_thresholds`, the
+    training default metric) on the run's validation predictions."""
     probs, targets = _validation_predictions(run)
-    thresholds = tune_thresholds(probs, targets, max_accuracy_drop=max_drop)
-    return replace(info, thresholds=[float(t) for t in thresholds])
+    thresholds, policy = choose_thresholds(
+        probs, targets, info.attributes, metric=TrainConfig().threshold_metric,
+        max_accuracy_drop=max_drop,
+    )  # fmt: skip
+    extra = dict(info.extra, threshold_policy=policy)
+    return replace(info, thresholds=[float(t) for t in thresholds], extra=extra)
 
 
 def validation_summary(run: Path, info, max_drop: float) -> dict:
@@ -86,8 +94,9 @@ def main() -> None:
         "--retune",
         type=float,
         metavar="MAX_ACCURACY_DROP",
-        help="re-tune thresholds (balanced accuracy, at most this accuracy cost per attribute) "
-        "on the run's predictions-valid.npz (from `faceattr eval RUN --split valid`)",
+        help="choose the thresholds again by the threshold policy (tuned where that beats 0.5 "
+        "under cross-validation; for balanced accuracy or f1 at most this accuracy cost per "
+        "attribute) on the run's predictions-valid.npz (from `faceattr eval RUN --split valid`)",
     )
     parser.add_argument("--root", help="real CelebA root: also export and check the ONNX model")
     parser.add_argument("--onnx-only", action="store_true", help="only the ONNX step")

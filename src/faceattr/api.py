@@ -48,8 +48,13 @@ def predict(
 
         {"image", "width", "height",
          "faces": [{"box": [x, y, w, h], "score", "landmarks": [[x, y] x 5],
-                    "probabilities": {attribute: p}, "attributes": [present, most probable first]}],
+                    "probabilities": {attribute: p}, "attributes": [present, most probable first],
+                    "thresholds": {attribute: t}, "threshold_sources": {attribute: source}}],
          "error"}
+
+    An attribute is present when its probability is at or above its threshold; its source is
+    ``"tuned"`` (the model's, tuned on validation data), ``"0.5"`` or ``"given"``
+    (``threshold``).
 
     An image that cannot be read has ``error`` set and no faces. ``model``: ``default``, a
     run directory, a ``.safetensors`` or ``.onnx`` file; ``backend``: ``auto`` (ONNX Runtime
@@ -85,6 +90,7 @@ def index(
     db: PathLike = "library.db",
     *,
     model: ModelRef = "default",
+    no_detect: bool = False,
     detector: str | None = None,
     min_score: float | None = None,
     min_face_size: float = MIN_FACE_SIZE,
@@ -95,15 +101,18 @@ def index(
 ) -> dict[str, Any]:
     """Index the faces of the images under ``paths`` into ``db`` (an SQLite file, or a
     ``postgresql://`` URL), incrementally, as ``faceattr index`` does; its ``--json`` summary.
+    ``no_detect=True``: each whole image is an aligned face crop (as in :func:`predict`).
+    A path is stored in one form however it is spelled (absolute, its folders' links
+    resolved), so indexing ``"../photos"`` and then ``"/abs/photos"`` adds nothing twice.
     """
     from faceattr.collection.indexer import index_folders
 
     given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     roots = [os.fspath(p) for p in given]
     summary = index_folders(
-        roots, os.fspath(db), model=model, detector=detector, min_score=min_score,
-        min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
-        prune=prune,
+        roots, os.fspath(db), model=model, no_detect=no_detect, detector=detector,
+        min_score=min_score, min_face_size=min_face_size, max_faces=max_faces, workers=workers,
+        reindex=reindex, prune=prune,
     )  # fmt: skip
     return summary.to_json()
 

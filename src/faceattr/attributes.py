@@ -36,6 +36,15 @@ ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+def display_order(attributes: Sequence[str]) -> list[str]:
+    """The order attributes are shown in where related ones should sit together (the
+    correlation heatmaps of ``data stats --plot`` and of the report): CelebA's attributes by
+    :data:`ATTRIBUTE_GROUPS` (hair, beard, face, ...), then any other names in their own
+    order."""
+    grouped = [a for group in ATTRIBUTE_GROUPS.values() for a in group if a in attributes]
+    return grouped + [a for a in attributes if a not in grouped]
+
+
 def parse_attribute_list(text: str | Sequence[str] | None) -> list[str] | None:
     """Split ``"Male, Smiling"`` (or a list of such strings) into names; None stays None."""
     if text is None:

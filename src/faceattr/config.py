@@ -40,7 +40,13 @@ DATASET_CROPS: dict[str, Crop] = {"celeba": CELEBA_CROP, "wflw": FULL_IMAGE, "cs
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("cosine", "cyclic", "onecycle", "none")
 LOSSES: tuple[str, ...] = ("bce", "weighted-bce", "focal")
-THRESHOLD_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1")
+THRESHOLD_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1")
+# Folds of the cross-validation that decides, per attribute, whether a tuned threshold ships:
+# its out-of-fold score must beat 0.5's by more than chance (a paired sign-flip test of
+# THRESHOLD_DRAWS draws at THRESHOLD_SIGNIFICANCE; metrics.choose_thresholds).
+THRESHOLD_FOLDS = 5
+THRESHOLD_DRAWS = 2000
+THRESHOLD_SIGNIFICANCE = 0.05
 TTA_MODES: tuple[str, ...] = ("none", "flip")  # test-time augmentation (AttributeModel.tta)
 ENSEMBLE_DTYPES: tuple[str, ...] = ("float32", "float16")  # `faceattr ensemble --dtype`
 CACHE_MODES: tuple[str, ...] = ("auto", "off")
@@ -169,6 +175,11 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     loss: str = "bce"  # LOSSES
     focal_gamma: float = 2.0
+    # Subgroup specs ("Male|Heavy_Makeup,Wearing_Lipstick", faceattr.subgroups): every cell of
+    # the target's label x the groups' labels weighs the same in the target's loss
+    # (losses.GroupBalance, from the training labels); None or "" = off.
+    balance_groups: str | None = None
+    balance_max_weight: float = 10.0  # cap on one image's group weight (tiny cells)
     backbone_lr_mult: float = 1.0  # backbone lr = lr * this (discriminative fine-tuning)
 
     def __post_init__(self) -> None:
@@ -200,9 +211,12 @@ class TrainConfig:
     # when on, validation, the best-epoch choice and the saved model files use the EMA weights.
     ema: float = 0.0
     tta: str = "none"  # test-time augmentation recorded in the model (TTA_MODES)
+    # Tune a threshold per attribute on the validation split; one ships only where it beats
+    # 0.5 under cross-validation (metrics.choose_thresholds), the others stay at 0.5.
     tune_thresholds: bool = True
-    threshold_metric: str = "balanced_accuracy"  # THRESHOLD_METRICS
-    # Tuned thresholds may cost each attribute at most this much accuracy (None: no limit).
+    threshold_metric: str = "accuracy"  # THRESHOLD_METRICS
+    # balanced_accuracy / f1: a tuned threshold may cost its attribute at most this much
+    # accuracy against 0.5 (None: no limit).
     threshold_accuracy_drop: float | None = 0.02
     out: str = ""  # run directory
     parent: str | None = None  # run this one was fine-tuned from
@@ -320,6 +334,7 @@ LIMITS: dict[str, Limit] = {
     "optim.momentum": Limit(0, 1, high_open=True),
     "optim.warmup_epochs": Limit(0),
     "optim.focal_gamma": Limit(0, 10),
+    "optim.balance_max_weight": Limit(1, 1000),
     "optim.backbone_lr_mult": Limit(0),
     "augment.crop_scale": Limit(0, 1, high_open=True),
     "augment.shift": Limit(0, 0.5),

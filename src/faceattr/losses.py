@@ -8,19 +8,28 @@
 
 The result is the mean over known entries (0.0, still attached to the graph, when a batch has
 none), so a batch's loss does not depend on how many of its labels are missing.
+
+Loss weights have one owner, this module: ``pos_weight [A]`` (``weighted-bce``: positives per
+attribute, :func:`pos_weight_from_rates`) and :class:`GroupBalance` (``balance_groups``: each
+combination of an attribute's label and other attributes' labels weighs the same in that
+attribute's loss, each class keeping its total). Both are per-entry multipliers of the loss;
+:func:`make_loss` combines them (their product).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from faceattr.config import LOSSES  # the names make_loss accepts
 from faceattr.errors import UsageError, unknown_name_error
+from faceattr.subgroups import SubgroupSpec
 
 
 def _prepare(
@@ -46,9 +55,19 @@ def _prepare(
     return logits, target, known.float()
 
 
-def _masked_mean(per_entry: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _masked_mean(
+    per_entry: torch.Tensor, known: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of the known entries (each times ``weight``, when given) / the number known."""
+    if weight is not None:
+        if weight.shape != per_entry.shape:
+            raise ValueError(
+                f"weight must have the target's shape {tuple(per_entry.shape)}; "
+                f"got {tuple(weight.shape)}"
+            )
+        per_entry = per_entry * weight.to(device=per_entry.device, dtype=torch.float32)
     # clamp keeps an all-unknown batch at 0 instead of 0/0; no host sync needed.
-    return (per_entry * weight).sum() / weight.sum().clamp(min=1.0)
+    return (per_entry * known).sum() / known.sum().clamp(min=1.0)
 
 
 def _check_pos_weight(pos_weight: torch.Tensor | None, n_attr: int) -> None:
@@ -65,20 +84,22 @@ def bce_loss(
     mask: torch.Tensor | None = None,
     *,
     pos_weight: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary cross-entropy on logits ``[B, A]``, mean over known entries.
 
     pos_weight ``[A]`` multiplies the loss of positive labels per attribute (as in
-    :class:`torch.nn.BCEWithLogitsLoss`).
+    :class:`torch.nn.BCEWithLogitsLoss`); weight ``[B, A]`` multiplies each entry's loss (e.g.
+    :class:`GroupBalance`'s). The mean still divides by the number of known entries.
     """
-    logits, target, weight = _prepare(logits, target, mask)
+    logits, target, known = _prepare(logits, target, mask)
     _check_pos_weight(pos_weight, logits.shape[-1])
     if pos_weight is not None:
         pos_weight = pos_weight.to(device=logits.device, dtype=torch.float32)
     per_entry = F.binary_cross_entropy_with_logits(
         logits, target, pos_weight=pos_weight, reduction="none"
     )
-    return _masked_mean(per_entry, weight)
+    return _masked_mean(per_entry, known, weight)
 
 
 def focal_loss(
@@ -89,14 +110,16 @@ def focal_loss(
     gamma: float = 2.0,
     alpha: float | None = None,
     pos_weight: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al. 2017) on logits ``[B, A]``, mean over known entries.
 
     Each entry's cross-entropy is scaled by ``(1 - p_t) ** gamma`` so confidently right entries
     count less; ``gamma=0`` gives plain BCE. alpha in [0, 1] weights positives by ``alpha`` and
-    negatives by ``1 - alpha``; pos_weight ``[A]`` weights positives per attribute.
+    negatives by ``1 - alpha``; pos_weight ``[A]`` weights positives per attribute; weight
+    ``[B, A]`` multiplies each entry's loss.
     """
-    logits, target, weight = _prepare(logits, target, mask)
+    logits, target, known = _prepare(logits, target, mask)
     _check_pos_weight(pos_weight, logits.shape[-1])
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     prob = torch.sigmoid(logits)
@@ -108,16 +131,186 @@ def focal_loss(
     if pos_weight is not None:
         pw = pos_weight.to(device=logits.device, dtype=torch.float32)
         per_entry = per_entry * (pw * target + (1 - target))
-    return _masked_mean(per_entry, weight)
+    return _masked_mean(per_entry, known, weight)
+
+
+@dataclass(frozen=True)
+class GroupCell:
+    """One cell of a balanced spec: the target's label and a combination of the ``by`` labels,
+    its training images and the weight each gets in the target's loss (empty: weight 0)."""
+
+    target_value: bool
+    combination: tuple[bool, ...]
+    count: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class BalancedSpec:
+    """The weights :func:`balance_weights` found for one :class:`SubgroupSpec`."""
+
+    spec: SubgroupSpec
+    cells: tuple[GroupCell, ...]  # target no first, combinations in spec.combinations() order
+    grouped: int  # training images with known target and grouping labels
+    max_weight: float
+
+    def describe(self) -> list[str]:
+        """Lines for the training log: the spec, then each cell's images and weight."""
+        capped = sum(1 for c in self.cells if c.count and c.weight >= self.max_weight)
+        cap = f"; {capped} cell(s) capped at {self.max_weight:g} per image" if capped else ""
+        lines = [
+            f"Balancing {self.spec.target} over {' x '.join((self.spec.target, *self.spec.by))}"
+            f" ({self.grouped:,} training images with these labels known{cap}):"
+        ]
+        for c in self.cells:
+            name = f"{self.spec.target}={'yes' if c.target_value else 'no'}, "
+            name += self.spec.group_name(c.combination)
+            weight = f"weight {c.weight:.3g}" if c.count else "empty, left out"
+            lines.append(f"  {name}: {c.count:,} images, {weight}")
+        return lines
+
+
+def balance_weights(
+    labels: np.ndarray, attributes: Sequence[str], spec: SubgroupSpec, max_weight: float
+) -> BalancedSpec:
+    """Weights that make every group of ``spec.by`` labels weigh the same within each class
+    of the target, in the target's loss, from the training labels ``[N, A]`` (0/1/NaN).
+
+    The cells are the target's label x each combination of the ``by`` labels. Only rows whose
+    target and grouping labels are all known take part (the others keep weight 1). Within a
+    class (target no, target yes) of ``n`` such rows in ``K`` non-empty cells, each cell's
+    images share ``n / K``: the class keeps its total, so the target's positive rate (and
+    what 0.5 means) is unchanged, the mean weight stays 1 and the loss keeps its scale, while
+    the groups become equally likely in both classes, so they no longer predict the target.
+    A cell so small that its images would weigh more than ``max_weight`` each gets
+    ``max_weight`` per image and the class's other cells share the rest equally (repeated
+    until none is over). An empty cell gets nothing (no division by zero); the class's other
+    cells share its part.
+    """
+    if not (math.isfinite(max_weight) and max_weight >= 1):
+        raise UsageError(
+            f"The maximum group weight must be a number >= 1; got {max_weight}.",
+            "10 is the default; 1 turns balancing off.",
+        )
+    names = list(attributes)
+    target = labels[:, names.index(spec.target)]
+    cells: list[tuple[bool, tuple[bool, ...], int]] = []
+    for value in (False, True):
+        for combination, in_group in spec.group_masks(labels, names):
+            rows = in_group & ~np.isnan(target) & ((target == 1) == value)
+            cells.append((value, combination, int(rows.sum())))
+    counts = np.array([n for _, _, n in cells], dtype=np.float64)
+    per_class = len(counts) // 2
+    weights = np.concatenate(
+        [
+            _share_equally(counts[:per_class], max_weight),
+            _share_equally(counts[per_class:], max_weight),
+        ]
+    )
+    return BalancedSpec(
+        spec=spec,
+        cells=tuple(
+            GroupCell(value, combination, n, float(w))
+            for (value, combination, n), w in zip(cells, weights, strict=True)
+        ),
+        grouped=int(counts.sum()),
+        max_weight=float(max_weight),
+    )
+
+
+def _share_equally(counts: np.ndarray, max_weight: float) -> np.ndarray:
+    """Per-image weights giving each non-empty cell of ``counts`` the same total, the whole
+    keeping ``counts.sum()``, no image over ``max_weight`` (>= 1, so it always adds up)."""
+    total = counts.sum()
+    weights = np.zeros_like(counts)
+    free = counts > 0  # cells that share what the capped ones leave
+    capped = np.zeros_like(free)
+    while free.any():
+        share = (total - max_weight * counts[capped].sum()) / free.sum()
+        over = free & (counts * max_weight < share)  # these would get more than the cap
+        if not over.any():
+            weights[free] = share / counts[free]
+            break
+        capped |= over
+        free &= ~over
+    weights[capped] = max_weight
+    return weights
+
+
+class GroupBalance(nn.Module):
+    """Per-entry loss weights ``[B, A]`` from a batch's labels: for each balanced spec, the
+    target's column gets its cell's weight (:func:`balance_weights`); every other entry, and
+    a row with an unknown grouping label, weighs 1. The tables are buffers (``.to(device)``).
+
+    Built from the training split's labels only (:meth:`from_labels`); the same labels give
+    the same weights, so a resumed or distributed run weighs exactly as the first process.
+    """
+
+    def __init__(self, balanced: Sequence[BalancedSpec], attributes: Sequence[str]) -> None:
+        super().__init__()
+        names = list(attributes)
+        self.balanced = tuple(balanced)
+        self.n_attributes = len(names)
+        self.columns = [names.index(b.spec.target) for b in self.balanced]
+        self.by_columns = [[names.index(a) for a in b.spec.by] for b in self.balanced]
+        for i, b in enumerate(self.balanced):
+            # An empty cell has no training image; should a row ever fall there it weighs 1.
+            table = [c.weight if c.count else 1.0 for c in b.cells]
+            self.register_buffer(f"table{i}", torch.tensor(table, dtype=torch.float32))
+
+    @classmethod
+    def from_labels(
+        cls,
+        labels: np.ndarray,
+        attributes: Sequence[str],
+        specs: Sequence[SubgroupSpec],
+        max_weight: float,
+    ) -> GroupBalance:
+        """The balance of ``specs`` on the training labels ``[N, A]``. One spec per target:
+        two specs for the same attribute would each undo the other's weights."""
+        seen: dict[str, SubgroupSpec] = {}
+        for spec in specs:
+            if spec.target in seen:
+                raise UsageError(
+                    f"{spec.target} is balanced twice ({seen[spec.target]} and {spec}).",
+                    "Give one spec per attribute, grouping by all its attributes at once: "
+                    f"'{spec.target}|{','.join(dict.fromkeys(seen[spec.target].by + spec.by))}'.",
+                )
+            seen[spec.target] = spec
+        return cls([balance_weights(labels, attributes, s, max_weight) for s in specs], attributes)
+
+    def forward(self, target: torch.Tensor) -> torch.Tensor:
+        """``[B, A]`` weights for the labels ``target`` (1/0/NaN)."""
+        if target.dim() != 2 or target.shape[1] != self.n_attributes:
+            raise ValueError(f"target must be [B, {self.n_attributes}]; got {tuple(target.shape)}")
+        weight = torch.ones(target.shape, dtype=torch.float32, device=target.device)
+        for i, (col, by) in enumerate(zip(self.columns, self.by_columns, strict=True)):
+            labels = target[:, [col, *by]]
+            known = ~torch.isnan(labels[:, 1:]).any(dim=1)
+            bits = (labels > 0.5).long()  # NaN compares False; such rows are not `known`
+            code = torch.zeros(len(target), dtype=torch.long, device=target.device)
+            for j in range(bits.shape[1]):  # target first, then by in order: cells' order
+                code = code * 2 + bits[:, j]
+            table: torch.Tensor = getattr(self, f"table{i}")
+            weight[:, col] = torch.where(known, table.to(target.device)[code], weight[:, col])
+        return weight
+
+    def extra_repr(self) -> str:
+        return ", ".join(str(b.spec) for b in self.balanced)
 
 
 class BCELoss(nn.Module):
-    """Masked binary cross-entropy; ``forward(logits [B, A], target [B, A], mask=None)``."""
+    """Masked binary cross-entropy; ``forward(logits [B, A], target [B, A], mask=None)``;
+    ``groups`` (a :class:`GroupBalance`) weighs each entry."""
+
+    def __init__(self, groups: GroupBalance | None = None) -> None:
+        super().__init__()
+        self.groups = groups
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return bce_loss(logits, target, mask)
+        return bce_loss(logits, target, mask, weight=_entry_weight(self.groups, target))
 
 
 class WeightedBCELoss(nn.Module):
@@ -128,14 +321,23 @@ class WeightedBCELoss(nn.Module):
 
     pos_weight: torch.Tensor  # a registered buffer; declared for type checkers
 
-    def __init__(self, pos_weight: torch.Tensor | Sequence[float]) -> None:
+    def __init__(
+        self, pos_weight: torch.Tensor | Sequence[float], groups: GroupBalance | None = None
+    ) -> None:
         super().__init__()
         self.register_buffer("pos_weight", torch.as_tensor(pos_weight, dtype=torch.float32))
+        self.groups = groups
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return bce_loss(logits, target, mask, pos_weight=self.pos_weight)
+        return bce_loss(
+            logits,
+            target,
+            mask,
+            pos_weight=self.pos_weight,
+            weight=_entry_weight(self.groups, target),
+        )
 
 
 class FocalLoss(nn.Module):
@@ -148,8 +350,10 @@ class FocalLoss(nn.Module):
         gamma: float = 2.0,
         alpha: float | None = None,
         pos_weight: torch.Tensor | Sequence[float] | None = None,
+        groups: GroupBalance | None = None,
     ) -> None:
         super().__init__()
+        self.groups = groups
         if not (math.isfinite(gamma) and gamma >= 0):
             raise UsageError(
                 f"Focal loss gamma must be a number >= 0; got {gamma}.",
@@ -169,11 +373,21 @@ class FocalLoss(nn.Module):
         self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         return focal_loss(
-            logits, target, mask, gamma=self.gamma, alpha=self.alpha, pos_weight=self.pos_weight
+            logits,
+            target,
+            mask,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            pos_weight=self.pos_weight,
+            weight=_entry_weight(self.groups, target),
         )
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}"
+
+
+def _entry_weight(groups: GroupBalance | None, target: torch.Tensor) -> torch.Tensor | None:
+    return None if groups is None else groups(target)
 
 
 def pos_weight_from_rates(
@@ -203,11 +417,15 @@ def make_loss(
     pos_weight: torch.Tensor | Sequence[float] | None = None,
     gamma: float = 2.0,
     alpha: float | None = None,
+    groups: GroupBalance | None = None,
 ) -> nn.Module:
     """The loss module called ``name`` (one of :data:`LOSSES`).
 
     pos_weight ``[A]`` is required by "weighted-bce", optional for "focal" and refused by
     "bce" (pass "weighted-bce" to weight positives). gamma and alpha are used by "focal".
+    groups (:class:`GroupBalance`) works with every loss and composes with pos_weight by
+    multiplication: it keeps each class's total, so pos_weight still sets how much positives
+    weigh against negatives, and groups how a class's weight is shared among its groups.
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in LOSSES:
@@ -217,11 +435,11 @@ def make_loss(
             raise ValueError(
                 'loss "bce" takes no pos_weight; use "weighted-bce" to weight positives'
             )
-        return BCELoss()
+        return BCELoss(groups)
     if key == "weighted-bce":
         if pos_weight is None:
             raise ValueError(
                 'loss "weighted-bce" needs pos_weight [A]; build it with pos_weight_from_rates()'
             )
-        return WeightedBCELoss(pos_weight)
-    return FocalLoss(gamma=gamma, alpha=alpha, pos_weight=pos_weight)
+        return WeightedBCELoss(pos_weight, groups)
+    return FocalLoss(gamma=gamma, alpha=alpha, pos_weight=pos_weight, groups=groups)

@@ -20,8 +20,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from faceattr.config import THRESHOLD_METRICS  # what ``tune_thresholds`` can maximise
-from faceattr.errors import DataError, ModelError, UsageError, unknown_name_error
+from faceattr.errors import DataError, ModelError, UsageError
 
 # ----------------------------------------------------------------------------- what comes out
 
@@ -102,17 +101,6 @@ class SavedMetrics(MetricsReport, total=False):
     skipped_images: int
     notes: list[str]
 
-
-# What held_out_scores returns: mean accuracies at 0.5 and with thresholds tuned two-fold.
-HeldOutScores = TypedDict(
-    "HeldOutScores",
-    {
-        "mean_accuracy_at_0.5": float,
-        "mean_balanced_accuracy_at_0.5": float,
-        "mean_accuracy_tuned_two_fold": float,
-        "mean_balanced_accuracy_tuned_two_fold": float,
-    },
-)
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -417,144 +405,6 @@ def compute_metrics(
         "mean_average_precision": _nanmean(ap),
         "thresholds": [float(t) for t in thr],
         "per_attribute": per_attribute,
-    }
-
-
-def _best_threshold(
-    probs: np.ndarray, is_pos: np.ndarray, metric: str, max_accuracy_drop: float | None = None
-) -> float:
-    """The threshold maximising ``metric`` for one attribute (known labels only), among the
-    thresholds whose accuracy is within ``max_accuracy_drop`` of the best accuracy (if set).
-
-    Candidates sit between each pair of neighbouring distinct probabilities, plus one below the
-    lowest (all positive) and one above the highest (all negative); the sort + cumsum makes
-    every candidate's confusion counts O(1). Ties go to the candidate nearest 0.5.
-    """
-    n_pos = int(np.count_nonzero(is_pos))
-    n_neg = is_pos.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return 0.5
-    order = np.argsort(probs)  # ties are merged below, so an unstable sort is fine
-    score = probs[order]
-    pos_sorted = is_pos[order]
-    # Last index of each run of equal scores; thresholds go just above these.
-    last = np.flatnonzero(np.append(score[1:] != score[:-1], True))
-    distinct = score[last]
-    # Rows at or below a run end are predicted negative for a threshold just above it.
-    pos_below = np.cumsum(pos_sorted, dtype=np.int64)[last]
-    neg_below = (last + 1) - pos_below
-    # Candidate k predicts negative for runs < k; candidate 0 predicts everything positive.
-    fn = np.concatenate(([0], pos_below))
-    tn = np.concatenate(([0], neg_below))
-    tp = n_pos - fn
-    fp = n_neg - tn
-
-    if metric == "balanced_accuracy":
-        value = (tp / n_pos + tn / n_neg) / 2
-    elif metric == "accuracy":
-        value = (tp + tn) / (n_pos + n_neg)
-    else:  # f1; the denominator is >= n_pos > 0
-        value = 2 * tp / (2 * tp + fp + fn)
-
-    # Candidate thresholds, in the scores' dtype (compute_metrics compares in it): midpoints
-    # between neighbouring distinct scores, and one at each end.
-    dtype = probs.dtype
-    mids = ((distinct[:-1].astype(np.float64) + distinct[1:]) / 2).astype(dtype)
-    # For adjacent floats the midpoint rounds onto one of the two scores; onto the lower one
-    # it would count that score as positive, so use the upper score there.
-    mids = np.where(mids <= distinct[:-1], distinct[1:], mids)
-    low = distinct[0] / 2
-    high = dtype.type((float(distinct[-1]) + 1) / 2)
-    if high <= distinct[-1]:  # the top score is (almost) 1.0
-        high = np.nextafter(distinct[-1], dtype.type(np.inf))
-    candidates = np.concatenate(([low], mids, [high])).astype(np.float64)
-    if candidates[-1] > 1:
-        # Predicting "all negative" would need a threshold above 1; leave that option out.
-        value[-1] = -np.inf
-    if max_accuracy_drop is not None and metric != "accuracy":
-        accuracy = (tp + tn) / (n_pos + n_neg)
-        if candidates[-1] > 1:
-            accuracy[-1] = -np.inf
-        value = np.where(accuracy >= accuracy.max() - max_accuracy_drop, value, -np.inf)
-
-    best = np.flatnonzero(value >= value.max() - 1e-12)
-    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
-
-
-def tune_thresholds(
-    probs: np.ndarray,
-    targets: np.ndarray,
-    *,
-    metric: str = "balanced_accuracy",
-    max_accuracy_drop: float | None = None,
-) -> np.ndarray:
-    """One decision threshold per attribute maximising ``metric`` on these (validation) data.
-
-    ``max_accuracy_drop`` (e.g. 0.01) only allows thresholds whose accuracy is at most that
-    far below the attribute's best accuracy: balanced accuracy without flooding rare
-    attributes with false positives.
-
-    probs: ``[N, A]``; targets: ``[N, A]`` 0/1 with NaN unknown (ignored). metric: one of
-    :data:`THRESHOLD_METRICS`. Returns float64 ``[A]``; attributes whose known labels hold a
-    single class (or none) keep 0.5. Use the result as ``compute_metrics(thresholds=...)`` on a
-    *different* split, or the scores will be optimistic.
-    """
-    if metric not in THRESHOLD_METRICS:
-        raise unknown_name_error("threshold metric", str(metric), THRESHOLD_METRICS)
-    probs, targets = _check_arrays(probs, targets)
-    pos, neg = _label_masks(targets)
-    out = np.full(probs.shape[1], 0.5)
-    probs_t, pos_t, known_t = (np.ascontiguousarray(x.T) for x in (probs, pos, pos | neg))
-    for a in range(probs.shape[1]):
-        known = known_t[a]
-        out[a] = _best_threshold(probs_t[a][known], pos_t[a][known], metric, max_accuracy_drop)
-    return out
-
-
-def two_fold_tuned(
-    probs: np.ndarray,
-    targets: np.ndarray,
-    attributes: Sequence[str],
-    *,
-    max_accuracy_drop: float | None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """An honest estimate of tuned thresholds: tune them on one random half of the images,
-    measure on the other, both ways round, and average. Returns
-    ``mean_accuracy_tuned_two_fold`` and ``mean_balanced_accuracy_tuned_two_fold``."""
-    probs, targets = _check_arrays(probs, targets)
-    order = np.random.default_rng(seed).permutation(len(probs))
-    halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    accuracy, balanced = [], []
-    for tune_on, test_on in (halves, halves[::-1]):
-        thr = tune_thresholds(probs[tune_on], targets[tune_on], max_accuracy_drop=max_accuracy_drop)
-        m = compute_metrics(probs[test_on], targets[test_on], attributes, thresholds=thr)
-        accuracy.append(defined(m["mean_accuracy"], "mean accuracy"))
-        balanced.append(defined(m["mean_balanced_accuracy"], "mean balanced accuracy"))
-    return {
-        "mean_accuracy_tuned_two_fold": round(float(np.mean(accuracy)), 4),
-        "mean_balanced_accuracy_tuned_two_fold": round(float(np.mean(balanced)), 4),
-    }
-
-
-def held_out_scores(
-    probs: np.ndarray,
-    targets: np.ndarray,
-    attributes: Sequence[str],
-    *,
-    max_accuracy_drop: float | None,
-) -> HeldOutScores:
-    """Mean accuracy and mean balanced accuracy at 0.5 (``..._at_0.5``) and with thresholds
-    tuned two-fold (:func:`two_fold_tuned`): how models are compared in docs/default-model.md."""
-    at_half = compute_metrics(probs, targets, attributes, thresholds=0.5)
-    tuned = two_fold_tuned(probs, targets, attributes, max_accuracy_drop=max_accuracy_drop)
-    return {
-        "mean_accuracy_at_0.5": round(defined(at_half["mean_accuracy"], "mean accuracy"), 4),
-        "mean_balanced_accuracy_at_0.5": round(
-            defined(at_half["mean_balanced_accuracy"], "mean balanced accuracy"), 4
-        ),
-        "mean_accuracy_tuned_two_fold": tuned["mean_accuracy_tuned_two_fold"],
-        "mean_balanced_accuracy_tuned_two_fold": tuned["mean_balanced_accuracy_tuned_two_fold"],
     }
 
 

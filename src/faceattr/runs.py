@@ -48,8 +48,8 @@ LOCK_FILE = "faceattr.lock"
 MODEL_FILES = (BEST_FILE, LAST_FILE)
 # The columns of history.csv; an epoch's row may hold more (kept in the resume state only).
 HISTORY_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_mean_accuracy",
-    "val_strict_accuracy", "images_per_second", "seconds",
+    "epoch", "lr", "lr_min", "lr_max", "train_loss", "train_accuracy", "val_loss",
+    "val_mean_accuracy", "val_strict_accuracy", "images_per_second", "seconds",
 )  # fmt: skip
 
 

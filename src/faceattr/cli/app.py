@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from faceattr import __version__
+from faceattr.cli import helpfmt as help_layout
 from faceattr.cli.collection import index_command, search_command
 from faceattr.cli.common import Command, Group
 from faceattr.cli.data import data_app
@@ -18,6 +19,7 @@ from faceattr.cli.report import report_command
 from faceattr.cli.train import finetune_command, train_command
 from faceattr.cli.tune import tune_command
 
+help_layout.install()  # --help at 80 columns never cuts an option name (cli/helpfmt.py)
 app = typer.Typer(
     name="faceattr",
     help="Facial attribute recognition: which of the 40 CelebA attributes (Male, Smiling, "

@@ -15,6 +15,7 @@ from faceattr.cli.options import (
     MaxFacesOption,
     MinFaceSizeOption,
     MinScoreOption,
+    NoDetectOption,
     OverwriteOption,
     WorkersOption,
 )
@@ -40,6 +41,7 @@ def index_command(
     model: Annotated[
         str, typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'.")
     ] = "default",
+    no_detect: NoDetectOption = False,
     detector: DetectorOption = None,
     min_score: MinScoreOption = None,
     min_face_size: MinFaceSizeOption = MIN_FACE_SIZE,
@@ -71,11 +73,12 @@ def index_command(
     Examples:
       faceattr index ~/Pictures --db library.db
       faceattr index ~/Pictures --db library.db --prune
+      faceattr index img_align_celeba/ --no-detect --db crops.db
     """
     from faceattr.collection.indexer import index_folders
 
     summary = index_folders(
-        paths, db, model=model, detector=detector, min_score=min_score,
+        paths, db, model=model, no_detect=no_detect, detector=detector, min_score=min_score,
         min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
         prune=prune, progress=RichProgress(),
     )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
 from faceattr.errors import FaceAttrError
-from faceattr.progress import EpochEnd, Progress
+from faceattr.progress import EpochEnd, PlainLines, Progress, format_duration
 
 
 class _Console(Console):
@@ -32,6 +33,16 @@ class _Console(Console):
             return super().render_str(text, **kwargs)
         except MarkupError:
             return super().render_str(text, **{**kwargs, "markup": False})
+
+    @property
+    def soft_wrap(self) -> bool:
+        """Lines are wrapped at the width only on a terminal: in a log file, a pipe or a
+        captured stream a message stays one line, so a path in it is never broken."""
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
 
 
 # Results go to stdout (pipeable); progress, logs and errors to stderr. No emoji codes: a
@@ -239,18 +250,23 @@ def print_json(data: Any) -> None:
 class RichProgress(Progress):
     """:class:`faceattr.progress.Progress` drawn with rich on stderr."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, *, clock: Callable[[], float] | None = None) -> None:
         self.quiet = quiet
         self._progress: Bar | None = None  # the live bar, while one runs
         self._task: TaskID | None = None
-        # Not a terminal (a log file, CI): plain lines every 10% instead of a live bar.
-        self._plain: dict[str, Any] | None = None
+        # Not a terminal (a log file, nohup, CI, a notebook): a plain line with the ETA every
+        # 30 s of a task and one at its end, instead of a live bar (``clock``: for tests).
+        self._plain = PlainLines(
+            lambda line: err.print(literal(line), highlight=False, soft_wrap=True),
+            describe=lambda info: "  ".join(_fmt_info(k, v) for k, v in info.items()),
+            clock=clock or time.monotonic,
+        )
 
     def start(self, description: str, total: int | None = None, unit: str = "img") -> None:
         if self.quiet:
             return
         if not err.is_terminal:  # the description may name a file ("extract NAME.zip")
-            self._plain = {"desc": literal(description), "total": total, "done": 0, "next": 0.1}
+            self._plain.start(description, total)
             return
         from rich.progress import (
             BarColumn,
@@ -283,28 +299,14 @@ class RichProgress(Progress):
         self._task = self._progress.add_task(_visible(description), total=total, info="")
 
     def advance(self, n: int = 1, **info: Any) -> None:
-        if self._plain is not None:
-            self._advance_plain(n, info)
-            return
         if self._progress is None or self._task is None:
+            self._plain.advance(n, **info)  # a no-op unless a plain task runs
             return
         text = "  ".join(_fmt_info(k, v) for k, v in info.items())
         self._progress.update(self._task, advance=n, info=_visible(text))
 
-    def _advance_plain(self, n: int, info: dict[str, Any]) -> None:
-        p = self._plain
-        assert p is not None
-        p["done"] += n
-        if not p["total"] or p["done"] / p["total"] < p["next"]:
-            return
-        while p["done"] / p["total"] >= p["next"]:
-            p["next"] += 0.1
-        text = literal("  ".join(_fmt_info(k, v) for k, v in info.items()))
-        pct_done = min(100, round(100 * p["done"] / p["total"]))
-        err.print(f"{p['desc']}: {pct_done}% ({p['done']}/{p['total']})  {text}", highlight=False)
-
     def finish(self) -> None:
-        self._plain = None
+        self._plain.finish()
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -318,14 +320,23 @@ class RichProgress(Progress):
         self.log(
             f"epoch {event.epoch}/{event.epochs}  train loss {r['train_loss']:.4f}  "
             f"val loss {r['val_loss']:.4f}  val mean acc {r['val_mean_accuracy']:.4f}  "
-            f"strict {r['val_strict_accuracy']:.4f}  {r['images_per_second']:.0f} img/s"
+            f"strict {r['val_strict_accuracy']:.4f}  {_fmt_info('ips', r['images_per_second'])}"
             + ("  (best)" if event.best else "")
+            + _time_left(event)
         )
 
 
+def _time_left(event: EpochEnd) -> str:
+    """The rest of the run at this epoch's pace ("" after the last epoch)."""
+    seconds, left = event.row.get("seconds"), event.epochs - event.epoch
+    if not seconds or left <= 0:
+        return ""
+    return f"  (about {format_duration(seconds * left)} left for {left} more epoch(s))"
+
+
 def _fmt_info(key: str, value: Any) -> str:
-    if key == "ips":
-        return f"{value:.0f} img/s"
+    if key == "ips":  # a slow CPU's 1.4 img/s is not "1 img/s"
+        return f"{value:.1f} img/s" if value < 10 else f"{value:.0f} img/s"
     if isinstance(value, float):
         return f"{key} {value:.4f}"
     return f"{key} {value}"

@@ -9,7 +9,7 @@ import typer
 
 from faceattr.cli.common import Command, Group, err, handle_errors, literal, out
 from faceattr.cli.options import JsonOption, OverwriteOption, choice, data_config, setting
-from faceattr.cli.settings import CropOption, DatasetArgument, LabelsOption
+from faceattr.cli.settings import CropOption, DatasetArgument, LabelsOption, ValidFraction
 from faceattr.config import SYNTHETIC_SIZES as DEMO_SIZES
 from faceattr.data.fetch import FETCH_SOURCES, FETCHABLE
 
@@ -253,6 +253,7 @@ def stats_command(
     ],
     labels: LabelsOption = None,
     split: Annotated[str, typer.Option(help="all, train, valid (val) or test.")] = "all",
+    valid_fraction: ValidFraction = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write the correlation heatmap to this .png file.")
     ] = None,
@@ -263,7 +264,9 @@ def stats_command(
     """Images per split, positive rate and imbalance of each attribute, and how attributes
     go together (phi correlation, strongest pairs; --plot draws the whole matrix).
 
-    Reads only the label files, so it is quick even on the full CelebA.
+    The splits are the ones train uses: where the data has no validation split, the
+    validation images train carves out of train (--valid-fraction, by identity) are shown
+    as such. Reads only the label files, so it is quick even on the full CelebA.
 
     \b
     Example:
@@ -277,7 +280,9 @@ def stats_command(
     sources = Inputs([root, *([labels] if labels else [])])  # the label files: never replaced
     if plot is not None:  # before reading the data: fail fast on a bad or taken file name
         check_plot_path(plot, overwrite=overwrite, inputs=sources)
-    stats = dataset_stats(read_dataset(data_config(ctx)), split, top=top_pairs)
+    cfg = data_config(ctx)
+    stats = dataset_stats(read_dataset(cfg), split, top=top_pairs,
+                          valid_fraction=cfg.valid_fraction, split_seed=cfg.split_seed)  # fmt: skip
     if plot is not None:
         stats.plot = str(plot_correlation(stats, plot, overwrite=overwrite, inputs=sources))
     if json_out:
@@ -298,10 +303,12 @@ def _render_stats(stats: DatasetStats) -> None:
 
     files = f", {stats.n_files:,} files" if stats.n_files != stats.n_images else ""
     people = f", {stats.n_identities:,} identities" if stats.n_identities else ""
+    carved = " (carved out of train, as train does)" if stats.valid_carved else ""
+    per_split = ", ".join(f"{s} {n:,}" + (carved if s == "valid" else "")
+                          for s, n in stats.splits.items())  # fmt: skip
     out.print(
         f"[bold]{literal(stats.dataset)}[/] ({literal(stats.split)}): {stats.n_images:,} images"
-        f"{files}"
-        f"{people}; per split: " + ", ".join(f"{s} {n:,}" for s, n in stats.splits.items()),
+        f"{files}{people}; per split: {per_split}",
         highlight=False,
     )
     table = Table(title="attributes", title_justify="left")

@@ -15,7 +15,7 @@ from faceattr.config import ENSEMBLE_DTYPES, THRESHOLD_METRICS, TTA_MODES
 
 if TYPE_CHECKING:
     from faceattr.engine.ensemble import EnsembleResult
-    from faceattr.metrics import HeldOutScores
+    from faceattr.thresholds import HeldOutScores
 
 
 @handle_errors
@@ -68,8 +68,8 @@ def ensemble_command(
         setting(
             "threshold_accuracy_drop",
             "--threshold-accuracy-drop",
-            help="Tuned thresholds may cost an attribute at most this much accuracy "
-            "(default: as train, {default}).",
+            help="balanced_accuracy/f1: a tuned threshold may cost its attribute at most this "
+            "much accuracy against 0.5 (default: as train, {default}).",
         ),
     ] = None,
     overwrite: OverwriteOption = False,
@@ -82,8 +82,10 @@ def ensemble_command(
     The file works wherever a model does: predict, eval, export (one ONNX graph), index.
     Members may differ in architecture, input size and normalisation, but not in attributes
     or crop. With --root, each member and the ensemble are evaluated on the held-out split,
-    the ensemble's thresholds are tuned there, and the summary shows the gain over the best
-    member (tuned = thresholds tuned on one half of the images, scored on the other). Needs
+    the ensemble's thresholds are chosen there (tuned for --threshold-metric where that beats
+    0.5 under cross-validation, else 0.5), and the summary shows the gain over the best member
+    (tuned = balanced-accuracy thresholds tuned on one half of the images, scored on the
+    other). Needs
     the train extra: pip install "faceattr\\[train]".
 
     \b
@@ -137,3 +139,10 @@ def render_scores(s: EnsembleResult) -> None:
     out.print(table)
     gain = 100 * s.gain_over_best_member
     err.print(f"Mean accuracy at 0.5: {gain:+.2f} points over the best member.", highlight=False)
+    metric = (s.threshold_metric or "").replace("_", " ")
+    tuned = ", ".join(s.tuned_attributes) or "none"
+    err.print(
+        f"Thresholds tuned for {metric} where that beat 0.5 under cross-validation: "
+        f"{len(s.tuned_attributes)} attribute(s) ({tuned}); the others decide at 0.5.",
+        highlight=False,
+    )

@@ -10,12 +10,20 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
-from faceattr.cli.options import BackendOption, JsonOption, TtaOverride, data_config, setting
+from faceattr.cli.options import (
+    BackendOption,
+    JsonOption,
+    SubgroupsOption,
+    TtaOverride,
+    data_config,
+    setting,
+)
 from faceattr.cli.settings import CacheOption, DatasetOption, DataWorkers, LabelsOption
 from faceattr.config import EVAL_BATCH_SIZE
 
 if TYPE_CHECKING:
     from faceattr.engine.evaluate import Evaluation
+    from faceattr.subgroups import SubgroupAccuracy
 
 SUMMARY_METRICS = (
     "mean_accuracy", "mean_balanced_accuracy", "strict_accuracy", "majority_accuracy",
@@ -53,6 +61,7 @@ def eval_command(
     metric: Annotated[
         str, typer.Option(help="Summary metric that --fail-under checks.")
     ] = "mean_accuracy",
+    subgroups: SubgroupsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Evaluate a model on a dataset split: per-attribute precision/recall/F1, mean and strict
@@ -62,8 +71,10 @@ def eval_command(
     `faceattr report`).
 
     \b
-    Example:
+    Examples:
       faceattr eval runs/celebnet --root data/celeba --split test --json --fail-under 0.9
+      faceattr eval default --root data/celeba --split valid \\
+          --subgroups "Male|Heavy_Makeup,Wearing_Lipstick; Young|Male"
     """
     from faceattr.data.splits import resolve_split_name
     from faceattr.engine.evaluate import evaluate_model
@@ -84,11 +95,14 @@ def eval_command(
         threshold=threshold,
         tta=tta,
         progress=RichProgress(quiet=json_out),
+        subgroups=subgroups,
     )
     if json_out:
         print_json(result.to_json())
     else:
         render_metrics(result)
+        if result.subgroups:
+            render_subgroups(result.subgroups)
     if fail_under is not None:
         value = result.metric(metric)
         if value is None or value < fail_under:
@@ -135,3 +149,42 @@ def render_metrics(result: Evaluation) -> None:
     if result.saved_to:
         err.print(f"Saved {literal(result.saved_as)} to {literal(result.saved_to)}",
                   highlight=False)  # fmt: skip
+
+
+def render_subgroups(results: list[SubgroupAccuracy], run: str | None = None) -> None:
+    """One table per spec: the target overall and in each group (``few``: marked)."""
+    few_seen = False
+    for r in results:
+        title = f"{literal(r.target)} by {literal(', '.join(r.by))} (threshold {r.threshold:.2f})"
+        table = Table(title=f"{literal(run)}: {title}" if run else title, title_justify="left")
+        table.add_column(literal(", ".join(r.by)))
+        for col in ("images", "pos", "acc", "95% interval", "FPR", "FNR"):
+            table.add_column(col, justify="right")
+        for g in [r.overall, *r.groups]:
+            few_seen |= g.few and g.images > 0
+            name = ", ".join("yes" if on else "no" for on in g.where.values()) or "all"
+            if g.few and g.images:
+                name += " (few)"
+            elif g.group == r.worst_group:
+                name = f"[bold]{name} (worst)[/]"
+            interval = (
+                "-" if g.accuracy_low is None
+                else f"{pct(g.accuracy_low, 1)}-{pct(g.accuracy_high, 1)}"
+            )  # fmt: skip
+            table.add_row(name, str(g.images), str(g.positives), pct(g.accuracy, 1), interval,
+                          pct(g.false_positive_rate, 1), pct(g.false_negative_rate, 1))  # fmt: skip
+        out.print(table)
+        if r.gap is not None:
+            out.print(f"gap: the worst group ({literal(r.worst_group)}) is "
+                      f"{100 * r.gap:.1f} points below all images", highlight=False)  # fmt: skip
+        if r.ungrouped:
+            out.print(f"{r.ungrouped} images with an unknown label of "
+                      f"{literal(', '.join(r.by))} are in no group.", highlight=False)  # fmt: skip
+    if results:
+        few = (f"(few): under {results[0].min_images} images, never the worst group; its 95% "
+               "interval shows how little its accuracy says. " if few_seen else "")  # fmt: skip
+        out.print(
+            f"{few}FPR: of a group's images without the attribute, the share called present; "
+            "FNR: of those with it, the share missed.",
+            highlight=False,
+        )

@@ -227,6 +227,14 @@ WorkersOption = Annotated[int | None, typer.Option(help=WORKERS_HELP)]
 
 
 # The face-finding options `predict` and `index` share.
+NoDetectOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-detect",
+        help="Treat each whole image as an aligned face crop "
+        "(for data already aligned like CelebA's img_align_celeba).",
+    ),
+]
 DetectorOption = Annotated[
     str | None,
     typer.Option(help="Face detector: retinaface (default), yunet or mtcnn, when installed."),
@@ -239,6 +247,21 @@ MinFaceSizeOption = Annotated[
 ]
 MaxFacesOption = Annotated[
     int | None, typer.Option(help="Keep at most N faces per image (best first).")
+]
+
+# eval, report: an attribute's accuracy within groups of others (faceattr.subgroups: the syntax).
+SubgroupsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--subgroups",
+        metavar="SPEC",
+        help="An attribute's accuracy within the groups other attributes make, e.g. "
+        "'Male|Heavy_Makeup,Wearing_Lipstick': Male within each of the 4 combinations "
+        "(TARGET|BY[,BY...], up to 4 BY; several specs: repeat the option or separate them "
+        "with ';'). Per group: images, accuracy with its 95% interval, false-positive and "
+        "false-negative rates; groups under 30 images are marked.",
+        show_default=False,
+    ),
 ]
 
 # Every command's --json: one JSON document on stdout (its keys: docs/formats.md).

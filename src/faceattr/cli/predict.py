@@ -17,6 +17,7 @@ from faceattr.cli.options import (
     MaxFacesOption,
     MinFaceSizeOption,
     MinScoreOption,
+    NoDetectOption,
     OverwriteOption,
     TtaOverride,
     WorkersOption,
@@ -64,7 +65,10 @@ def predict_command(
     backend: BackendOption = "auto",
     threshold: Annotated[
         float | None,
-        typer.Option(help="One decision threshold for all attributes (default: the model's)."),
+        typer.Option(
+            help="One decision threshold for all attributes (default: the model's: 0.5, or "
+            "a tuned value where tuning beat 0.5 on validation data)."
+        ),
     ] = None,
     tta: TtaOverride = None,
     json_out: Annotated[
@@ -73,14 +77,7 @@ def predict_command(
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Write one CSV row per face to this file.")
     ] = None,
-    no_detect: Annotated[
-        bool,
-        typer.Option(
-            "--no-detect",
-            help="Treat each whole image as an aligned face crop "
-            "(for data already aligned like CelebA's img_align_celeba).",
-        ),
-    ] = False,  # fmt: skip
+    no_detect: NoDetectOption = False,
     detector: DetectorOption = None,
     min_score: MinScoreOption = None,
     min_face_size: MinFaceSizeOption = MIN_FACE_SIZE,
@@ -175,19 +172,24 @@ class CsvRows:
     def __init__(self, fh, attributes: list[str]) -> None:
         self.writer = csv.writer(fh)
         self.attributes = attributes
-        self.writer.writerow(["image", "face", "x", "y", "w", "h", "score", *attributes, "error"])
+        # The probabilities, then the error, then (added later, so earlier columns keep
+        # their places) the attributes present at the thresholds, most probable first.
+        self.writer.writerow(
+            ["image", "face", "x", "y", "w", "h", "score", *attributes, "error", "attributes"]
+        )
 
     def write(self, r: ImageResult) -> ImageResult:
         attributes = self.attributes
         if r.error or not r.faces:
             self.writer.writerow([r.image, "", "", "", "", "", "", *[""] * len(attributes),
-                                  r.error or ""])  # fmt: skip
+                                  r.error or "", ""])  # fmt: skip
             return r
         for i, face in enumerate(r.faces):
             probs = face.probabilities
             self.writer.writerow(
-                [r.image, i, *face.box, face.score, *[probs[a] for a in attributes], ""]
-            )
+                [r.image, i, *face.box, face.score, *[probs[a] for a in attributes], "",
+                 " ".join(face.attributes)]
+            )  # fmt: skip
         return r
 
 
@@ -199,17 +201,44 @@ def render_result(r: ImageResult, top: int) -> None:
         out.print(f"{literal(r.image)}: no face found", highlight=False)
         return
     for i, face in enumerate(r.faces):
-        title = r.image if len(r.faces) == 1 else f"{r.image} face {i + 1}"
-        table = Table(title=literal(title), title_justify="left")
+        title = r.image if len(r.faces) == 1 else f"{r.image} face {i}"  # from 0, everywhere
+        sources = face.threshold_sources or {}
+        caption = threshold_caption(set(sources.values()))
+        table = Table(title=literal(title), title_justify="left", caption=caption,
+                      caption_justify="left")  # fmt: skip
         table.add_column("attribute")
         table.add_column("probability", justify="right")
+        table.add_column("threshold", justify="right")
         table.add_column("present", justify="center")
         present = set(face.attributes)
+        thresholds = face.thresholds or {}
         items = sorted(face.probabilities.items(), key=lambda kv: -kv[1])
         if top:
             items = items[:top]
         for name, p in items:
             mark = "[green]yes[/]" if name in present else ""
             style = "bold" if name in present else "dim"
-            table.add_row(literal(name), f"{p:.3f}", mark, style=style)
+            cell = threshold_cell(thresholds.get(name), sources.get(name))
+            table.add_row(literal(name), f"{p:.3f}", cell, mark, style=style)
         out.print(table)
+
+
+# How the table marks where a threshold came from (FaceResult.threshold_sources).
+SOURCE_MARKS = {"tuned": "tuned", "0.5": "", "given": "--threshold"}
+
+
+def threshold_cell(value: float | None, source: str | None) -> str:
+    """The table's threshold cell: the value, and "tuned" or "--threshold" beside it."""
+    if value is None:
+        return ""
+    mark = SOURCE_MARKS.get(source or "", "")
+    return f"{value:.3f} {mark}".rstrip()
+
+
+def threshold_caption(sources: set[str]) -> str:
+    """What the threshold column means, under the table."""
+    if sources == {"given"}:
+        return "present: probability >= threshold (your --threshold)"
+    if "tuned" in sources:
+        return "present: probability >= threshold (tuned on validation data, or 0.5)"
+    return "present: probability >= threshold (0.5: more likely than not)"

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct
-from faceattr.cli.options import OverwriteOption
+from faceattr.cli.options import OverwriteOption, SubgroupsOption
 
 if TYPE_CHECKING:
     from faceattr.engine.tune import StudySummary
@@ -75,6 +75,7 @@ def report_command(
         ),
     ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help="Device for Grad-CAM: cpu, auto, cuda.")] = "cpu",
+    subgroups: SubgroupsOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Report on trained runs: curves, per-attribute metrics, subgroup gaps, calibration,
@@ -88,6 +89,7 @@ def report_command(
       faceattr report runs/celebnet --out report.html
       faceattr report runs/frozen runs/finetuned --out compare.html
       faceattr report runs/resnet50 runs/densenet121 --format md --out docs/compare.md
+      faceattr report runs/celebnet --subgroups "Male|Heavy_Makeup,Wearing_Lipstick"
     """
     from faceattr.attributes import CELEBA_ATTRIBUTES, parse_attribute_list, resolve_attributes
     from faceattr.data.splits import resolve_split_name
@@ -100,6 +102,7 @@ def report_command(
         load_runs,
         write_report,
     )
+    from faceattr.subgroups import parse_subgroups
 
     if fmt is not None and fmt not in FORMATS:
         from faceattr.errors import unknown_name_error
@@ -123,6 +126,7 @@ def report_command(
         if gradcam_attributes
         else None,
         device=device,
+        subgroups=tuple(parse_subgroups(subgroups, known)),
     )
     if out_file is None:
         _print_summary(loaded, options)
@@ -198,6 +202,7 @@ def _print_summary(runs, options) -> None:
                 gaps = (f"{100 * (g or 0):+.1f}" for g in (row.gap, row.excess_gap))
                 t.add_row(literal(row.attribute), pct(row.acc_yes, 1), pct(row.acc_no, 1), *gaps)
             out.print(t)
+        _print_subgroup_accuracy(run, options)
         for note in a.notes:
             err.print(f"[yellow]Note:[/] {_rich(note)}", highlight=False)
         if len(runs) == 1:
@@ -232,3 +237,16 @@ def _print_summary(runs, options) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_subgroup_accuracy(run, options) -> None:
+    """--subgroups in the terminal summary: eval's tables, from the run's predictions."""
+    if not options.subgroups:
+        return
+    from faceattr.cli.evaluate import render_subgroups
+    from faceattr.report.subgroup_sections import run_subgroup_accuracy
+
+    results, notes = run_subgroup_accuracy(run, options.subgroups)
+    render_subgroups(results)
+    for note in notes:
+        err.print(f"[yellow]Note:[/] {_rich(note)}", highlight=False)

@@ -92,6 +92,17 @@ Attributes = Annotated[
         panel=DATA_HELP,
     ),
 ]
+# train, data stats: the validation carve (data stats shows the split train will use).
+ValidFraction = Annotated[
+    float | None,
+    setting(
+        "data.valid_fraction",
+        "--valid-fraction",
+        panel=DATA_HELP,
+        help="Validation share carved out of train when the data has no validation "
+        "split (by identity when known) (default: {default}).",
+    ),
+]
 Sample = Annotated[
     int | None,
     setting("data.sample", "--sample", panel=DATA_HELP,
@@ -122,13 +133,31 @@ Opt = Annotated[
 Sched = Annotated[
     str | None,
     setting("optim.scheduler", "--scheduler", **choice(SCHEDULERS), panel=TRAIN_HELP,
-            help="Learning-rate schedule, stepped per batch (train default: {default})."),
+            help="Learning-rate schedule, stepped per batch: cosine (optional warm-up, then "
+            "down to 1% of --lr), cyclic (each epoch a triangle from --lr/10 up to --lr and "
+            "back, the peak halving every epoch), onecycle (up to --lr over the warm-up, then "
+            "down to near 0) or none (--lr throughout); docs/training.md (train default: "
+            "{default})."),
 ]  # fmt: skip
 LossOpt = Annotated[
     str | None,
     setting("optim.loss", "--loss", **choice(LOSSES), panel=TRAIN_HELP,
             help="bce, weighted-bce (class weights from training positive rates) or focal "
             "(train default: {default})."),
+]  # fmt: skip
+BalanceGroups = Annotated[
+    str | None,
+    setting("optim.balance_groups", "--balance-groups", panel=TRAIN_HELP,
+            help="Against subgroup bias: TARGET|BY[,BY...], several joined by ; (e.g. "
+            "Male|Heavy_Makeup,Wearing_Lipstick): in TARGET's loss every combination of the BY "
+            "labels weighs the same within each class of TARGET, from the training labels; "
+            "other losses unchanged (docs/fairness.md). An empty value turns it off (finetune)."),
+]  # fmt: skip
+BalanceMaxWeight = Annotated[
+    float | None,
+    setting("optim.balance_max_weight", "--balance-max-weight", panel=TRAIN_HELP,
+            help="--balance-groups: the most one image may weigh; a smaller combination gets "
+            "this and the others of its class share the rest (train default: {default})."),
 ]  # fmt: skip
 WeightDecay = Annotated[
     float | None,
@@ -138,7 +167,8 @@ WeightDecay = Annotated[
 Warmup = Annotated[
     float | None,
     setting("optim.warmup_epochs", "--warmup-epochs", panel=TRAIN_HELP,
-            help="Warm-up epochs (cosine/onecycle) (train default: {default})."),
+            help="Warm-up epochs (cosine/onecycle; cyclic has none) (train default: "
+            "{default})."),
 ]  # fmt: skip
 BackboneLrMult = Annotated[
     float | None,
@@ -166,19 +196,22 @@ TtaOpt = Annotated[
 TuneThresholds = Annotated[
     bool | None,
     setting("tune_thresholds", "--tune-thresholds/--no-tune-thresholds", panel=TRAIN_HELP,
-            help="Tune one decision threshold per attribute on the validation split (stored in "
-            "the model; {default} by default)."),
+            help="Tune one decision threshold per attribute on the validation split; one is "
+            "stored only where it beats 0.5 under cross-validation, the others stay 0.5 "
+            "({default} by default)."),
 ]  # fmt: skip
 ThresholdMetricOpt = Annotated[
     str | None,
     setting("threshold_metric", "--threshold-metric", **choice(THRESHOLD_METRICS),
-            panel=TRAIN_HELP, help="What tuned thresholds maximise (train default: {default})."),
+            panel=TRAIN_HELP, help="What tuned thresholds maximise: accuracy, or "
+            "balanced_accuracy / f1 to find more of the rare attributes (train default: "
+            "{default})."),
 ]  # fmt: skip
 ThresholdDrop = Annotated[
     float | None,
     setting("threshold_accuracy_drop", "--threshold-accuracy-drop", panel=TRAIN_HELP,
-            help="Tuned thresholds may cost an attribute at most this much accuracy "
-            "(train default: {default}; 1 = no limit)."),
+            help="balanced_accuracy/f1: a tuned threshold may cost its attribute at most "
+            "this much accuracy against 0.5 (train default: {default}; 1 = no limit)."),
 ]  # fmt: skip
 
 # Augmentation: a preset, adjusted by the flags after it.

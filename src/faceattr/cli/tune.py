@@ -15,8 +15,11 @@ from faceattr.config import TUNE_METRICS, TUNE_PRUNERS, TUNE_SAMPLERS
 if TYPE_CHECKING:
     from faceattr.engine.tune import StudySummary
 
-# Train options that make no sense as --param (they say where things are, not how to train).
-_NOT_PARAMS = {"root", "labels", "dataset", "out_dir", "weights", "device", "workers", "cache"}
+# Train options that make no sense as --param (they say where things are, not how to train;
+# balance_groups: its specs hold the commas that --param splits choices at; pass it as a train
+# option for every trial).
+_NOT_PARAMS = {"root", "labels", "dataset", "out_dir", "weights", "device", "workers", "cache",
+               "balance_groups"}  # fmt: skip
 
 
 def _train_command() -> Any:

@@ -11,6 +11,9 @@ taken as deleted.
 
 Only regular files are read: a FIFO, socket or device (or a link to one) is passed over
 with a note (``skipped``), never opened, so the walk and the hash cannot block on one.
+
+Every path is stored in one form (:func:`stored_path`: absolute, the folders' links
+resolved), so one file is one entry however its folder was named.
 """
 
 from __future__ import annotations
@@ -61,6 +64,58 @@ class IndexSummary(JsonResult):
     unreadable: list[dict[str, str]] = field(default_factory=list)
     # FIFOs, sockets, devices (or links to them) named or placed like images: never read.
     skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+# meta key -> value once every stored path is in the form :func:`stored_path` gives (an index
+# written before is normalised by its next `index` run: :func:`normalise_stored_paths`).
+PATH_FORM_KEY, PATH_FORM = "path_form", "real-folders"
+
+
+def stored_path(path: str | Path) -> Path:
+    """The one form a path takes in an index: absolute, with ``~``, ``.``, ``..`` and the
+    symbolic links of its folders resolved, so ``../photos``, ``/abs/photos`` and a link to
+    that folder all give the same entries. A folder is resolved whole; a file keeps its own
+    name in its resolved folder (a link to a file is indexed under the link's name, as
+    inside a walk, where links to folders are not followed)."""
+    full = Path(os.path.join(os.getcwd(), os.path.expanduser(os.fspath(path))))
+    if full.name in ("", ".", "..") or os.path.isdir(full):
+        return Path(os.path.realpath(full))
+    return Path(os.path.realpath(full.parent)) / full.name
+
+
+def normalise_stored_paths(store: Store) -> int:
+    """Bring the paths of an index written before :func:`stored_path` into its form (once:
+    the meta key ``path_form`` records it). Entries that were the same file under two
+    spellings become one (the one already in the normal form, else the newest). Returns
+    how many entries were dropped as such doubles."""
+    if store.get_meta(PATH_FORM_KEY) == PATH_FORM:
+        return 0
+    dropped, moved = 0, False
+    with store.transaction():  # read again under the write lock: another indexer may be first
+        if store.get_meta(PATH_FORM_KEY) == PATH_FORM:
+            return 0
+        groups: dict[str, list[tuple[int, str, float]]] = {}
+        rows = store.conn.execute("SELECT id, path, indexed_at FROM images").fetchall()
+        for image_id, path, at in rows:
+            # A file that is not here (gone, or on another machine of a shared index): only
+            # its "." and ".." are resolved, by name.
+            norm = str(stored_path(path)) if os.path.lexists(path) else os.path.normpath(path)
+            groups.setdefault(norm, []).append((int(image_id), str(path), float(at or 0.0)))
+        for norm, group in groups.items():
+            if len(group) == 1 and group[0][1] == norm:
+                continue
+            keep = next((g for g in group if g[1] == norm), None) or max(group, key=lambda g: g[2])
+            for image_id, _, _ in group:
+                if image_id != keep[0]:
+                    store.conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
+                    dropped += 1
+            if keep[1] != norm:
+                store.conn.execute("UPDATE images SET path = ? WHERE id = ?", (norm, keep[0]))
+            moved = True
+        if moved:
+            store.changed()  # the column store's face ids may name dropped faces
+        store.set_meta(PATH_FORM_KEY, PATH_FORM)
+    return dropped
 
 
 def looks_like_image(path: Path) -> bool:
@@ -123,7 +178,7 @@ def walk(
     socket or device to ``notes.skipped``; neither stops the walk."""
     notes = notes if notes is not None else WalkNotes()
     for p in paths:
-        root = Path(p).expanduser().absolute()
+        root = stored_path(p)
         try:
             is_dir = stat.S_ISDIR(os.stat(root).st_mode)
         except (FileNotFoundError, NotADirectoryError):
@@ -143,6 +198,11 @@ def walk(
             root, onerror=lambda e: notes.cannot_read(e.filename, e)
         ):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for d in dirs:  # os.walk does not go into them: say so
+                if os.path.islink(os.path.join(folder, d)):
+                    notes.skipped.append({"path": os.path.join(folder, d), "reason": "a link to "
+                                          "a folder, not followed (name it as a PATH to index "
+                                          "it)"})  # fmt: skip
             for name in sorted(files):
                 path = Path(folder) / name
                 if path in skip or name.startswith("."):
@@ -162,6 +222,7 @@ def index_folders(
     db: str | Path,
     *,
     model: ModelRef = "default",
+    no_detect: bool = False,
     detector: str | None = None,
     min_score: float | None = None,
     min_face_size: float = MIN_FACE_SIZE,
@@ -172,7 +233,9 @@ def index_folders(
     prune: bool = False,
     progress: Progress | None = None,
 ) -> IndexSummary:
-    """Index the images under ``paths`` into the database ``db`` (see the module docstring)."""
+    """Index the images under ``paths`` into the database ``db`` (see the module docstring).
+    ``no_detect``: each whole image is an aligned face crop (as ``predict`` takes it), for
+    the images this run predicts."""
     from faceattr.config import PREDICT_BATCH_SIZE
     from faceattr.inference.detect import create_detector
     from faceattr.inference.predictor import Predictor, iter_predictions
@@ -199,7 +262,11 @@ def index_folders(
             progress.log(f"Reindexing: clearing {store.location} (made with "
                          f"{existing['name']}).")  # fmt: skip
             store.clear(identity)
-        skip = {Path(f"{store.location}{end}").absolute() for end in ("", "-wal", "-shm")}
+        doubles = normalise_stored_paths(store)
+        if doubles:
+            progress.log(f"{store.location}: {doubles} entries were the same files under "
+                         "another spelling of their path; kept one of each.")  # fmt: skip
+        skip = {stored_path(f"{store.location}{end}") for end in ("", "-wal", "-shm")}
         todo: list[tuple[Path, os.stat_result, int | None]] = []
         seen = set()
         notes = WalkNotes()
@@ -216,7 +283,7 @@ def index_folders(
         progress.finish()
         summary.unreadable, summary.skipped = notes.unreadable, notes.skipped
         if prune:
-            roots = [str(Path(p).expanduser().absolute()) for p in paths]
+            roots = [str(stored_path(p)) for p in paths]
             gone = [p for p in store.images_under(roots) if p not in seen and not notes.keeps(p)]
             with store.transaction():
                 summary.pruned = store.delete(gone)
@@ -228,9 +295,9 @@ def index_folders(
                 continue
             if predictor is None:
                 predictor = Predictor(model_file, batch_size=batch_size or PREDICT_BATCH_SIZE)
-                face_finder = create_detector(
+                face_finder = None if no_detect else create_detector(
                     detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
-                )
+                )  # fmt: skip
             stats = {p: (st, known, sha) for p, st, known, sha in to_predict}
             results = iter_predictions(
                 [str(p) for p, *_ in to_predict], predictor, detector=face_finder,

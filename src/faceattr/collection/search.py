@@ -132,7 +132,9 @@ def like_image(
         ids, probs = store.columns()
         logits = _logits(np.asarray(probs))  # [A, N]
         sims = target @ logits / np.maximum(np.linalg.norm(logits, axis=0), 1e-12)
-        own = store.face_ids_of(str(Path(image).expanduser().absolute()))
+        from faceattr.collection.indexer import stored_path
+
+        own = store.face_ids_of(str(stored_path(image)))
         keep = ~np.isin(ids, own)
         chosen = _top(sims, ids, np.flatnonzero(keep), limit)
         results = _results(store, ids, chosen, sims, names, list(range(len(names))))

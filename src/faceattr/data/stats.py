@@ -17,8 +17,9 @@ from typing import TypedDict
 
 import numpy as np
 
-from faceattr.attributes import ATTRIBUTE_GROUPS
-from faceattr.data.splits import resolve_split_name
+from faceattr.attributes import display_order
+from faceattr.config import DataConfig
+from faceattr.data.splits import ensure_validation, resolve_split_name
 from faceattr.data.table import SPLITS, AttributeTable
 from faceattr.errors import DataError, UsageError
 from faceattr.fileio import Inputs, check_output, input_error, publish
@@ -51,7 +52,10 @@ class DatasetStats(JsonResult):
     n_images: int  # rows: faces for WFLW
     n_files: int  # distinct image files
     n_identities: int | None  # None when the layout has no identities
-    splits: dict[str, int]  # split -> rows
+    splits: dict[str, int]  # split -> rows, as train and eval use them (the carve included)
+    # Validation rows carved out of train (as train and eval carve them) where the data has no
+    # validation split of its own; 0 when it has one.
+    valid_carved: int
     attributes: list[str]
     positive_rate: dict[str, float | None]
     imbalance: dict[str, float | None]  # majority / minority count; None: a class is absent
@@ -117,9 +121,19 @@ def top_pairs(r: np.ndarray, attributes: list[str], k: int = TOP_PAIRS) -> dict[
 
 
 def dataset_stats(
-    table: AttributeTable, split: str = "all", *, top: int = TOP_PAIRS
+    table: AttributeTable,
+    split: str = "all",
+    *,
+    top: int = TOP_PAIRS,
+    valid_fraction: float | None = DataConfig.valid_fraction,
+    split_seed: int = DataConfig.split_seed,
 ) -> DatasetStats:
     """Statistics of ``table`` (or of one ``split`` of it), with the table's notes.
+
+    The splits are the ones train and eval use: where the data has no validation split, one
+    is carved out of train (:func:`~faceattr.data.splits.ensure_validation` with
+    ``valid_fraction`` and ``split_seed``, as ``data.valid_fraction`` and ``data.split_seed``
+    make it for training), said in ``valid_carved`` and the notes; None: no carve.
 
     Fields: ``dataset``, ``split``, ``n_images`` (rows: faces for WFLW), ``n_files`` (distinct
     image files), ``n_identities`` (None when the layout has no identities), ``splits``
@@ -131,6 +145,10 @@ def dataset_stats(
     most positive and most negative pairs).
     """
     chosen = resolve_split_name(split)
+    before = table.split_counts().get("valid", 0)
+    if valid_fraction is not None:
+        table = ensure_validation(table, fraction=valid_fraction, seed=split_seed)
+    carved = table.split_counts().get("valid", 0) - before
     notes = list(table.notes)
     if chosen != "all":
         rows = table.frame["split"].to_numpy(dtype=object) == chosen
@@ -143,6 +161,7 @@ def dataset_stats(
                 'Use `split="all"`, or one of the non-empty splits.',
             )
         table = table.subset(rows)
+    splits = table.split_counts()
     if len(table) == 0:
         raise DataError(f"The {table.dataset} dataset has no images.")
     attrs = list(table.attributes)
@@ -173,7 +192,8 @@ def dataset_stats(
         n_images=len(table),
         n_files=int(table.frame["image"].nunique()),
         n_identities=int(identity.nunique()) if identity.notna().any() else None,
-        splits=table.split_counts(),
+        splits=splits,
+        valid_carved=carved,
         attributes=attrs,
         positive_rate={a: _num(v) for a, v in zip(attrs, rate, strict=True)},
         imbalance={a: _num(v) for a, v in zip(attrs, imbalance, strict=True)},
@@ -192,13 +212,6 @@ def dataset_stats(
         top_pairs=top_pairs(r, attrs, k=top),
         notes=notes,
     )
-
-
-def heatmap_order(attributes: list[str]) -> list[str]:
-    """CelebA attributes grouped (hair, beard, face, ...) so related ones sit together;
-    names outside the groups keep their order, after the grouped ones."""
-    grouped = [a for group in ATTRIBUTE_GROUPS.values() for a in group if a in attributes]
-    return grouped + [a for a in attributes if a not in grouped]
 
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -237,7 +250,7 @@ def plot_correlation(
     import matplotlib.pyplot as plt
 
     path = check_plot_path(path, overwrite=overwrite, inputs=inputs)
-    attrs = heatmap_order(list(stats.attributes))
+    attrs = display_order(stats.attributes)
     corr = stats.correlation
     m = np.array([[np.nan if corr[a][b] is None else corr[a][b] for b in attrs] for a in attrs])
     n = len(attrs)

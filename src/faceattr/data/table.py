@@ -55,6 +55,19 @@ class AttributeTable:
             notes=list(self.notes),
         )
 
+    def identity_groups(self, rows: np.ndarray | None = None) -> np.ndarray | None:
+        """``[N]`` group numbers of ``rows`` (default: all) for cross-validation that keeps
+        a person's images together: the identity, or a number of its own for an image whose
+        identity is unknown; None when no identity is known at all."""
+        ids = self.frame["identity"].to_numpy(dtype=np.float64, na_value=np.nan)
+        if rows is not None:
+            ids = ids[np.asarray(rows)]
+        unknown = np.isnan(ids)
+        if unknown.all():
+            return None
+        top = np.nanmax(ids)
+        return np.where(unknown, top + 1 + np.arange(len(ids)), ids)
+
     def select_attributes(self, names: list[str]) -> AttributeTable:
         """Keep only ``names`` (must be exact names from ``attributes``), in that order."""
         cols = [self.attributes.index(n) for n in names]

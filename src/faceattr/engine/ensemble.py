@@ -22,10 +22,10 @@ import torch
 from faceattr.config import ENSEMBLE_DTYPES, DataConfig, TrainConfig
 from faceattr.errors import ModelError, UsageError
 from faceattr.fileio import Inputs, check_output, sha256_of
-from faceattr.metrics import HeldOutScores
 from faceattr.models.file import ModelFile
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RunDir
+from faceattr.thresholds import HeldOutScores
 
 SAVE_DTYPES = {name: getattr(torch, name) for name in ENSEMBLE_DTYPES}
 
@@ -54,6 +54,8 @@ class EnsembleResult:
     gain_over_best_member: float = 0.0  # mean accuracy at 0.5 over the best member's
     threshold_metric: str | None = None
     threshold_accuracy_drop: float | None = None
+    # The attributes whose tuned threshold beat 0.5 under cross-validation (the rest: 0.5).
+    tuned_attributes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"out": self.out, "members": self.members, "tta": self.tta}
@@ -70,6 +72,7 @@ class EnsembleResult:
                 gain_over_best_member=self.gain_over_best_member,
                 threshold_metric=self.threshold_metric,
                 threshold_accuracy_drop=self.threshold_accuracy_drop,
+                tuned_attributes=self.tuned_attributes,
             )
         return out
 
@@ -118,7 +121,7 @@ def _evaluate(model: Path, data: DataConfig, split: str, tta: str, progress: Pro
     probs, targets, index, _ = predict_table(
         predictor, table, data, progress=progress, description=what
     )
-    return probs, targets, index
+    return probs, targets, index, table.identity_groups(index)
 
 
 def make_ensemble(
@@ -137,15 +140,17 @@ def make_ensemble(
     """Combine ``models`` (run directories or model files) into the ensemble file ``out``.
 
     With ``data``, the members and the ensemble are evaluated on ``split``, and thresholds
-    are tuned there (``threshold_metric``, ``max_accuracy_drop``: as in training, whose
-    defaults they take). Returns an :class:`EnsembleResult`: the file, its members, and with
-    ``data`` their scores at 0.5 and with thresholds tuned two-fold (the honest estimate).
-    An existing ``out`` is refused unless ``overwrite`` (a member, never).
+    are chosen there (``threshold_metric``, ``max_accuracy_drop``: as in training, whose
+    defaults they take; tuned only where that beats 0.5 under cross-validation,
+    :func:`faceattr.thresholds.choose_thresholds`). Returns an :class:`EnsembleResult`: the
+    file, its members, and with ``data`` their scores at 0.5 and with thresholds tuned
+    two-fold (the honest estimate). An existing ``out`` is refused unless ``overwrite`` (a
+    member, never).
     """
-    from faceattr.metrics import held_out_scores, tune_thresholds
     from faceattr.models.ensemble import combine, ensemble_info
     from faceattr.models.info import check_tta
     from faceattr.models.io import load_model_file, save_model_file
+    from faceattr.thresholds import choose_thresholds, held_out_scores
 
     progress = progress or NullProgress()
     out = Path(out)
@@ -187,19 +192,24 @@ def make_ensemble(
     try:
         # Evaluated as it will be saved (fp16 weights included), through the file.
         save_model_file(tmp, ensemble, info, dtype=SAVE_DTYPES[dtype])
-        probs, targets, index = _evaluate(tmp, data, split, tta, progress, f"ensemble {split}")
+        probs, targets, index, groups = _evaluate(
+            tmp, data, split, tta, progress, f"ensemble {split}"
+        )
         attributes = list(info.attributes)
         member_scores: list[MemberScores] = []
         for p in paths:
-            m_probs, _, m_index = _evaluate(p, data, split, tta, progress, f"{p.name} {split}")
+            m_probs, _, m_index, _ = _evaluate(p, data, split, tta, progress, f"{p.name} {split}")
             if not np.array_equal(m_index, index):
                 raise ModelError(f"{p} could not read the same {split} images as the others.")
             m = held_out_scores(m_probs, targets, attributes, max_accuracy_drop=drop)
             member_scores.append({"model": str(p), **m})
         scores = held_out_scores(probs, targets, attributes, max_accuracy_drop=drop)
-        thresholds = tune_thresholds(probs, targets, metric=metric, max_accuracy_drop=drop)
+        # Tuned where that beats 0.5 under cross-validation (by identity), else 0.5.
+        thresholds, policy = choose_thresholds(
+            probs, targets, attributes, metric=metric, max_accuracy_drop=drop, groups=groups
+        )
         validation = {"split": split, "images": len(probs), **scores}
-        extra = dict(info.extra, validation=validation)
+        extra = dict(info.extra, validation=validation, threshold_policy=policy)
         info = replace(info, thresholds=[float(t) for t in thresholds], extra=extra)
         check()
         save_model_file(out, ensemble, info, dtype=SAVE_DTYPES[dtype])
@@ -219,4 +229,5 @@ def make_ensemble(
         gain_over_best_member=round(scores["mean_accuracy_at_0.5"] - best, 4),
         threshold_metric=metric,
         threshold_accuracy_drop=drop,
+        tuned_attributes=list(policy["tuned"]),
     )

@@ -6,7 +6,7 @@ Runs on either backend (ONNX Runtime or PyTorch) through the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from faceattr.metrics import MetricsReport, metrics_report
 from faceattr.models.info import ModelInfo
 from faceattr.progress import NullProgress, Progress
 from faceattr.runs import RunDir
+from faceattr.subgroups import SubgroupAccuracy, parse_subgroups, subgroup_accuracy
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)  # the dataset reader's remarks
     saved_to: str | None = None  # the run directory the results were written to
     saved_as: str | None = None  # the metrics file's name there
+    # The target's accuracy within groups of other attributes (``subgroups=``); None: not asked
+    subgroups: list[SubgroupAccuracy] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -54,6 +57,8 @@ class Evaluation:
             "skipped_images": self.skipped_images,
             "notes": self.notes,
         }
+        if self.subgroups is not None:
+            out["subgroups"] = [s.to_json() for s in self.subgroups]
         if self.saved_to is not None:
             out["saved_to"], out["saved_as"] = self.saved_to, self.saved_as
         return out
@@ -136,6 +141,7 @@ def evaluate_model(
     tta: str | None = None,
     progress: Progress | None = None,
     save: bool = True,
+    subgroups: str | Sequence[str] | None = None,
 ) -> Evaluation:
     """Metrics of ``model`` on ``split`` of the dataset ``data`` describes.
 
@@ -146,13 +152,17 @@ def evaluate_model(
     settings are used (so ``valid`` means the same held-out identities as in training) and,
     with ``save``, ``metrics-<split>.json`` and ``predictions-<split>.npz`` (per-face
     probabilities, see :func:`save_predictions`) are written there. ``tta`` ("none" or
-    "flip") overrides the model's own test-time augmentation. Returns an :class:`Evaluation`.
+    "flip") overrides the model's own test-time augmentation. ``subgroups``
+    (``"Male|Heavy_Makeup,Wearing_Lipstick; Young|Male"``, :mod:`faceattr.subgroups`) adds each
+    target's accuracy within the groups of other attributes, at the thresholds of the metrics.
+    Returns an :class:`Evaluation`.
     """
     progress = progress or NullProgress()
     if threshold is not None:
         check_number("threshold", threshold, NUMBER_LIMITS["threshold"])
     predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size, tta=tta)
     path, info = predictor.path, predictor.info
+    specs = parse_subgroups(subgroups, list(info.attributes))  # before the work: fail fast
     table = split_table(path, info, data, split)
     for note in table.notes:
         progress.log(note)
@@ -174,6 +184,10 @@ def evaluate_model(
         skipped_images=len(skipped),
         notes=list(table.notes),
     )
+    if subgroups is not None:
+        result.subgroups = subgroup_accuracy(
+            probs, targets, list(info.attributes), specs, metrics["thresholds"]
+        )
     run = RunDir.containing(path)
     if save and run is not None:
         # The run's own model writes metrics-<split>.json (what `report` reads); another file

@@ -30,14 +30,16 @@ from faceattr.config import TrainConfig
 from faceattr.engine import distributed
 from faceattr.engine.data import make_batches
 from faceattr.engine.distributed import Dist
+from faceattr.engine.estimate import RunEstimate, RunShape
 from faceattr.engine.loop import EpochStats, predict_batches, train_one_epoch
 from faceattr.engine.training import Training, checkpoint_bytes, setup
 from faceattr.errors import Interrupted, ModelError, UsageError
 from faceattr.fileio import check_free_space
 from faceattr.malloc import tune_allocator
-from faceattr.metrics import SavedMetrics, compute_metrics, metrics_report, tune_thresholds
+from faceattr.metrics import SavedMetrics, compute_metrics, metrics_report
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import RunDir, structure_problem
+from faceattr.thresholds import choose_thresholds, untuned_policy
 from faceattr.utils import JSON_OMIT, JsonResult, json_key, prefetch
 
 
@@ -78,10 +80,12 @@ class RunState:
 
 
 class Validation(NamedTuple):
-    """Probabilities ``[N, A]`` of a model on the validation split and its labels."""
+    """Probabilities ``[N, A]`` of a model on the validation split, its labels, and each
+    row's row of the validation table."""
 
     probs: np.ndarray
     targets: np.ndarray
+    rows: np.ndarray | None = None
 
 
 class Epoch(NamedTuple):
@@ -294,12 +298,16 @@ def train_epoch(training: Training, epoch: int, progress: Progress, *, first: bo
         progress=progress if first else None,
         order=order,
     )
+    estimate = _run_estimate(training, epoch, batches) if first and ctx.is_main else None
     if training.device.type == "cuda":  # read (and pin) the next batch while the GPU trains
         batches = prefetch(batches)
     progress.start(f"epoch {epoch}/{cfg.epochs}", total=training.steps_per_epoch * cfg.batch_size)
 
     def on_batch(n: int, s: EpochStats) -> None:
         progress.advance(n, loss=s.loss, acc=s.accuracy, ips=s.images_per_second)
+        said = estimate.step(n) if estimate is not None else None
+        if said:
+            progress.log(said)
 
     stats = train_one_epoch(
         training.train_model,
@@ -318,6 +326,9 @@ def train_epoch(training: Training, epoch: int, progress: Progress, *, first: bo
         on_batch=on_batch,
     )
     progress.finish()
+    said = estimate.finish(stats.images, stats.seconds) if estimate is not None else None
+    if said:
+        progress.log(said)
     if stats.images == 0:
         raise UsageError(
             "No training image could be read.",
@@ -329,6 +340,17 @@ def train_epoch(training: Training, epoch: int, progress: Progress, *, first: bo
             + ", ".join(Path(p).name for p in stats.skipped[:3])
         )
     return stats
+
+
+def _run_estimate(training: Training, epoch: int, batches: object) -> RunEstimate:
+    """The whole run's time, measured on this session's first steps (said when it is long)."""
+    from faceattr.data.cache import CachedBatches
+
+    cfg = training.cfg
+    valid = len(training.valid_table) if training.valid_rows is None else len(training.valid_rows)
+    shape = RunShape(train_images=training.steps_per_epoch * cfg.batch_size, valid_images=valid,
+                     epochs=cfg.epochs - epoch + 1, resumed=epoch > 1)  # fmt: skip
+    return RunEstimate(cfg, training.device, shape, cached=isinstance(batches, CachedBatches))
 
 
 def validate(training: Training, model: torch.nn.Module, progress: Progress) -> Validation:
@@ -351,14 +373,14 @@ def validate(training: Training, model: torch.nn.Module, progress: Progress) -> 
         order = np.argsort(rows, kind="stable")
         probs = np.concatenate([p[1] for p in parts])[order]
         targets = np.concatenate([p[2] for p in parts])[order]
-    return Validation(probs, targets)
+        index = rows[order]
+    return Validation(probs, targets, index)
 
 
 def run_epoch(
     training: Training, state: RunState, epoch: int, progress: Progress, *, first: bool = False
 ) -> Epoch:
     """Train epoch ``epoch``, validate, update ``state``, checkpoint, and tell ``progress``."""
-    lr = training.optimizer.param_groups[0]["lr"]
     stats = train_epoch(training, epoch, progress, first=first)
     distributed.sync_buffers(
         training.dist, training.model
@@ -367,7 +389,7 @@ def run_epoch(
         distributed.sync_buffers(training.dist, training.ema.module)
     start = time.perf_counter()
     validation = validate(training, training.eval_model, progress)
-    probs, targets = validation
+    probs, targets = validation.probs, validation.targets
     val: Any = compute_metrics(  # its numbers go into the history row as they are (None too)
         probs,
         targets,
@@ -376,7 +398,11 @@ def run_epoch(
     )
     row = {
         "epoch": epoch,
-        "lr": float(lr),
+        # What the schedule did this epoch (history.csv; docs/formats.md): the mean learning
+        # rate of its steps, and the lowest and highest (a cyclic schedule peaks mid-epoch).
+        "lr": stats.lr_mean,
+        "lr_min": stats.lr_min,
+        "lr_max": stats.lr_max,
         "train_loss": stats.loss,
         "train_accuracy": stats.accuracy,
         "val_loss": _val_loss(probs, targets),
@@ -444,18 +470,25 @@ def finish(
     best_model, _ = load_model_file(run.best_file, device=str(training.device))
     if best is None:  # the best epoch ran before a resume
         best = validate(training, best_model, NullProgress())
-    probs, targets = best
+    probs, targets, rows = best
     attributes, train_rates = training.info.attributes, training.info.train_positive_rates
-    info = replace(training.info, extra={"epoch": state.best_epoch})
     thresholds = None
-    if cfg.tune_thresholds:
-        thresholds = tune_thresholds(
+    policy = untuned_policy()
+    if cfg.tune_thresholds:  # tuned where that beats 0.5 under cross-validation, else 0.5
+        thresholds, policy = choose_thresholds(
             probs,
             targets,
+            attributes,
             metric=cfg.threshold_metric,
             max_accuracy_drop=cfg.threshold_accuracy_drop,
+            seed=cfg.seed,
+            groups=training.valid_table.identity_groups(rows) if rows is not None else None,
         )
-        info = replace(info, thresholds=[float(x) for x in thresholds])
+    info = replace(
+        training.info,
+        thresholds=None if thresholds is None else [float(x) for x in thresholds],
+        extra={"epoch": state.best_epoch, "threshold_policy": policy},
+    )
     report = metrics_report(probs, targets, attributes, thresholds, train_rates)
     metrics: SavedMetrics = {**report, "split": "valid", "model": str(run.best_file)}
     if training.dist.is_main:

@@ -28,6 +28,11 @@ class EpochStats:
     images: int = 0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # unreadable files
+    # The learning rate of the first parameter group (the head's: --lr as the schedule
+    # scales it) that the epoch's optimizer steps used: mean, lowest and highest.
+    lr_mean: float = 0.0
+    lr_min: float = 0.0
+    lr_max: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -88,6 +93,7 @@ def train_one_epoch(
     sums = torch.zeros(3, device=device)  # loss * known labels, correct, known labels
     start = time.perf_counter()
     step = 0
+    lrs: list[float] = []  # the rate each step used (a schedule changes it per step)
     for batch in batches:
         stats.skipped.extend(batch.skipped)
         if len(batch) == 0:
@@ -102,6 +108,7 @@ def train_one_epoch(
             logits = model(x)
         loss = loss_fn(logits.float(), targets, mask)
         optimizer.zero_grad(set_to_none=True)
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -128,6 +135,8 @@ def train_one_epoch(
             on_batch(len(batch), stats)
     _read_sums(stats, sums)
     stats.seconds = time.perf_counter() - start
+    if lrs:
+        stats.lr_mean, stats.lr_min, stats.lr_max = sum(lrs) / len(lrs), min(lrs), max(lrs)
     return stats
 
 

@@ -21,9 +21,10 @@ from faceattr.engine import distributed
 from faceattr.engine.data import make_batches
 from faceattr.engine.distributed import Dist
 from faceattr.engine.ema import ModelEma
+from faceattr.engine.estimate import device_line
 from faceattr.engine.optim import Scheduler, amp_setup, make_optimizer, make_scheduler
 from faceattr.errors import UsageError
-from faceattr.losses import make_loss, pos_weight_from_rates
+from faceattr.losses import GroupBalance, make_loss, pos_weight_from_rates
 from faceattr.models.build import build_model, model_info_for, start_from_parent
 from faceattr.models.head import AttributeModel
 from faceattr.models.info import ModelInfo, check_tta
@@ -76,6 +77,25 @@ def load_train_valid(cfg: TrainConfig) -> tuple[AttributeTable, AttributeTable]:
     return train, valid
 
 
+def group_balance(
+    cfg: TrainConfig, train_table: AttributeTable, progress: Progress
+) -> GroupBalance | None:
+    """``optim.balance_groups`` as loss weights, from the training split's labels only (never
+    validation's); each balanced spec's cells and weights go to the log. None when off."""
+    from faceattr.subgroups import parse_subgroups
+
+    specs = parse_subgroups(cfg.optim.balance_groups, train_table.attributes)
+    if not specs:
+        return None
+    groups = GroupBalance.from_labels(
+        train_table.labels, train_table.attributes, specs, cfg.optim.balance_max_weight
+    )
+    for balanced in groups.balanced:
+        for line in balanced.describe():
+            progress.log(line)
+    return groups
+
+
 def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
     """``--channels-last`` as given, or (None) on for the CPU and CUDA."""
     return device.type in ("cpu", "cuda") if setting is None else bool(setting)
@@ -92,6 +112,7 @@ def setup(
     process's rank when distributed: its device, its share of validation, DDP)."""
     ctx = ctx or Dist()
     device = distributed.device_for(ctx, cfg.device)
+    progress.log(device_line(device, ctx.world_size))
     torch.manual_seed(cfg.seed)  # the model's initial weights
     train_table, valid_table = load_train_valid(cfg)
     notes = list(dict.fromkeys(train_table.notes + valid_table.notes))
@@ -99,6 +120,7 @@ def setup(
         progress.log(note)
     attributes = train_table.attributes
     train_rates = train_table.positive_rates()
+    groups = group_balance(cfg, train_table, progress)  # before the model: a bad spec fails fast
 
     model = build_model(cfg, len(attributes), progress.log)
     model.tta = check_tta(cfg.tta)
@@ -121,6 +143,8 @@ def setup(
     pos_weight = None
     if cfg.optim.loss == "weighted-bce":
         pos_weight = pos_weight_from_rates(torch.as_tensor(train_rates)).to(device)
+    if groups is not None:
+        groups.to(device)
     optimizer = make_optimizer(cfg, model)
     # drop_last when it fits; distributed, each rank takes len // world_size of the rows.
     steps_per_epoch = max(1, len(train_table) // (cfg.batch_size * ctx.world_size))
@@ -147,7 +171,9 @@ def setup(
         model=model,
         train_model=train_model,
         ema=ema,
-        loss_fn=make_loss(cfg.optim.loss, pos_weight=pos_weight, gamma=cfg.optim.focal_gamma),
+        loss_fn=make_loss(
+            cfg.optim.loss, pos_weight=pos_weight, gamma=cfg.optim.focal_gamma, groups=groups
+        ),
         optimizer=optimizer,
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
         amp_dtype=amp_dtype,

@@ -142,20 +142,27 @@ def annotate(image: Image.Image, faces: list[FaceResult], top: int = 3) -> Image
     side = max(out.width, out.height)
     width = max(2, side // 400)
     font = _font(max(12, side // 60))
-    for face in faces:
+    for number, face in enumerate(faces):
         x, y, w, h = face.box
         draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOUR, width=width)
         for px, py in face.landmarks or []:
             r = width * 1.5
             draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 200, 0))
-        probs = face.probabilities
-        names = face.attributes[:top] or ["(no attribute above threshold)"]
-        lines = [f"{n} {probs[n]:.2f}" if n in probs else n for n in names]
-        text = "\n".join(lines)
+        text = face_label(face, number if len(faces) > 1 else None, top)
         box = draw.multiline_textbbox((x, y + h + width), text, font=font)
         draw.rectangle(box, fill=(0, 0, 0))
         draw.multiline_text((x, y + h + width), text, fill=(255, 255, 255), font=font)
     return out
+
+
+def face_label(face: FaceResult, number: int | None, top: int = 3) -> str:
+    """The text drawn under a face: its number (``face 0``, ``face 1``: from 0, as in
+    predict's table, its JSON and CSV, the crops' file names and search; None for the only
+    face of a photo) and its ``top`` present attributes."""
+    probs = face.probabilities
+    names = face.attributes[:top] or ["(no attribute above threshold)"]
+    lines = [f"{n} {probs[n]:.2f}" if n in probs else n for n in names]
+    return "\n".join(([] if number is None else [f"face {number}"]) + lines)
 
 
 def _font(size: int):

@@ -78,6 +78,15 @@ class Predictor:
             self.thresholds = np.asarray(self.info.thresholds, dtype=np.float64)
         else:
             self.thresholds = np.full(len(self.attributes), 0.5)
+        # Where each threshold comes from (FaceResult.threshold_sources): the caller's, or
+        # the model's, tuned or 0.5 (a model keeps 0.5 where tuning did not beat it).
+        self.threshold_sources: list[str] = [
+            "given" if threshold is not None else "0.5" if t == 0.5 else "tuned"
+            for t in self.thresholds
+        ]
+        self._threshold_map = {a: float(t) for a, t in zip(self.attributes, self.thresholds,
+                                                           strict=True)}  # fmt: skip
+        self._source_map = dict(zip(self.attributes, self.threshold_sources, strict=True))
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels ``[B, 3, S, S]`` (:meth:`Preprocessing.batch`) -> logits ``[B, A]``.
@@ -124,6 +133,8 @@ class Predictor:
                 a: round(float(p), 4) for a, p in zip(self.attributes, probs, strict=True)
             },
             attributes=self.present(probs),
+            thresholds=dict(self._threshold_map),
+            threshold_sources=dict(self._source_map),
             probability_array=probs,
         )
 

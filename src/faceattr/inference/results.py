@@ -20,6 +20,11 @@ class FaceResult:
     probabilities: dict[str, float]  # attribute -> probability, rounded to 4 decimals
     attributes: list[str]  # the attributes present at the model's thresholds, most probable first
     landmarks: list[list[float]] | None = None  # 5 points [x, y]: eyes, nose, mouth corners
+    # attribute -> the threshold that decided it (present when probability >= threshold), and
+    # where that threshold came from: "tuned" (the model's, tuned on validation data), "0.5"
+    # (the model's default: more likely than not) or "given" (the caller's `threshold=`).
+    thresholds: dict[str, float] | None = None
+    threshold_sources: dict[str, str] | None = None
     # [A] float32, unrounded, in the model's attribute order (the index stores these).
     probability_array: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -29,6 +34,10 @@ class FaceResult:
             out["landmarks"] = self.landmarks
         out["probabilities"] = self.probabilities
         out["attributes"] = self.attributes
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds
+        if self.threshold_sources is not None:
+            out["threshold_sources"] = self.threshold_sources
         return out
 
 

@@ -27,6 +27,7 @@ from faceattr.report.format import duration
 from faceattr.report.load import RunData
 from faceattr.report.options import ReportOptions
 from faceattr.report.run_sections import run_sections, single_run_findings
+from faceattr.report.subgroup_sections import subgroup_comparison_section
 
 if TYPE_CHECKING:
     from faceattr.engine.tune import StudySummary
@@ -72,7 +73,7 @@ def _build_report(
     options = options or ReportOptions()
     progress = progress or NullProgress()
     runs = list(runs)
-    progress.start("building report", total=9 * len(runs), unit="step")
+    progress.start("building report", total=10 * len(runs), unit="step")
     analyses = [analyze_run(r, options) for r in runs]
     progress.advance(len(runs))
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -93,6 +94,9 @@ def _build_report(
         return report
     comp = compare_runs(runs)
     sections = comparison_sections(comp, analyses)
+    subgroup_accuracy = subgroup_comparison_section(analyses, options)
+    if subgroup_accuracy is not None:
+        sections.append(subgroup_accuracy)
     for i, a in enumerate(analyses):
         anchor = f"run{i + 1}-"
         inner = run_sections(a, options, anchor, progress=progress)

@@ -111,7 +111,7 @@ def gallery_section(a: RunAnalysis, anchor: str, options: ReportOptions) -> Sect
             wrong.append(f"... {len(item.wrong) - GALLERY_LINES} more wrong")
         right = [f"{literal(attr)} {p:.2f}" for attr, p in item.right_positive[:GALLERY_LINES]]
         k = int(faces[item.index])  # file names must differ for faces of one photo
-        stem = Path(item.image).stem + (f"-face{k}" if k else "")
+        stem = Path(item.image).stem + (f"-face{k}" if k >= 0 else "")
         cards.append(Card(title=names[item.index], image=_thumbnail(face),
                           subtitle=f"{len(item.wrong)} wrong of {item.n_known}",
                           wrong=wrong, right=right, name=f"{anchor}gallery-{stem}"))  # fmt: skip

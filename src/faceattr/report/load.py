@@ -88,21 +88,22 @@ class Predictions:
         return row_identities(self.images, self.boxes if with_boxes else None)
 
     def face_numbers(self) -> np.ndarray:
-        """``[N]`` int: k for the k-th face (from 1, in split order) of a photo with several
-        rows, 0 for a photo with one."""
+        """``[N]`` int: k for the k-th face (from 0, in split order, as faces are numbered
+        everywhere) of a photo with several rows, -1 for a photo with one."""
         names = [str(name) for name in self.images]
         counts, seen = Counter(names), Counter[str]()
-        out = np.zeros(len(names), dtype=np.int64)
+        out = np.full(len(names), -1, dtype=np.int64)
         for i, name in enumerate(names):
             if counts[name] > 1:
-                seen[name] += 1
                 out[i] = seen[name]
+                seen[name] += 1
         return out
 
     def names(self) -> list[str]:
         """A label per row: the image name, with ``(face k)`` where a photo has several."""
         faces = self.face_numbers()
-        return [f"{n} (face {k})" if k else str(n) for n, k in zip(self.images, faces, strict=True)]
+        return [f"{n} (face {k})" if k >= 0 else str(n)
+                for n, k in zip(self.images, faces, strict=True)]  # fmt: skip
 
 
 @dataclass

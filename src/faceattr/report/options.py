@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from faceattr.subgroups import SubgroupSpec
 
 MAX_GALLERY = 48  # images in the error gallery, at most
 MAX_GRADCAM_IMAGES = 12
@@ -20,3 +24,4 @@ class ReportOptions:
     gradcam_images: int = 6  # images with Grad-CAM maps (0 = none; at most MAX_GRADCAM_IMAGES)
     gradcam_attributes: tuple[str, ...] | None = None  # None = picked automatically
     device: str = "cpu"  # where Grad-CAM runs
+    subgroups: tuple[SubgroupSpec, ...] = ()  # --subgroups: a target's accuracy within groups

@@ -338,7 +338,14 @@ def correlation_plot(
     attributes: Sequence[str], label_corr: np.ndarray, pred_corr: np.ndarray,
     name: str = "correlation",
 ) -> Figure:  # fmt: skip
-    """Label and prediction correlation matrices side by side (PNG: 2 x A^2 cells)."""
+    """Label and prediction correlation matrices side by side (PNG: 2 x A^2 cells), the
+    attributes in :func:`faceattr.attributes.display_order` (as ``data stats --plot``)."""
+    from faceattr.attributes import display_order
+
+    names = list(attributes)
+    attributes = display_order(names)
+    at = [names.index(a) for a in attributes]
+    label_corr, pred_corr = label_corr[np.ix_(at, at)], pred_corr[np.ix_(at, at)]
     n = len(attributes)
     side = min(6.2, max(3.2, 0.14 * n + 1.2))
     fig = _new(2 * side + 0.9, side + 0.4)

@@ -41,6 +41,7 @@ from faceattr.report.format import (
 from faceattr.report.image_sections import gallery_section, gradcam_section
 from faceattr.report.load import RunData
 from faceattr.report.options import ReportOptions
+from faceattr.report.subgroup_sections import subgroup_accuracy_section
 
 SUBGROUP_ROWS = 12  # rows of the subgroup chart and its table (the full table is collapsed)
 
@@ -190,8 +191,10 @@ def _history_table(run: RunData) -> Table:
                 cells.append(Cell(str(int(v)), v))
             elif k in ("val_mean_accuracy", "val_strict_accuracy"):
                 cells.append(Cell(pct(v, 2), v))
-            elif k == "lr":
-                cells.append(Cell(f"{v:.2g}", v))
+            elif k == "lr":  # the epoch's mean, and its range when the schedule moved it
+                lo, hi = r.get("lr_min"), r.get("lr_max")
+                moved = lo is not None and hi is not None and hi > 1.05 * lo
+                cells.append(Cell(f"{v:.2g}" + (f" ({lo:.2g}-{hi:.2g})" if moved else ""), v))
             elif k in ("images_per_second", "seconds"):
                 cells.append(Cell(f"{v:,.0f}", v))
             else:
@@ -373,6 +376,7 @@ def run_sections(
         lambda: training_section([a.run], anchor),
         lambda: _attributes_section(a, anchor),
         lambda: _subgroup_section(a, anchor),
+        lambda: subgroup_accuracy_section(a, options, anchor),
         lambda: _calibration_section(a, anchor),
         lambda: _correlation_section(a, anchor),
         lambda: gallery_section(a, anchor, options),
