@@ -70,6 +70,12 @@ EVAL_BATCH_SIZE = 64  # images per model call in eval
 PIPELINE_PIXELS = 100_000_000
 # Faces whose box is shorter than this many pixels are dropped (predict, index, the detectors).
 MIN_FACE_SIZE = 20.0
+# `faceattr serve` and faceattr.serve.create_app: faces per model call across requests, the
+# wait for a batch to fill (ms), predict requests in progress at once, the largest body (MB).
+SERVE_MAX_BATCH = 32
+SERVE_MAX_WAIT_MS = 5.0
+SERVE_MAX_QUEUE = 64
+SERVE_MAX_BODY_MB = 32.0
 
 
 def default_lr(optimizer: str) -> float:
@@ -372,6 +378,11 @@ NUMBER_LIMITS: dict[str, Limit] = {
     "n_valid": Limit(1),
     "n_test": Limit(1),
     "top_pairs": Limit(1),  # data stats --top
+    "port": Limit(0, 65535),  # serve (0: any free port)
+    "max_batch": Limit(1),  # serve: faces per model call, across requests
+    "max_wait_ms": Limit(0),  # serve: how long a batch waits for more faces
+    "max_queue": Limit(1),  # serve: requests admitted at once (more: 503)
+    "max_body_mb": Limit(0, low_open=True),  # serve: one request's body
 }
 
 

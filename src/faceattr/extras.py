@@ -2,7 +2,8 @@
 
 ``pip install faceattr`` is the light install: predict and evaluate through ONNX Runtime.
 PyTorch (train, finetune, export, Grad-CAM, ``--backend torch``) comes with the ``train``
-extra, plots (``report``, ``data stats --plot``) with ``plots`` (``train`` includes it).
+extra, plots (``report``, ``data stats --plot``) with ``plots`` (``train`` includes it),
+the HTTP service (``serve``) with ``serve``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ EXTRA_OF = {
     "matplotlib": "plots",
     "psycopg": "postgres",
     "optuna": "train",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "prometheus_client": "serve",
 }
 
 

@@ -16,6 +16,7 @@ from faceattr.cli.evaluate import eval_command
 from faceattr.cli.export import export_command
 from faceattr.cli.predict import predict_command
 from faceattr.cli.report import report_command
+from faceattr.cli.serve import serve_command
 from faceattr.cli.train import finetune_command, train_command
 from faceattr.cli.tune import tune_command
 
@@ -40,6 +41,7 @@ app.command("export", cls=Command)(export_command)
 app.command("ensemble", cls=Command)(ensemble_command)
 app.command("index", cls=Command)(index_command)
 app.command("search", cls=Command)(search_command)
+app.command("serve", cls=Command)(serve_command)
 app.command(
     "tune",
     cls=Command,

@@ -8,6 +8,7 @@ a folder of thousands is easy to find.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
@@ -128,6 +129,7 @@ def load_image(
     *,
     max_pixels: int | None = None,
     before_decode: Callable[[tuple[int, int]], None] | None = None,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Decode ``path`` into an upright RGB image (``size`` is ``(width, height)``).
 
@@ -140,6 +142,8 @@ def load_image(
     with the size once the header is read and the limit checked, before the pixels are
     decoded (the predictor's pixel budget waits there). Only a regular file is opened
     (:func:`faceattr.fileio.open_regular`): a FIFO or device is an error, never a hang.
+    ``data``: the file's bytes (an upload), decoded instead of opening ``path``, which then
+    only names the image in messages.
 
     Raises :class:`~faceattr.errors.ImageReadError` naming the file and the reason.
     """
@@ -147,7 +151,7 @@ def load_image(
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     try:
-        fh = open_regular(path)
+        fh = io.BytesIO(data) if data is not None else open_regular(path)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
         if isinstance(exc, ValueError):
             raise ImageReadError(f"Cannot read image {str(path)!r}: the name is invalid.") from None

@@ -11,6 +11,7 @@ count of images (:class:`PixelBudget`, ``config.PIPELINE_PIXELS``).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class Predictor:
         self.preprocessing = Preprocessing.from_info(self.info)
         self.attributes: list[str] = list(self.info.attributes)
         self.batch_size = batch_size
+        self._set_thresholds(threshold)
+
+    def _set_thresholds(self, threshold: float | None) -> None:
         if threshold is not None:
             self.thresholds = np.full(len(self.attributes), float(threshold))
         elif self.info.thresholds:
@@ -87,6 +91,19 @@ class Predictor:
         self._threshold_map = {a: float(t) for a, t in zip(self.attributes, self.thresholds,
                                                            strict=True)}  # fmt: skip
         self._source_map = dict(zip(self.attributes, self.threshold_sources, strict=True))
+
+    def configured(self, *, threshold: float | None = None, tta: str | None = None) -> Predictor:
+        """This predictor with another ``threshold`` and/or ``tta`` (None: the model's), as
+        if constructed with them; the loaded model is shared, not loaded again (the server
+        answers each request with its own options from one model)."""
+        if tta is not None:
+            check_tta(tta)
+        if threshold is not None:
+            check_number("threshold", threshold, NUMBER_LIMITS["threshold"])
+        view = copy.copy(self)
+        view.tta = tta if tta is not None else self.info.tta
+        view._set_thresholds(threshold)
+        return view
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels ``[B, 3, S, S]`` (:meth:`Preprocessing.batch`) -> logits ``[B, A]``.
@@ -251,14 +268,33 @@ class PixelBudget:
             self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An image given as its file's bytes (a server's upload): ``name`` names it in the result
+    and in messages; the bytes are decoded as a file's would be."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Source = str | Path | Image.Image | Upload
+
+
 def _load(
-    source: str | Path | Image.Image,
+    source: Source,
     max_pixels: int | None,
     take: Callable[[tuple[int, int]], None],
 ) -> tuple[str, Image.Image]:
     if isinstance(source, Image.Image):
         take(source.size)
         return "<image>", source.convert("RGB")
+    if isinstance(source, Upload):
+        image = load_image(source.name, max_pixels=max_pixels, before_decode=take,
+                           data=source.data)  # fmt: skip
+        return source.name, image
     return str(source), load_image(source, max_pixels=max_pixels, before_decode=take)
 
 
@@ -292,7 +328,7 @@ class _Prepare:
         with self.lock:
             return faces_detected(image, self.detector)
 
-    def __call__(self, job: tuple[int, str | Path | Image.Image]) -> _Item:
+    def __call__(self, job: tuple[int, Source]) -> _Item:
         ticket, source = job
         held = 0  # pixels this call holds
         taken = False
@@ -331,7 +367,7 @@ OnImage = Callable[[ImageResult, Image.Image | None, list[Image.Image]], None]
 
 
 def iter_predictions(
-    sources: Iterable[str | Path | Image.Image],
+    sources: Iterable[Source],
     predictor: Predictor,
     *,
     detector: Detector | None = None,
