@@ -1,7 +1,8 @@
 """Training speed: faceattr's own loop against a bare PyTorch loop, and against the old settings.
 
     python benchmarks/bench_train.py [--archs efficientnet_lite0,resnet50] [--sizes 128,160]
-        [--batch-size 64] [--images 640] [--device cpu|cuda] [--compile] [--quick]
+        [--batch-size 64] [--images 640] [--device cpu|cuda] [--compile] [--no-before]
+        [--epochs 3] [--quick]
 
 Each row runs in its own process (so the allocator setting is exactly the row's) on a synthetic
 CelebA-format set of ``--images`` training images written to a temporary folder (178x218
@@ -15,7 +16,14 @@ JPEGs, like CelebA's crops), measured side by side in one run:
   progress;
 - **faceattr, JPEGs**: the same, decoding the JPEG files with worker processes;
 - **faceattr, before**: ``fit()`` as it ran before channels-last became the default on the
-  CPU and the allocator was tuned (``--no-channels-last``, ``FACEATTR_MALLOC=default``).
+  CPU and the allocator was tuned (``--no-channels-last``, ``FACEATTR_MALLOC=default``;
+  ``--no-before`` leaves it out, e.g. on a GPU);
+- **data path**: the cache's batches, copied to the device, augmented (light) and normalised
+  as ``fit()`` does, with no model: what the input side can deliver (target: at least 1.5x the
+  bare loop's step, so it never waits for data).
+
+On CUDA the bare loop runs under the same autocast as ``fit()`` (bf16 where supported, else
+fp16), so both compare AMP + channels-last.
 
 faceattr's rate is its training loop's img/s in the last of 3 epochs (the first two warm up:
 the allocator's heap grows to its working size; validation is not counted); the bare loop
@@ -57,9 +65,14 @@ if args["row"] == "bare":
     targets = torch.randint(0, 2, (b, 40), device=device).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+
     def step():
         x = prep.normalize(images.contiguous(memory_format=torch.channels_last))
-        loss = loss_fn(model(x), targets)
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            out = model(x)
+        loss = loss_fn(out.float(), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,6 +88,38 @@ if args["row"] == "bare":
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(json.dumps({"ips": n * b / (time.perf_counter() - start)}))
+elif args["row"] == "data":
+    import torch
+    from faceattr.config import AUGMENT_PRESETS, DataConfig, TrainConfig
+    from faceattr.data.transforms import BatchAugment, Preprocessing
+    from faceattr.engine.data import make_batches
+    from faceattr.engine.training import load_train_valid
+    device = torch.device(args["device"])
+    cfg = TrainConfig(data=DataConfig(root=args["root"], img_size=args["img_size"]),
+                      augment=AUGMENT_PRESETS["light"], out=args["out"])
+    train, _ = load_train_valid(cfg)
+    aug, prep = BatchAugment(cfg.augment), Preprocessing(args["img_size"])
+    gen = torch.Generator().manual_seed(0)
+
+    def epoch():
+        n = 0
+        for batch in make_batches(train, img_size=args["img_size"], crop=cfg.data.crop,
+                                  batch_size=args["batch_size"], shuffle=True, generator=gen,
+                                  pin_memory=device.type == "cuda", drop_last=True,
+                                  data=cfg.data):
+            x = batch.images.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+            x = prep.normalize(aug(x, gen))
+            batch.targets.to(device, non_blocking=True)
+            n += len(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    epoch()  # warm-up: page cache, allocator
+    start = time.perf_counter()
+    n = epoch()
+    print(json.dumps({"ips": n / (time.perf_counter() - start)}))
 else:
     from faceattr.config import AUGMENT_PRESETS, DataConfig, ModelConfig, TrainConfig
     from faceattr.engine.fit import fit
@@ -82,7 +127,7 @@ else:
         data=DataConfig(root=args["root"], img_size=args["img_size"], cache=args["cache"]),
         model=ModelConfig(arch=args["arch"]),
         augment=AUGMENT_PRESETS["light"],
-        epochs=3,
+        epochs=args.get("epochs", 3),
         batch_size=args["batch_size"],
         device=args["device"],
         channels_last=args["channels_last"],
@@ -112,7 +157,8 @@ def measure(arch: str, size: int, args: argparse.Namespace, root: Path, tmp: Pat
     prepare_cache(DataConfig(root=str(root), img_size=size))
     steps = args.images // args.batch_size
     common = {"arch": arch, "img_size": size, "batch_size": args.batch_size,
-              "device": args.device, "root": str(root), "steps": steps}  # fmt: skip
+              "device": args.device, "root": str(root), "steps": steps,
+              "epochs": args.epochs}  # fmt: skip
     before_name = "faceattr, before (NCHW, default allocator), cache"
     plan: list[tuple[str, dict, dict | None]] = [
         ("bare loop", {"row": "bare"}, None),
@@ -120,7 +166,10 @@ def measure(arch: str, size: int, args: argparse.Namespace, root: Path, tmp: Pat
         ("faceattr, JPEGs", {"row": "fit", "cache": "off", "channels_last": None}, None),
         (before_name, {"row": "fit", "cache": "auto", "channels_last": False},
          {"FACEATTR_MALLOC": "default"}),
+        ("data path (no model)", {"row": "data"}, None),
     ]  # fmt: skip
+    if args.no_before:
+        plan = [row for row in plan if row[0] != before_name]
     if args.compile:
         plan.append(("faceattr, cache, --compile",
                      {"row": "fit", "cache": "auto", "channels_last": None, "compile": True},
@@ -131,12 +180,13 @@ def measure(arch: str, size: int, args: argparse.Namespace, root: Path, tmp: Pat
         out = str(tmp / f"{arch}-{size}-{name}".replace(" ", "_").replace(",", ""))
         rows[name] = run_row(row, common, env, out=out, **kw)
         print(f"  {arch} {size} px, {name}: {rows[name]:.1f} img/s", file=sys.stderr, flush=True)
-    bare, before = rows["bare loop"], rows[before_name]
+    bare, before = rows["bare loop"], rows.get(before_name, float("nan"))
     print(f"\n### {arch}, {size} px, batch {args.batch_size}, {steps} steps an epoch "
           f"({args.images} images), {args.device}\n")  # fmt: skip
     print("| path | img/s | / bare loop | / before |\n|---|---:|---:|---:|")
     for name, ips in rows.items():
-        print(f"| {name} | {ips:.1f} | {ips / bare:.2f} | {ips / before:.2f} |")
+        vs_before = f"{ips / before:.2f}" if before == before else "-"  # nan: no before row
+        print(f"| {name} | {ips:.1f} | {ips / bare:.2f} | {vs_before} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=640)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="add a row with torch.compile")
+    p.add_argument("--no-before", action="store_true", help="leave out the 'before' row")
+    p.add_argument("--epochs", type=int, default=3, help="fit() epochs (the last is timed)")
     p.add_argument("--quick", action="store_true", help="celebnet at 64 px, 256 images")
     args = p.parse_args(argv)
     if args.quick:
@@ -157,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     cpu = platform.processor() or platform.machine()
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load}; device {args.device}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, "
+              f"CUDA {torch.version.cuda}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="faceattr-bench-train-") as name:
         tmp = Path(name)
         root = write_synthetic_celeba(tmp / "data", n_train=args.images, n_valid=64, n_test=0)

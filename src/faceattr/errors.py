@@ -38,6 +38,13 @@ class UsageError(FaceAttrError):
     exit_code = 2
 
 
+class DeviceUnavailableError(UsageError):
+    """A valid device (``cuda``, ``mps``) this machine or install does not have (exit code 1:
+    the option is right, the machine is not)."""
+
+    exit_code = 1
+
+
 class DataError(FaceAttrError):
     """A dataset is missing, incomplete or malformed."""
 

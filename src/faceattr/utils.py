@@ -81,7 +81,7 @@ def resolve_device(name: str = "auto"):
     """``auto`` -> CUDA when present, else MPS, else CPU; checks that a requested device exists."""
     import torch
 
-    from faceattr.errors import UsageError
+    from faceattr.errors import DeviceUnavailableError, UsageError
 
     name = (name or "auto").lower()
     if name == "auto":
@@ -91,15 +91,29 @@ def resolve_device(name: str = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(
-            f"`device={name!r}` was requested but CUDA is not available on this machine.",
+        why = (
+            f"this PyTorch ({torch.__version__}) is a CPU-only build"
+            if torch.version.cuda is None
+            else f"this PyTorch (CUDA {torch.version.cuda}) finds no usable NVIDIA GPU or driver"
+        )
+        raise DeviceUnavailableError(
+            f"`device={name!r}` was requested but CUDA is not available: {why}.",
             'Use `device="cpu"` (or `device="auto"`), or install a CUDA build of PyTorch on a '
-            "GPU machine.",
+            "GPU machine (https://pytorch.org/get-started/locally/; check `nvidia-smi`).",
+        )
+    if (
+        name.startswith("cuda:")
+        and name[5:].isdigit()
+        and int(name[5:]) >= (count := torch.cuda.device_count())
+    ):
+        raise DeviceUnavailableError(
+            f"`device={name!r}` was requested but this machine has {count} CUDA device(s).",
+            f'Use `device="cuda:0"` ... `device="cuda:{count - 1}"`.',
         )
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise UsageError(
+        raise DeviceUnavailableError(
             '`device="mps"` was requested but MPS is not available.', 'Use `device="cpu"`.'
         )
     try:

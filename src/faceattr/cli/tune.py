@@ -141,6 +141,9 @@ def tune_command(
     config_changes(tctx)  # the base options' numbers checked before any trial
     if tctx.params.get("root") is None:
         raise UsageError("Missing --root: the dataset folder every trial trains on.")
+    from faceattr.utils import resolve_device
+
+    resolve_device(tctx.params.get("device") or "auto")  # --device cuda without a GPU: say so now
     specs = [parse_param(p, _kinds(train)) for p in param]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

@@ -329,8 +329,11 @@ class _Backend:
                 importlib.metadata.distribution(dist)
                 found = importlib.util.find_spec(module) is not None
             except importlib.metadata.PackageNotFoundError:
-                # OpenCV comes as opencv-python, -headless, -contrib-python ...: any will do.
-                found = module == "cv2" and importlib.util.find_spec("cv2") is not None
+                # OpenCV comes as opencv-python, -headless, -contrib-python ...; ONNX Runtime
+                # as onnxruntime or onnxruntime-gpu (faceattr[gpu], docs/gpu.md): any will do.
+                found = module in ("cv2", "onnxruntime") and (
+                    importlib.util.find_spec(module) is not None
+                )
             if not found:
                 out.append(dist)
         return out

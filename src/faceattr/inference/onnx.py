@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.errors import ModelError, UsageError
+from faceattr.errors import DeviceUnavailableError, ModelError, UsageError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -42,6 +42,41 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
+# onnxruntime and onnxruntime-gpu both install the `onnxruntime` module: with both installed,
+# the one installed last owns the files, and uninstalling either breaks the other. pip has no
+# way to say "instead of", so `faceattr[gpu]` adds onnxruntime-gpu and the user removes the CPU
+# package once (docs/gpu.md).
+GPU_SWITCH = (
+    "Run `pip install 'faceattr[gpu]' && pip uninstall -y onnxruntime && "
+    "pip install --force-reinstall --no-deps onnxruntime-gpu` on a machine with an NVIDIA GPU"
+)
+
+
+def runtime_packages() -> list[str]:
+    """The ONNX Runtime distributions installed (``onnxruntime``, ``onnxruntime-gpu``...)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def runtime_packages_note() -> str:
+    """What is installed, in words, with the clash named when both packages are there."""
+    found = runtime_packages()
+    names = [f.split()[0] for f in found]
+    if "onnxruntime" in names and len(names) > 1:
+        return (
+            f"installed: {', '.join(found)}: these share the `onnxruntime` module and must not "
+            "be installed together (the one installed last owns its files)"
+        )
+    return f"installed: {', '.join(found) or 'no onnxruntime distribution'}"
+
+
 def providers_for(device: str) -> list[Any]:
     """ONNX Runtime execution providers for ``--device`` (auto: CUDA when this onnxruntime
     build has it, else the CPU)."""
@@ -50,16 +85,19 @@ def providers_for(device: str) -> list[Any]:
     name = (device or "auto").lower()
     if name == "cpu":
         return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and name != "cpu":
+        preload_cuda_libraries()
     if name == "auto":
-        if "CUDAExecutionProvider" in available:
+        # auto takes CUDA only where its provider loads: else ONNX Runtime logs an error.
+        if "CUDAExecutionProvider" in available and cuda_provider_load_error() is None:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
     if name.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
-            raise UsageError(
+            raise DeviceUnavailableError(
                 f"`device={device!r}` was requested, but this onnxruntime has no CUDA support "
-                f"(providers: {', '.join(available)}).",
-                'Use `device="cpu"`, or install onnxruntime-gpu on a CUDA machine.',
+                f"(providers: {', '.join(available)}; {runtime_packages_note()}).",
+                f'{GPU_SWITCH} (docs/gpu.md); or use `device="cpu"` or `backend="torch"`.',
             )
         index = int(name.partition(":")[2] or 0)
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
@@ -80,11 +118,12 @@ def open_session(
     already read); ModelError for a damaged file."""
     ort = _ort()
     p = Path(path)
+    providers = providers_for(device)
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             model_bytes if model_bytes is not None else str(p),
             session_options(threads),
-            providers=providers_for(device),
+            providers=providers,
         )
     except UsageError:
         raise
@@ -95,6 +134,75 @@ def open_session(
             "Export it again with `faceattr export MODEL --format onnx`, or use the bundled "
             "model (`default`).",
         ) from e
+    check_providers(session, device, providers)
+    return session
+
+
+_preloaded: list[bool] = []
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip packages bring (``onnxruntime-gpu[cuda,
+    cudnn]``, or PyTorch's) before a CUDA session, as ONNX Runtime's ``preload_dlls`` does
+    (1.21+; it prints, so its words are kept off stdout, where ``--json`` goes). Once."""
+    if _preloaded:
+        return
+    _preloaded.append(True)
+    import contextlib
+    import io
+
+    ort = _ort()
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+            ort.preload_dlls()
+
+
+def cuda_provider_load_error() -> str | None:
+    """Why onnxruntime-gpu's CUDA provider library cannot be loaded (the dynamic loader's
+    words: the first missing library), or None when it loads (or cannot be found to try)."""
+    import ctypes
+    import sys
+
+    capi = Path(_ort().__file__).parent / "capi"
+    lib = (
+        "onnxruntime_providers_cuda.dll"
+        if sys.platform == "win32"
+        else ("libonnxruntime_providers_cuda.so")
+    )
+    if not (capi / lib).is_file():
+        return None
+    try:
+        ctypes.CDLL(str(capi / lib))
+    except OSError as e:
+        return str(e).strip()[:300]
+    return None
+
+
+def check_providers(session: Any, device: str, asked: list[Any]) -> None:
+    """A UsageError when ``--device cuda`` was asked for and ONNX Runtime quietly fell back to
+    the CPU: onnxruntime-gpu lists the CUDA provider as available even where its CUDA or cuDNN
+    libraries cannot be loaded, and then runs everything on the CPU without a word."""
+    name = (device or "auto").lower()
+    wanted = [p[0] if isinstance(p, tuple) else p for p in asked]
+    if not name.startswith("cuda") or "CUDAExecutionProvider" not in wanted:
+        return
+    got = list(session.get_providers())
+    if "CUDAExecutionProvider" in got:
+        return
+    why = cuda_provider_load_error()
+    raise DeviceUnavailableError(
+        f"`device={device!r}` was requested and this onnxruntime has a CUDA provider, but it "
+        f"could not be loaded, so ONNX Runtime fell back to {', '.join(got) or 'nothing'}: "
+        + (
+            why
+            or "usually missing CUDA or cuDNN libraries of the versions this onnxruntime-gpu "
+            "was built for, or no NVIDIA driver"
+        )
+        + ".",
+        "Install the CUDA and cuDNN libraries onnxruntime-gpu needs (`pip install "
+        "'onnxruntime-gpu[cuda,cudnn]'` brings them as pip packages), check `nvidia-smi`, or "
+        'use `device="cpu"` / `backend="torch"` (docs/gpu.md).',
+    )
 
 
 def check_io(session: Any, path: Path, num_attributes: int, img_size: int) -> str:
