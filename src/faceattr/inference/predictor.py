@@ -155,6 +155,15 @@ class Predictor:
             probability_array=probs,
         )
 
+    def image_result(self, item: _Item, probs: np.ndarray) -> ImageResult:
+        """One image's :class:`ImageResult` from its prepared item and its faces'
+        probabilities ``[len(item.faces), A]`` (in the item's face order)."""
+        result = ImageResult(image=item.image, error=item.error)
+        if item.size is not None:
+            result.width, result.height = item.size
+        result.faces = [self.face_result(f, p) for f, p in zip(item.faces, probs, strict=True)]
+        return result
+
 
 @dataclass
 class _Face:
@@ -398,17 +407,14 @@ def iter_predictions(
 
     def flush() -> Iterator[ImageResult]:
         faces = [f for item in pending for f in item.faces]
+        probs = np.zeros((0, len(predictor.attributes)), np.float32)
         if faces:
             pixels = np.stack([f.pixels for f in faces if f.pixels is not None])
             probs = predictor.probabilities_of_pixels(pixels)
         k = 0
         for item in pending:
-            result = ImageResult(image=item.image, error=item.error)
-            if item.size is not None:
-                result.width, result.height = item.size
-            for face in item.faces:
-                result.faces.append(predictor.face_result(face, probs[k]))
-                k += 1
+            result = predictor.image_result(item, probs[k : k + len(item.faces)])
+            k += len(item.faces)
             if on_image is not None:
                 on_image(result, item.picture, [f.crop for f in item.faces if f.crop])
             item.picture = None

@@ -347,13 +347,8 @@ class Service:
             raise HTTPError(500, exc.message, exc.hint) from None
         results, k = [], 0
         for item in items:
-            result = ImageResult(image=item.image, error=item.error)
-            if item.size is not None:
-                result.width, result.height = item.size
-            for face in item.faces:
-                result.faces.append(predictor.face_result(face, probs[k]))
-                k += 1
-            results.append(result)
+            results.append(predictor.image_result(item, probs[k : k + len(item.faces)]))
+            k += len(item.faces)
         self.metrics.images.inc(len(results))
         self.metrics.faces.inc(len(faces))
         return results
