@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from faceattr.cli.common import err, handle_errors, literal
 from faceattr.cli.options import DetectorOption, WorkersOption
-from faceattr.config import SERVE_MAX_BATCH, SERVE_MAX_BODY_MB, SERVE_MAX_QUEUE, SERVE_MAX_WAIT_MS
+from faceattr.config import (
+    NUMBER_LIMITS,
+    SERVE_MAX_BATCH,
+    SERVE_MAX_BODY_MB,
+    SERVE_MAX_QUEUE,
+    SERVE_MAX_WAIT_MS,
+    check_number,
+)
 
 
 @handle_errors
@@ -22,6 +29,20 @@ def serve_command(
         str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on (0: any free port).")] = 8000,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="An index to search from the service and its page (an SQLite file or a "
+            "postgresql:// URL made by `faceattr index` with the same model).",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Server processes on the one port, each with its own model and a share of "
+            "the cores (--workers threads each).",
+        ),
+    ] = 1,
     workers: WorkersOption = None,
     max_batch: Annotated[
         int, typer.Option(help="Faces per model call, gathered across requests.")
@@ -56,13 +77,16 @@ def serve_command(
 
     One model call takes the faces of all requests in progress (up to --max-batch faces, or
     --max-wait-ms), so concurrent clients share the throughput of a batch job. Ctrl-C or
-    SIGTERM: stop accepting, finish the requests in flight, exit 0. Needs the serve extra:
-    pip install "faceattr\\[serve]". See docs/serve.md.
+    SIGTERM: stop accepting, finish the requests in flight, exit 0. With --db, search the
+    index too. The page at http://127.0.0.1:8000/ takes photos and queries. Needs the serve
+    extra: pip install "faceattr\\[serve]". See docs/serve.md.
 
     \b
     Examples:
       faceattr serve
       curl -F image=@photo.jpg localhost:8000/v1/predict
+      faceattr serve --db library.db --nproc 2
+      curl 'localhost:8000/v1/search?q=Smiling+and+Eyeglasses'
       FACEATTR_TOKEN=secret faceattr serve --host 0.0.0.0 --port 8080
     """
     from faceattr.serve import require_serve
@@ -70,7 +94,7 @@ def serve_command(
     require_serve()
     from faceattr.inference.predictor import Predictor
     from faceattr.serve.app import create_app
-    from faceattr.serve.server import TOKEN_ENV, is_loopback, read_token, run
+    from faceattr.serve.server import TOKEN_ENV, is_loopback, read_token, run, run_processes
 
     token = read_token(token_file)
     if not is_loopback(host) and token is None:
@@ -79,9 +103,22 @@ def serve_command(
             f"can reach this port can use the server. Set {TOKEN_ENV} or --token-file.",
             highlight=False,
         )
-    # Loaded before listening: a bad MODEL is an error now, not a server that never gets ready.
+    check_number("nproc", nproc, NUMBER_LIMITS["nproc"])
+    check_number("port", port, NUMBER_LIMITS["port"])
+    settings: dict[str, Any] = {
+        "detector": detector, "workers": workers, "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms, "max_queue": max_queue, "max_body_mb": max_body_mb,
+        "max_pixels": max_pixels, "token": token, "db": db,
+    }  # fmt: skip
+    # Loaded before listening: a bad MODEL or --db is an error now, not a server that never
+    # gets ready.
     predictor = Predictor(model, batch_size=max_batch)
-    app = create_app(predictor, detector=detector, workers=workers, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_mb=max_body_mb,
-                     max_pixels=max_pixels, token=token)  # fmt: skip
-    run(app, host=host, port=port)
+    if db is not None:
+        from faceattr.serve.index import check_index
+
+        check_index(db, predictor)
+    if nproc > 1:
+        del predictor  # each process loads its own
+        run_processes({"model": model, **settings}, nproc=nproc, host=host, port=port)
+    else:
+        run(create_app(predictor, **settings), host=host, port=port)

@@ -73,7 +73,10 @@ _SHOWN = 70  # characters of the query shown around the column an error points a
 
 
 class QueryError(UsageError):
-    """A query that does not parse (exit code 2); the message points at the column."""
+    """A query that does not parse (exit code 2); the message points at the column
+    (``column``, from 1)."""
+
+    column: int = 0
 
 
 def _error(query: str, column: int, what: str, hint: str | None = None) -> QueryError:
@@ -84,7 +87,9 @@ def _error(query: str, column: int, what: str, hint: str | None = None) -> Query
     before = "..." if start > 0 else ""
     after = "..." if start + _SHOWN < len(query) else ""
     pointer = f"  {before}{shown}{after}\n  {' ' * (len(before) + column - start)}^"
-    return QueryError(f"Query error at column {column + 1}: {what}\n{pointer}", hint)
+    error = QueryError(f"Query error at column {column + 1}: {what}\n{pointer}", hint)
+    error.column = column + 1
+    return error
 
 
 def _short(text: str) -> str:

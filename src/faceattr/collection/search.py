@@ -24,6 +24,8 @@ DEFAULT_LIMIT = 20
 class Match(JsonResult):
     """One face of the index that matches."""
 
+    id: int  # the face's id in the index (GET /v1/faces/{id}/thumbnail of `faceattr serve`)
+    image_id: int  # the image's id in the index (GET /v1/images/{id})
     image: str  # the image's path
     face: int  # the face's number within the image (from 0)
     box: list[float]  # [x, y, w, h] in image pixels
@@ -77,7 +79,8 @@ def _results(store: Store, ids, chosen, score, names: list[str], used: list[int]
             continue
         values = row["values"]
         results.append(Match(
-            image=row["image"], face=row["face"], box=row["box"],
+            id=int(ids[pos]), image_id=row["image_id"], image=row["image"], face=row["face"],
+            box=row["box"],
             detector_score=row["detector_score"], match=float(score[pos]),
             probabilities={names[i]: float(v) for i, v in zip(used, values, strict=True)},
         ))  # fmt: skip
@@ -105,11 +108,26 @@ def _logits(probs: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def _like(store: Store, probabilities, exclude: list[int], limit: int | None) -> list[Match]:
+    """Faces whose attribute profile is nearest (cosine over logits) to ``probabilities``,
+    best first, the faces ``exclude`` left out."""
+    names = _model(store)["attributes"]
+    target = _logits(np.asarray(probabilities, np.float64))
+    target /= np.linalg.norm(target) or 1.0
+    ids, probs = store.columns()
+    logits = _logits(np.asarray(probs))  # [A, N]
+    sims = target @ logits / np.maximum(np.linalg.norm(logits, axis=0), 1e-12)
+    keep = ~np.isin(ids, exclude)
+    chosen = _top(sims, ids, np.flatnonzero(keep), limit)
+    return _results(store, ids, chosen, sims, names, list(range(len(names))))
+
+
 def like_image(
     image: str | Path, db: str | Path, *, limit: int | None = DEFAULT_LIMIT, detect: bool = True
 ) -> SearchResult:
     """Faces whose attribute profile is nearest (cosine over logits) to the best face found in
     ``image``, predicted with the index's own model; the image itself is left out."""
+    from faceattr.collection.indexer import stored_path
     from faceattr.errors import UsageError
     from faceattr.inference.detect import create_detector
     from faceattr.inference.predictor import Predictor, iter_predictions
@@ -117,7 +135,6 @@ def like_image(
     store = open_store(db, create=False)
     try:
         model = _model(store)
-        names = model["attributes"]
         face_detector = create_detector(None) if detect else None
         [result] = iter_predictions([str(image)], Predictor(model["name"]), detector=face_detector)
         if result.error:
@@ -127,17 +144,40 @@ def like_image(
                 f'`like="{image}"`: no face found.',
                 "Pass a photo with a clearly visible face.",
             )
-        target = _logits(np.asarray(result.faces[0].probability_array, np.float64))
-        target /= np.linalg.norm(target) or 1.0
-        ids, probs = store.columns()
-        logits = _logits(np.asarray(probs))  # [A, N]
-        sims = target @ logits / np.maximum(np.linalg.norm(logits, axis=0), 1e-12)
-        from faceattr.collection.indexer import stored_path
-
         own = store.face_ids_of(str(stored_path(image)))
-        keep = ~np.isin(ids, own)
-        chosen = _top(sims, ids, np.flatnonzero(keep), limit)
-        results = _results(store, ids, chosen, sims, names, list(range(len(names))))
+        results = _like(store, result.faces[0].probability_array, own, limit)
     finally:
         store.close()
     return SearchResult(db=str(db), like=str(image), results=results)
+
+
+def like_probabilities(
+    probabilities, db: str | Path, *, name: str, limit: int | None = DEFAULT_LIMIT
+) -> SearchResult:
+    """Faces like a face already predicted (by the index's model) whose ``probabilities`` are
+    given: ``faceattr serve``'s like-this-upload; ``name`` is the answer's ``like``."""
+    store = open_store(db, create=False)
+    try:
+        results = _like(store, probabilities, [], limit)
+    finally:
+        store.close()
+    return SearchResult(db=str(db), like=name, results=results)
+
+
+class FaceNotFound(CollectionError):
+    """No face with this id in the index."""
+
+
+def like_face(face_id: int, db: str | Path, *, limit: int | None = DEFAULT_LIMIT) -> SearchResult:
+    """Faces like the indexed face ``face_id`` (itself left out), from its stored
+    probabilities."""
+    store = open_store(db, create=False)
+    try:
+        probabilities = store.face_probabilities(face_id)
+        if probabilities is None:
+            raise FaceNotFound(f"The index holds no face {face_id}.",
+                               "Take face ids from search results (`id`).")  # fmt: skip
+        results = _like(store, probabilities, [face_id], limit)
+    finally:
+        store.close()
+    return SearchResult(db=str(db), like=f"face {face_id}", results=results)

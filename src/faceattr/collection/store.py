@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import time
@@ -433,13 +434,40 @@ class Store:
             part = [int(i) for i in ids[start : start + 500]]
             marks = ", ".join("?" * len(part))
             for r in self.conn.execute(
-                f"SELECT f.id, i.path, f.face, f.x, f.y, f.w, f.h, f.score{cols} FROM faces f "
-                f"JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
+                f"SELECT f.id, i.id, i.path, f.face, f.x, f.y, f.w, f.h, f.score{cols} "
+                f"FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
                 part,
             ):
-                out[int(r[0])] = {"image": r[1], "face": r[2], "box": list(r[3:7]),
-                                  "detector_score": r[7], "values": list(r[8:])}  # fmt: skip
+                out[int(r[0])] = {"image_id": int(r[1]), "image": r[2], "face": r[3],
+                                  "box": list(r[4:8]), "detector_score": r[8],
+                                  "values": list(r[9:])}  # fmt: skip
         return out
+
+    def face_probabilities(self, face_id: int) -> list[float] | None:
+        """The probabilities of the face ``face_id`` (all attributes), None when there is no
+        such face."""
+        cols = ", ".join(f"a{i}" for i in range(self.n_attributes))
+        row = self.conn.execute(f"SELECT {cols} FROM faces WHERE id = ?", (face_id,)).fetchone()
+        if row is None:
+            return None
+        return [float(v) if isinstance(v, (int, float)) else math.nan for v in row]
+
+    def face_picture(self, face_id: int) -> tuple[str, list[float]] | None:
+        """The path of the image of face ``face_id`` and the face's box, None when there is
+        no such face."""
+        row = self.conn.execute(
+            "SELECT i.path, f.x, f.y, f.w, f.h FROM faces f JOIN images i ON i.id = f.image_id "
+            "WHERE f.id = ?", (face_id,),
+        ).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        box = [float(v) if isinstance(v, (int, float)) else math.nan for v in row[1:5]]
+        return str(row[0]), box
+
+    def image_path(self, image_id: int) -> str | None:
+        """The path of the indexed image ``image_id``, None when there is none."""
+        row = self.conn.execute("SELECT path FROM images WHERE id = ?", (image_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         self.conn.close()

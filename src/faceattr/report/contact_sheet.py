@@ -3,33 +3,14 @@ gallery rendered like the report's, see :mod:`faceattr.report.html`)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
+from faceattr.collection.pictures import face_thumbnail
 from faceattr.collection.search import SearchResult
 from faceattr.report.document import Card, Gallery, Paragraph, Report, Section, literal
 from faceattr.report.html import render_html
 
-THUMBNAIL_PIXELS = 128
 SHOWN_PROBABILITIES = 6  # per face: a --like result has all 40
-
-
-def thumbnail(path: str, box: list[float], size: int = THUMBNAIL_PIXELS) -> bytes | None:
-    """A JPEG of the face (its box with a margin), or None when the image is gone."""
-    from faceattr.data.images import load_image
-    from faceattr.errors import FaceAttrError
-
-    try:
-        image = load_image(path)
-    except FaceAttrError:
-        return None
-    x, y, w, h = box
-    m = 0.25 * max(w, h)
-    crop = image.crop((int(x - m), int(y - m), int(x + w + m), int(y + h + m)))
-    crop.thumbnail((size, size))
-    buf = io.BytesIO()
-    crop.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def contact_sheet(found: SearchResult, title: str) -> str:
@@ -37,7 +18,7 @@ def contact_sheet(found: SearchResult, title: str) -> str:
     cards = [
         Card(
             title=f"{m.match:.3f}  {Path(m.image).name} #{m.face}",
-            image=thumbnail(m.image, m.box),
+            image=face_thumbnail(m.image, m.box),
             subtitle=literal(m.image),
             lines=[
                 f"{literal(k)} **{v:.3f}**"

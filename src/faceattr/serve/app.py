@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,9 +46,11 @@ from faceattr.inference.detect import Detector, create_detector
 from faceattr.inference.predictor import PixelBudget, Predictor, Upload, _Item, _Prepare
 from faceattr.inference.results import ImageResult
 from faceattr.models.file import ModelRef
+from faceattr.redaction import redact
 from faceattr.serve.batcher import Batcher
 from faceattr.serve.metrics import Metrics
 from faceattr.serve.openapi import openapi_document
+from faceattr.serve.page import page_response
 from faceattr.utils import default_workers
 
 MAX_IMAGES = 64  # images in one multipart request
@@ -139,6 +142,7 @@ class Service:
         max_body_mb: float,
         max_pixels: int | None,
         token: str | None,
+        db: str | Path | None = None,
         body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_wait_ms", max_wait_ms),
@@ -158,6 +162,7 @@ class Service:
         self.max_pixels = max_pixels
         self.token = token.encode() if token else None
         self.body_timeout_s = body_timeout_s
+        self.db = db  # an index (faceattr serve --db): the routes of serve/index.py
         self.metrics = Metrics()
         self.predictor: Predictor | None = None
         self.detector: Detector | None = None
@@ -176,6 +181,10 @@ class Service:
         else:
             predictor = Predictor(self.model, backend=self.backend, batch_size=self.max_batch)
         predictor.batch_size = max(predictor.batch_size, self.max_batch)
+        if self.db is not None:
+            from faceattr.serve.index import check_index
+
+            check_index(self.db, predictor)
         if self.no_detect:
             return predictor, None
         if self.detector_spec is None or isinstance(self.detector_spec, str):
@@ -318,13 +327,19 @@ class Service:
 
     # -- predicting --------------------------------------------------------------------------
     async def predict(self, request: Request) -> list[ImageResult]:
-        base, batcher = self.check_ready()
+        """The results of the images of a predict request, with its query's options."""
+        self.check_ready()
         options = PredictOptions(dict(request.query_params))
+        return await self.predict_uploads(await self.uploads(request), options)
+
+    async def predict_uploads(
+        self, uploads: list[Upload], options: PredictOptions
+    ) -> list[ImageResult]:
+        base, batcher = self.check_ready()
         try:
             predictor = base.configured(threshold=options.threshold, tta=options.tta)
         except UsageError as exc:
             raise HTTPError(400, exc.message, exc.hint) from None
-        uploads = await self.uploads(request)
         prepare = _Prepare(predictor.preprocessing, self.detector_for(options), self.max_pixels,
                            False, self.budget)  # fmt: skip
         if prepare.lock is not None:
@@ -373,6 +388,15 @@ class Service:
             "faceattr_version": __version__,
         }  # fmt: skip
 
+    def index_json(self) -> dict[str, Any] | None:
+        """What ``GET /v1/model`` says of the index served: its location (no password) and
+        counts; None without one."""
+        if self.db is None:
+            return None
+        from faceattr.serve.index import index_counts
+
+        return {"db": redact(str(self.db)), **index_counts(self.db)}
+
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -390,6 +414,7 @@ def create_app(
     max_body_mb: float = SERVE_MAX_BODY_MB,
     max_pixels: int | None = None,
     token: str | None = None,
+    db: str | Path | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> Starlette:
     """The ASGI app of ``faceattr serve``: mount it in an application or run it with any ASGI
@@ -400,12 +425,15 @@ def create_app(
     request is taken as aligned crops). ``max_batch`` faces or ``max_wait_ms`` make one model
     call across requests; ``max_queue`` requests at once (more: 503 with Retry-After);
     ``max_body_mb`` per request (more: 413); ``max_pixels`` per image (more: that image's
-    error); ``token``: the bearer token every route but /healthz, /readyz and /openapi.json
-    asks for; ``body_timeout_s``: a body not received by then is answered 408."""
+    error); ``token``: the bearer token every route but /, /healthz, /readyz and
+    /openapi.json asks for; ``db``: an index (a SQLite file or a PostgreSQL URL) made by
+    the same model, searched by /v1/search, /v1/search/like and shown by
+    /v1/faces/{id}/thumbnail and /v1/images/{id}; ``body_timeout_s``: a body not received
+    by then is answered 408."""
     service = Service(model, backend=backend, detector=detector, no_detect=no_detect,
                       workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_queue=max_queue, max_body_mb=max_body_mb, max_pixels=max_pixels,
-                      token=token, body_timeout_s=body_timeout_s)  # fmt: skip
+                      token=token, db=db, body_timeout_s=body_timeout_s)  # fmt: skip
     metrics = service.metrics
 
     def endpoint(route: str, handler: Handler, *, auth: bool = True,
@@ -459,7 +487,9 @@ def create_app(
         return JSONResponse(answers)
 
     async def model_info(request: Request) -> Response:
-        return JSONResponse(service.model_json())
+        answer = service.model_json()
+        answer["index"] = await asyncio.to_thread(service.index_json)
+        return JSONResponse(answer)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -475,7 +505,10 @@ def create_app(
         return Response(body, media_type=content_type)
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(__version__))
+        return JSONResponse(openapi_document(__version__, index=db is not None))
+
+    async def page(request: Request) -> Response:
+        return page_response()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -506,7 +539,12 @@ def create_app(
         Route("/readyz", endpoint("/readyz", readyz, auth=False), methods=["GET"]),
         Route("/metrics", endpoint("/metrics", metrics_text), methods=["GET"]),
         Route("/openapi.json", endpoint("/openapi.json", openapi, auth=False), methods=["GET"]),
+        Route("/", endpoint("/", page, auth=False), methods=["GET"]),  # the web page
     ]
+    if db is not None:
+        from faceattr.serve.index import index_routes
+
+        routes += index_routes(service, endpoint)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})  # fmt: skip
     app.state.service = service

@@ -17,7 +17,112 @@ def _query(name: str, kind: str, text: str, **extra: Any) -> dict[str, Any]:
             "schema": {"type": kind, **extra}}  # fmt: skip
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def _index_paths(ok_json: dict[str, Any]) -> dict[str, Any]:
+    """The routes of ``--db`` (serve/index.py)."""
+    jpeg = {
+        "description": "A JPEG",
+        "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    limit = _query(
+        "limit", "integer", "At most this many faces", minimum=1, maximum=1000, default=20
+    )
+
+    def by_id(what: str) -> dict[str, Any]:
+        return {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer"},
+            "description": f"The {what}'s id in the index (from search results)",
+        }
+
+    return {
+        "/v1/search": {
+            "get": {
+                "summary": "Faces of the index matching a query "
+                "(the JSON of `faceattr search --json`)",
+                "parameters": [
+                    {
+                        **_query("q", "string", "The query, e.g. Smiling and not Male"),
+                        "required": True,
+                    },
+                    limit,
+                ],
+                "responses": {
+                    "200": ok_json,
+                    "400": {
+                        **_ERROR,
+                        "description": "A bad query: the error and its `column` (from 1)",
+                    },
+                    "401": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/v1/search/like": {
+            "post": {
+                "summary": "Faces like an uploaded photo's first face, or like an indexed face",
+                "parameters": [
+                    _query("face", "integer", "An indexed face's id (then no body)"),
+                    limit,
+                    _query(
+                        "detect",
+                        "boolean",
+                        "Find the face (false: the image is an aligned crop)",
+                        default=True,
+                    ),
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"image": {"type": "string", "format": "binary"}},
+                            }
+                        },
+                        "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+                "responses": {
+                    "200": ok_json,
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "404": _ERROR,
+                    "422": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/v1/faces/{id}/thumbnail": {
+            "get": {
+                "summary": "A face's picture, with a margin",
+                "parameters": [
+                    by_id("face"),
+                    _query(
+                        "size",
+                        "integer",
+                        "The longest side (pixels)",
+                        minimum=16,
+                        maximum=512,
+                        default=128,
+                    ),
+                ],
+                "responses": {"200": jpeg, "400": _ERROR, "401": _ERROR, "404": _ERROR},
+            }
+        },
+        "/v1/images/{id}": {
+            "get": {
+                "summary": "An indexed image, upright (its faces' boxes are in its pixels)",
+                "parameters": [by_id("image")],
+                "responses": {"200": jpeg, "401": _ERROR, "404": _ERROR},
+            }
+        },
+    }
+
+
+def openapi_document(version: str, *, index: bool = False) -> dict[str, Any]:
+    """The document; ``index``: with the routes of ``--db``."""
     face = {
         "type": "object",
         "required": ["box", "score", "probabilities", "attributes"],
@@ -78,6 +183,10 @@ def openapi_document(version: str) -> dict[str, Any]:
         "info": {"title": "faceattr", "version": version,
                  "description": "Facial attributes (40 CelebA attributes) over HTTP."},
         "paths": {
+            "/": {"get": {"summary": "The web page (photos; the index "
+                          "with `faceattr serve --db`)",
+                          "responses": {"200": {"description": "HTML",
+                                                "content": {"text/html": {}}}}}},
             "/v1/predict": {"post": predict},
             "/v1/model": {"get": {"summary": "The model: attributes, thresholds, input size, "
                                   "digest, licence", "responses": {"200": ok_json, "401": _ERROR}}},
@@ -87,6 +196,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            **(_index_paths(ok_json) if index else {}),
         },
         "components": {"schemas": {"Face": face, "Image": image, "Error": error},
                        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
