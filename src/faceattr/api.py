@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from faceattr.config import MIN_FACE_SIZE, PREDICT_BATCH_SIZE
+from faceattr.config import MIN_FACE_SIZE, PREDICT_BATCH_SIZE, VIDEO_TRACK_GAP
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -39,6 +39,13 @@ def predict(
     workers: int | None = None,
     device: str = "auto",
     max_pixels: int | None = None,
+    every: int = 1,
+    start: float = 0.0,
+    end: float | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    track_gap: float = VIDEO_TRACK_GAP,
+    frames: bool = False,
 ) -> list[dict[str, Any]]:
     """The attributes of the faces in ``images``, as ``faceattr predict --json`` says them.
 
@@ -56,6 +63,10 @@ def predict(
     ``"tuned"`` (the model's, tuned on validation data), ``"0.5"`` or ``"given"``
     (``threshold``).
 
+    A video among them (``pip install "faceattr[video]"``) gets ``predict --json``'s entry for
+    a video: one track per person, read and tracked as ``every``, ``start``, ``end``, ``fps``,
+    ``max_frames``, ``track_gap`` and ``frames`` say (docs/video.md).
+
     An image that cannot be read has ``error`` set and no faces. ``model``: ``default``, a
     run directory, a ``.safetensors`` or ``.onnx`` file; ``backend``: ``auto`` (ONNX Runtime
     for ``.onnx`` files and the default model), ``onnx`` or ``torch``; ``threshold``: one
@@ -64,9 +75,15 @@ def predict(
     """
     from PIL import Image
 
-    from faceattr.data.images import expand_image_paths
+    from faceattr.data.images import IMAGE_EXTENSIONS, expand_image_paths
     from faceattr.inference.detect import create_detector
     from faceattr.inference.predictor import Predictor, iter_predictions
+    from faceattr.video.pipeline import VideoOptions, predict_video
+    from faceattr.video.probe import VIDEO_EXTENSIONS, in_input_order, is_video_input
+
+    options = VideoOptions(every=every, start=start, end=end, fps=fps, max_frames=max_frames,
+                           track_gap=track_gap, frames=frames)  # fmt: skip
+    options.check()
 
     items = [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
     sources: list[Any] = []
@@ -74,15 +91,22 @@ def predict(
         if isinstance(item, Image.Image):
             sources.append(item)
         else:
-            sources.extend(expand_image_paths([os.fspath(item)], recursive)[0])
+            found = expand_image_paths([os.fspath(item)], recursive,
+                                       IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)  # fmt: skip
+            sources.extend(found[0])
     predictor = Predictor(model, backend=backend, device=device, batch_size=batch_size,
                           threshold=threshold, tta=tta)  # fmt: skip
     face_detector = None if no_detect else create_detector(
         detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
     )  # fmt: skip
-    results = iter_predictions(sources, predictor, detector=face_detector, workers=workers,
-                               max_pixels=max_pixels)  # fmt: skip
-    return [r.to_json() for r in results]
+    is_video = [is_video_input(s) for s in sources]
+    photos = [s for s, v in zip(sources, is_video, strict=True) if not v]
+    results = list(iter_predictions(photos, predictor, detector=face_detector, workers=workers,
+                                    max_pixels=max_pixels))  # fmt: skip
+    videos = [predict_video(s, predictor, detector=face_detector, options=options,
+                            workers=workers, max_pixels=max_pixels)
+              for s, v in zip(sources, is_video, strict=True) if v]  # fmt: skip
+    return [r.to_json() for r in in_input_order(is_video, results, videos)]
 
 
 def index(

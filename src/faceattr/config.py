@@ -68,6 +68,10 @@ EVAL_BATCH_SIZE = 64  # images per model call in eval
 # own stay under it; a larger image goes alone. 100 million: one 48-megapixel photo and a
 # few phone photos beside it; about 17 bytes a pixel, 1.7 GB (benchmarks/bench_memory.py).
 PIPELINE_PIXELS = 100_000_000
+# Seconds a face may go unseen before its track ends (videos, cameras, streams): a blink, a
+# turn of the head or a person walking past keeps the track; someone who leaves ends it.
+VIDEO_TRACK_GAP = 1.0
+
 # Faces whose box is shorter than this many pixels are dropped (predict, index, the detectors).
 MIN_FACE_SIZE = 20.0
 # `faceattr serve` and faceattr.serve.create_app: faces per model call across requests, the
@@ -365,6 +369,12 @@ NUMBER_LIMITS: dict[str, Limit] = {
     "max_faces": Limit(1),
     "max_pixels": Limit(1),  # predict
     "top": Limit(0),  # predict: rows per face (0: all)
+    "every": Limit(1),  # predict (videos): search every Nth frame processed for faces
+    "start": Limit(0),  # predict (videos): seconds
+    "end": Limit(0, low_open=True),
+    "fps": Limit(0, low_open=True),  # predict (videos): frames processed per second
+    "max_frames": Limit(1),
+    "track_gap": Limit(0),  # predict (videos): seconds a track may go unseen
     "limit": Limit(0),  # search: faces (0: all)
     "max_accuracy_drop": Limit(0, 100),  # export: points of mean accuracy
     "calibration_images": Limit(16),

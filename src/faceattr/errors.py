@@ -53,6 +53,10 @@ class ImageReadError(FaceAttrError):
     """An image file cannot be decoded."""
 
 
+class VideoReadError(FaceAttrError):
+    """A video file, camera or stream cannot be opened or holds no video."""
+
+
 class ModelError(FaceAttrError):
     """A model file or run directory is missing or unusable."""
 

@@ -3,7 +3,8 @@
 ``pip install faceattr`` is the light install: predict and evaluate through ONNX Runtime.
 PyTorch (train, finetune, export, Grad-CAM, ``--backend torch``) comes with the ``train``
 extra, plots (``report``, ``data stats --plot``) with ``plots`` (``train`` includes it),
-the HTTP service (``serve``) with ``serve``.
+the HTTP service (``serve``) with ``serve``, videos, cameras and streams (PyAV) with
+``video``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ EXTRA_OF = {
     "uvicorn": "serve",
     "python_multipart": "serve",
     "prometheus_client": "serve",
+    "av": "video",
+    "lap": "video",
 }
 
 

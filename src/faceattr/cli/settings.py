@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import typer
+
 from faceattr.cli.options import WORKERS_HELP, choice, setting, setting_argument
 from faceattr.config import (
     AUGMENT_PRESETS,
@@ -267,4 +269,48 @@ Workers = Annotated[
     int | None,
     setting("data.workers", "--workers", panel=RUN_HELP,
             help="Image decoding processes (default: min(4, CPUs))."),
+]  # fmt: skip
+
+# Videos (predict): how a video, camera or stream is read and its faces followed
+# (faceattr.video.pipeline.VideoOptions; docs/video.md). Ranges: config.NUMBER_LIMITS.
+VIDEO_HELP = "Videos"
+EveryOption = Annotated[
+    int,
+    typer.Option(rich_help_panel=VIDEO_HELP,
+                 help="Search every Nth frame processed for faces; the frames between carry "
+                 "each face along its track's motion (faster, fewer frames per track)."),
+]  # fmt: skip
+StartOption = Annotated[
+    float, typer.Option(rich_help_panel=VIDEO_HELP, help="Start at this many seconds.")
+]
+EndOption = Annotated[
+    float | None,
+    typer.Option(rich_help_panel=VIDEO_HELP, help="Stop at this many seconds (default: the end)."),
+]
+FpsOption = Annotated[
+    float | None,
+    typer.Option(rich_help_panel=VIDEO_HELP,
+                 help="Process at most this many frames a second (default: every frame)."),
+]  # fmt: skip
+MaxFramesOption = Annotated[
+    int | None,
+    typer.Option(rich_help_panel=VIDEO_HELP, help="Stop after this many frames processed."),
+]
+TrackGapOption = Annotated[
+    float,
+    typer.Option(rich_help_panel=VIDEO_HELP,
+                 help="A face unseen for longer than this many seconds ends its track."),
+]  # fmt: skip
+FramesOption = Annotated[
+    bool,
+    typer.Option("--frames", rich_help_panel=VIDEO_HELP,
+                 help="Add each frame's faces to --json (frame_results) and write --csv one "
+                 "row per face and frame instead of one per track."),
+]  # fmt: skip
+SourceOption = Annotated[
+    str | None,
+    typer.Option(rich_help_panel=VIDEO_HELP,
+                 help="Read a camera (0, 1, ... or a device such as /dev/video0) or a stream "
+                 "(rtsp://, http(s)://) until it ends or Ctrl-C; with --json one JSON line per "
+                 "track as it ends, then the summary."),
 ]  # fmt: skip

@@ -211,9 +211,12 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_images(folder: str | Path, recursive: bool = False) -> ImageScan:
+def scan_images(
+    folder: str | Path, recursive: bool = False, extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> ImageScan:
     """The image files in ``folder`` (by extension, case-insensitive; subfolders with
-    ``recursive``, links to folders not followed), and what was passed over.
+    ``recursive``, links to folders not followed), and what was passed over. ``extensions``:
+    the suffixes taken (predict adds the videos').
 
     Hidden files and folders (such as macOS ``._name.jpg`` resource forks) are skipped
     silently; a folder that cannot be read (``folder`` itself included), a broken link, and
@@ -229,13 +232,14 @@ def scan_images(folder: str | Path, recursive: bool = False) -> ImageScan:
         return ImageScan([], [(folder, f"a folder that cannot be read ({exc.strerror})")])
     if not stat.S_ISDIR(st.st_mode):
         raise DataError(f"{folder} is a file, not a folder of images.")
+    suffixes = frozenset(extensions)
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     failed: list[OSError] = []
     for base, dirs, names in os.walk(folder, onerror=failed.append):
         dirs[:] = [d for d in dirs if not _is_hidden(d)] if recursive else []
         for name in names:
-            if _is_hidden(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+            if _is_hidden(name) or os.path.splitext(name)[1].lower() not in suffixes:
                 continue
             path = Path(base, name)
             try:
@@ -283,7 +287,11 @@ class Expanded(NamedTuple):
     skipped: list[tuple[Path, str]]
 
 
-def expand_image_paths(paths: Iterable[str | Path], recursive: bool = False) -> Expanded:
+def expand_image_paths(
+    paths: Iterable[str | Path],
+    recursive: bool = False,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+) -> Expanded:
     """Files as given (a missing, unreadable or special one stays: reading it becomes that
     image's error), folders expanded to their images (:func:`scan_images`); the folders
     that held none; and what was passed over (a folder that cannot be read, a FIFO or
@@ -300,7 +308,7 @@ def expand_image_paths(paths: Iterable[str | Path], recursive: bool = False) -> 
         if not is_dir:
             files.append(str(p))
             continue
-        found, passed = scan_images(path, recursive=recursive)
+        found, passed = scan_images(path, recursive=recursive, extensions=extensions)
         skipped.extend(passed)
         if not found and all(where != path for where, _ in passed):
             empty.append(path)

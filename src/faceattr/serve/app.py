@@ -47,7 +47,7 @@ from faceattr.inference.predictor import PixelBudget, Predictor, Upload, _Item, 
 from faceattr.inference.results import ImageResult
 from faceattr.models.file import ModelRef
 from faceattr.redaction import redact
-from faceattr.serve.batcher import Batcher
+from faceattr.serve.batcher import Batcher, Expected
 from faceattr.serve.metrics import Metrics
 from faceattr.serve.openapi import openapi_document
 from faceattr.serve.page import page_response
@@ -340,6 +340,15 @@ class Service:
             predictor = base.configured(threshold=options.threshold, tta=options.tta)
         except UsageError as exc:
             raise HTTPError(400, exc.message, exc.hint) from None
+        expected = batcher.expect()  # a batch being gathered waits for these faces
+        try:
+            return await self._predict(uploads, options, predictor, batcher, expected)
+        finally:
+            expected.done()
+
+    async def _predict(self, uploads: list[Upload], options: PredictOptions,
+                       predictor: Predictor, batcher: Batcher,
+                       expected: Expected) -> list[ImageResult]:  # fmt: skip
         prepare = _Prepare(predictor.preprocessing, self.detector_for(options), self.max_pixels,
                            False, self.budget)  # fmt: skip
         if prepare.lock is not None:
@@ -357,7 +366,7 @@ class Service:
         pixels = (np.stack([f.pixels for f in faces if f.pixels is not None]) if faces
                   else np.zeros((0,), np.uint8))  # fmt: skip
         try:
-            probs = await batcher.probabilities(pixels, predictor)
+            probs = await batcher.probabilities(pixels, predictor, expected)
         except FaceAttrError as exc:  # the model failed (e.g. non-finite outputs): not the client
             raise HTTPError(500, exc.message, exc.hint) from None
         results, k = [], 0
