@@ -335,9 +335,17 @@ def test_search_thumbnails_query_errors_photo_and_more_like_this(
         assert like
         page.get_by_role("button", name="More like this").click()
         tab.expect("#search-status").to_contain_text("like")
-        tab.expect(".result").to_have_count(len(like))
+        want = [m["id"] for m in like]
+        # The grid is replaced in place: wait for its faces to be these (the search's grid
+        # may have as many results).
+        page.wait_for_function(
+            "want => [...document.querySelectorAll('.result')]"
+            ".map(b => Number(b.dataset.face)).join() === want",
+            arg=",".join(map(str, want)),
+            timeout=DEADLINE_MS,
+        )
         ids = page.eval_on_selector_all(".result", "bs => bs.map(b => Number(b.dataset.face))")
-        assert ids == [m["id"] for m in like] and first["id"] not in ids
+        assert ids == want and first["id"] not in ids
         tab.expect(".result img.thumb").to_have_count(len(like))
 
         # a bad query: the server's message, the query marked at its column (inside the

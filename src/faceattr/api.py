@@ -122,9 +122,12 @@ def index(
     workers: int | None = None,
     reindex: bool = False,
     prune: bool = False,
+    every: int = 1,
+    fps: float | None = None,
 ) -> dict[str, Any]:
-    """Index the faces of the images under ``paths`` into ``db`` (an SQLite file, or a
-    ``postgresql://`` URL), incrementally, as ``faceattr index`` does; its ``--json`` summary.
+    """Index the faces of the images and videos under ``paths`` into ``db`` (an SQLite file,
+    or a ``postgresql://`` URL), incrementally, as ``faceattr index`` does; its ``--json``
+    summary. A video's faces are its tracks (``every``, ``fps``: as :func:`predict` reads it).
     ``no_detect=True``: each whole image is an aligned face crop (as in :func:`predict`).
     A path is stored in one form however it is spelled (absolute, its folders' links
     resolved), so indexing ``"../photos"`` and then ``"/abs/photos"`` adds nothing twice.
@@ -136,7 +139,7 @@ def index(
     summary = index_folders(
         roots, os.fspath(db), model=model, no_detect=no_detect, detector=detector,
         min_score=min_score, min_face_size=min_face_size, max_faces=max_faces, workers=workers,
-        reindex=reindex, prune=prune,
+        reindex=reindex, prune=prune, every=every, fps=fps,
     )  # fmt: skip
     return summary.to_json()
 

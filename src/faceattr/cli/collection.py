@@ -19,6 +19,7 @@ from faceattr.cli.options import (
     OverwriteOption,
     WorkersOption,
 )
+from faceattr.cli.settings import EveryOption, FpsOption
 from faceattr.config import MIN_FACE_SIZE
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ DbOption = Annotated[
 
 @handle_errors
 def index_command(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or images.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Folders (searched recursively), images or videos.")
+    ],
     db: DbOption = "library.db",
     model: Annotated[
         str, typer.Option(help="A run directory, a .safetensors or .onnx model file, or 'default'.")
@@ -58,13 +61,17 @@ def index_command(
     prune: Annotated[
         bool, typer.Option("--prune", help="Drop entries of files under PATHS that are gone.")
     ] = False,
+    every: EveryOption = 1,
+    fps: FpsOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Index the faces in a photo collection, to search them by attribute.
+    """Index the faces in a collection of photos and videos, to search them by attribute.
 
     Every image under PATHS (recognised by its contents) is read once: each face is found,
     aligned and predicted, and its 40 probabilities are stored in the --db index with the
-    image's path, size, time and content hash. Re-running indexes only new and changed files
+    image's path, size, time and content hash. In a video (the video extra) each person's
+    face is followed through the frames: each track is one face, with its time span and best
+    crop (docs/search.md). Re-running indexes only new and changed files
     (a copy of an indexed file takes its faces without predicting); --prune drops files that
     are gone. An index made with another model is refused unless --reindex. Interrupted runs
     (Ctrl-C, kill -9) keep every image finished so far; run the same command again.
@@ -73,6 +80,7 @@ def index_command(
     Examples:
       faceattr index ~/Pictures --db library.db
       faceattr index ~/Pictures --db library.db --prune
+      faceattr index ~/Videos --db library.db --every 3
       faceattr index img_align_celeba/ --no-detect --db crops.db
     """
     from faceattr.collection.indexer import index_folders
@@ -80,7 +88,7 @@ def index_command(
     summary = index_folders(
         paths, db, model=model, no_detect=no_detect, detector=detector, min_score=min_score,
         min_face_size=min_face_size, max_faces=max_faces, workers=workers, reindex=reindex,
-        prune=prune, progress=RichProgress(),
+        prune=prune, every=every, fps=fps, progress=RichProgress(),
     )  # fmt: skip
     if json_out:
         print_json(summary.to_json())
@@ -168,7 +176,7 @@ def search_command(
         found = search_index(query, db, limit=n)
     title = f"faceattr search: like {like}" if like is not None else f"faceattr search: {query}"
     if html_file is not None:
-        atomic_write_text(html_file, contact_sheet(found, title), what="contact sheet",
+        atomic_write_text(html_file, contact_sheet(found, title, db), what="contact sheet",
                           overwrite=overwrite, inputs=sources)  # fmt: skip
         err.print(f"Wrote {literal(html_file)}", highlight=False)
     if csv_file is not None:
@@ -191,6 +199,8 @@ def search_command(
 
 
 def _table(found: SearchResult) -> None:
+    from faceattr.report.contact_sheet import span
+
     results = found.results
     if not results:
         out.print("No face matches.")
@@ -201,9 +211,13 @@ def _table(found: SearchResult) -> None:
     table.add_column("match", justify="right")
     table.add_column("image")
     table.add_column("face", justify="right")
+    videos = any(r.video for r in results)
+    if videos:  # a video's face is a person's track: when they are seen
+        table.add_column("time")
     for name in names:
         table.add_column(literal(name), justify="right")
     for r in results:
-        table.add_row(f"{r.match:.3f}", literal(r.image), str(r.face),
+        when = [span(r)] if videos else []
+        table.add_row(f"{r.match:.3f}", literal(r.image), str(r.face), *when,
                       *[f"{r.probabilities[k]:.3f}" for k in names])  # fmt: skip
     out.print(table)

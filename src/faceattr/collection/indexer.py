@@ -1,7 +1,10 @@
 """``faceattr index``: walk folders, predict every face once, keep the index current.
 
 A file is recognised as an image by its first bytes (JPEG, PNG, GIF, BMP, WebP, TIFF), or by
-an image extension (then an unreadable one is recorded as an error). Re-running is
+an image extension (then an unreadable one is recorded as an error); as a video as ``predict``
+recognises one (:func:`faceattr.video.probe.is_video_input`: its container by content, or a
+video extension). A video is one entry like a photo, each of its tracks (a person) one face,
+with its time span and best crop; it is written in a transaction of its own. Re-running is
 incremental: a file whose size and modification time are unchanged is skipped without being
 read (unless it failed last time: failed files are retried on every run); one whose time
 changed but whose contents hash the same is only touched; a copy of an indexed file takes
@@ -25,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.config import MIN_FACE_SIZE
@@ -37,6 +40,12 @@ from faceattr.models.file import ModelFile, ModelRef
 from faceattr.progress import NullProgress, Progress
 from faceattr.reading import file_kind, open_regular
 from faceattr.utils import JsonResult
+from faceattr.video.probe import is_video_input
+
+if TYPE_CHECKING:
+    from faceattr.inference.detect import Detector
+    from faceattr.inference.predictor import Predictor
+    from faceattr.video.pipeline import VideoOptions
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
           b"MM\x00*")  # fmt: skip
@@ -130,6 +139,12 @@ def looks_like_image(path: Path) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def indexable(path: Path) -> bool:
+    """A video (as ``predict`` decides: :func:`~faceattr.video.probe.is_video_input`) or an
+    image (:func:`looks_like_image`)."""
+    return is_video_input(path) or looks_like_image(path)
+
+
 @dataclass
 class WalkNotes:
     """What a :func:`walk` could not read (entries kept) and what it passed over."""
@@ -173,8 +188,8 @@ def _regular(path: Path, notes: WalkNotes) -> os.stat_result | None:
 def walk(
     paths: Sequence[str | Path], skip: set[Path], notes: WalkNotes | None = None
 ) -> Iterator[tuple[Path, os.stat_result]]:
-    """Image files under ``paths`` (recursively, sorted, hidden folders skipped), each with
-    its stat. A folder or file that cannot be read goes to ``notes.unreadable``, a FIFO,
+    """Image and video files under ``paths`` (recursively, sorted, hidden folders skipped),
+    each with its stat. A folder or file that cannot be read goes to ``notes.unreadable``, a FIFO,
     socket or device to ``notes.skipped``; neither stops the walk."""
     notes = notes if notes is not None else WalkNotes()
     for p in paths:
@@ -191,7 +206,7 @@ def walk(
             continue
         if not is_dir:
             st = _regular(root, notes) if root not in skip else None
-            if st is not None and looks_like_image(root):
+            if st is not None and indexable(root):
                 yield root, st
             continue
         for folder, dirs, files in os.walk(
@@ -208,7 +223,7 @@ def walk(
                 if path in skip or name.startswith("."):
                     continue
                 st = _regular(path, notes)
-                if st is not None and looks_like_image(path):
+                if st is not None and indexable(path):
                     yield path, st
 
 
@@ -231,14 +246,21 @@ def index_folders(
     batch_size: int | None = None,
     reindex: bool = False,
     prune: bool = False,
+    every: int = 1,
+    fps: float | None = None,
     progress: Progress | None = None,
 ) -> IndexSummary:
-    """Index the images under ``paths`` into the database ``db`` (see the module docstring).
-    ``no_detect``: each whole image is an aligned face crop (as ``predict`` takes it), for
-    the images this run predicts."""
+    """Index the images and videos under ``paths`` into the database ``db`` (see the module
+    docstring). ``no_detect``: each whole image (a video: each whole frame) is an aligned face
+    crop (as ``predict`` takes it), for the files this run predicts. ``every``, ``fps``: how
+    the videos this run reads are read (as ``predict`` reads them)."""
     from faceattr.config import PREDICT_BATCH_SIZE
     from faceattr.inference.detect import create_detector
     from faceattr.inference.predictor import Predictor, iter_predictions
+    from faceattr.video.pipeline import VideoOptions
+
+    video_options = VideoOptions(every=every, fps=fps, crops=True)
+    video_options.check()
 
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -298,12 +320,19 @@ def index_folders(
                 face_finder = None if no_detect else create_detector(
                     detector, min_score=min_score, min_face_size=min_face_size, max_faces=max_faces
                 )  # fmt: skip
+            is_video = [is_video_input(p) for p, *_ in to_predict]
+            videos = [item for item, v in zip(to_predict, is_video, strict=True) if v]
+            photos = [item for item, v in zip(to_predict, is_video, strict=True) if not v]
             stats = {p: (st, known, sha) for p, st, known, sha in to_predict}
-            results = iter_predictions(
-                [str(p) for p, *_ in to_predict], predictor, detector=face_finder,
-                progress=progress, total=len(to_predict), workers=workers,
-            )  # fmt: skip
-            _write_results(store, results, stats, summary)
+            if photos:
+                results = iter_predictions(
+                    [str(p) for p, *_ in photos], predictor, detector=face_finder,
+                    progress=progress, total=len(photos), workers=workers,
+                )  # fmt: skip
+                _write_results(store, results, stats, summary)
+            for path, *_ in videos:
+                _index_video(store, path, stats[path], predictor, face_finder, video_options,
+                             workers, progress, summary)  # fmt: skip
         store.columns()  # the column store searches read, built now rather than at the first
         counts = store.counts()
         summary.faces_in_index = counts.pop("faces")
@@ -375,16 +404,62 @@ def _write_results(
                 store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
                                 status=status, error=r.error, width=r.width, height=r.height,
                                 faces=faces)  # fmt: skip
-            if r.error:
-                summary.failed += 1
-                if len(summary.errors) < 10:
-                    summary.errors.append({"image": str(path), "error": r.error})
-            elif known is None:
-                summary.added += 1
-            else:
-                summary.changed += 1
-            summary.faces += len(faces)
+            _count(summary, path, r.error, known, len(faces))
             pending += 1
             if pending >= COMMIT_IMAGES or time.monotonic() - last > COMMIT_EVERY:
                 commit()
                 last, pending = time.monotonic(), 0
+
+
+def _count(
+    summary: IndexSummary, path: Path, error: str | None, known: int | None, faces: int
+) -> None:
+    """One file predicted and written: failed, added or changed, and its faces."""
+    if error:
+        summary.failed += 1
+        if len(summary.errors) < 10:
+            summary.errors.append({"image": str(path), "error": error})
+    elif known is None:
+        summary.added += 1
+    else:
+        summary.changed += 1
+    summary.faces += faces
+
+
+def _index_video(
+    store: Store,
+    path: Path,
+    stat_of: tuple[os.stat_result, int | None, str | None],
+    predictor: Predictor,
+    detector: Detector | None,
+    options: VideoOptions,
+    workers: int | None,
+    progress: Progress,
+    summary: IndexSummary,
+) -> None:
+    """Predict one video's tracks and write it, whole, in a transaction of its own (a kill
+    loses at most this video's work). Each track is a face: the box of its best frame, its
+    aggregated probabilities, its time span and its best crop as JPEG. A video that cannot be
+    read (or without the video extra) is an error entry, retried by the next run."""
+    from faceattr.collection.pictures import jpeg_bytes
+    from faceattr.errors import FaceAttrError
+    from faceattr.video.pipeline import predict_video
+
+    st, known, sha = stat_of
+    try:
+        r = predict_video(path, predictor, detector=detector, options=options, workers=workers,
+                          progress=progress)  # fmt: skip
+        error, width, height, tracks = r.error, r.width, r.height, r.tracks
+    except FaceAttrError as exc:
+        error, width, height, tracks = exc.message, None, None, []
+    faces = [] if error else [
+        {"box": t.box, "score": None, "landmarks": None, "probabilities": t.probability_array,
+         "start": t.start, "end": t.end, "crop": None if t.crop is None else jpeg_bytes(t.crop, 90)}
+        for t in tracks
+    ]  # fmt: skip
+    status = "error" if error else ("ok" if faces else "noface")
+    with store.transaction():
+        store.put_image(str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                        status=status, error=error, width=width, height=height,
+                        faces=faces)  # fmt: skip
+    _count(summary, path, error, known, len(faces))

@@ -1,7 +1,8 @@
 """What makes a database a faceattr index, checked when one is opened, before anything else
 reads or writes it (:func:`check_index`).
 
-An index has the ``meta``, ``images`` and ``faces`` tables with their columns, a numeric
+An index has the ``meta``, ``images`` and ``faces`` tables with their columns (from schema
+version 2 also ``faces.start_time``/``end_time`` and the ``face_crops`` table), a numeric
 ``schema_version``, a ``generation`` counter, and a ``model`` record: JSON of the model's
 identity (name, weights digest, attributes, thresholds), whose attributes are the ``a<i>``
 columns of ``faces``. An empty database becomes one (when creating); anything else, another
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 _IMAGES = ("id", "path", "size", "mtime_ns", "sha256", "status", "error", "width", "height",
            "indexed_at")  # fmt: skip
 _FACES = ("id", "image_id", "face", "x", "y", "w", "h", "score", "landmarks")
+_FACES_2 = ("start_time", "end_time")  # schema version 2 on (videos)
+_CROPS = ("face_id", "jpeg")
 _VERSION = re.compile(r"[0-9]{1,9}")
 _GENERATION = re.compile(r"-?[0-9]{1,19}")  # a counter, and a part of file names
 
@@ -114,16 +117,31 @@ def check_index(store: Store, *, create: bool) -> bool:
                                        and _GENERATION.fullmatch(generation)):  # fmt: skip
         raise _damaged(location, f"its generation {_short(generation)} is not a number")
     faces = (*_FACES, *(f"a{i}" for i in range(len(model["attributes"]))))
-    for table, needed in (("images", _IMAGES), ("faces", faces)):
+    needs = [("images", _IMAGES), ("faces", faces)]
+    if version >= 2:
+        needs += [("faces", _FACES_2), ("face_crops", _CROPS)]
+    for table, needed in needs:
         missing = [c for c in needed if c not in store.columns_of(table)] if table in tables \
             else ["the table"]  # fmt: skip
         if missing:
             raise _damaged(location, f"its {table} table lacks {', '.join(missing[:5])}"
                           + (", ..." if len(missing) > 5 else ""))  # fmt: skip
     if version < SCHEMA_VERSION:
-        with store.transaction():
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS.get(v, []):
-                    store.conn.execute(statement)
-            store.set_meta("schema_version", str(SCHEMA_VERSION))
+        _upgrade(store, version)
     return True
+
+
+def _upgrade(store: Store, version: int) -> None:
+    """Run the migrations from ``version`` to this one, in one transaction. The generation's
+    row is locked first and the version read again under it, so of two processes opening an
+    old index at once (PostgreSQL) one upgrades it and the other then finds it upgraded."""
+    with store.transaction():
+        store.changed()
+        now = store.get_meta("schema_version")
+        version = int(now) if now and _VERSION.fullmatch(now) else version
+        if version >= SCHEMA_VERSION:  # another process upgraded it meanwhile
+            return
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[v](store.dialect):
+                store.conn.execute(statement)
+        store.set_meta("schema_version", str(SCHEMA_VERSION))

@@ -15,14 +15,15 @@ from faceattr.collection.query import attributes_of, evaluate, parse
 from faceattr.collection.store import CollectionError, Store, open_store
 from faceattr.errors import command
 from faceattr.redaction import redact
-from faceattr.utils import JsonResult
+from faceattr.utils import JSON_OPTIONAL, JsonResult
 
 DEFAULT_LIMIT = 20
 
 
 @dataclass
 class Match(JsonResult):
-    """One face of the index that matches."""
+    """One face of the index that matches. A video's face (a person's track) also has
+    ``video`` (True), ``start`` and ``end`` (seconds); a photo's face has none of the three."""
 
     id: int  # the face's id in the index (GET /v1/faces/{id}/thumbnail of `faceattr serve`)
     image_id: int  # the image's id in the index (GET /v1/images/{id})
@@ -32,6 +33,9 @@ class Match(JsonResult):
     detector_score: float | None
     match: float  # the query's combined probability, or the cosine similarity for --like
     probabilities: dict[str, float]  # the attributes the query names (all for --like)
+    video: bool | None = field(default=None, metadata=JSON_OPTIONAL)  # True: a video's track
+    start: float | None = field(default=None, metadata=JSON_OPTIONAL)  # its span (seconds)
+    end: float | None = field(default=None, metadata=JSON_OPTIONAL)
 
 
 @dataclass
@@ -78,11 +82,14 @@ def _results(store: Store, ids, chosen, score, names: list[str], used: list[int]
         if row is None:  # deleted (pruned, re-indexed) since the column store was read
             continue
         values = row["values"]
+        video = row["start"] is not None
         results.append(Match(
             id=int(ids[pos]), image_id=row["image_id"], image=row["image"], face=row["face"],
             box=row["box"],
             detector_score=row["detector_score"], match=float(score[pos]),
             probabilities={names[i]: float(v) for i, v in zip(used, values, strict=True)},
+            video=True if video else None, start=row["start"] if video else None,
+            end=row["end"] if video else None,
         ))  # fmt: skip
     return results
 

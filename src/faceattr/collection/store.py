@@ -9,7 +9,10 @@ Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRA
   ``status`` = ok | noface | error, ``error``, ``width``, ``height``, ``indexed_at``).
 - ``faces``: one row per face (``image_id``, ``face`` number, box ``x y w h``, detector
   ``score``, ``landmarks`` JSON, and one column ``a<i>`` per attribute holding its
-  probability).
+  probability). A face of a video is one track (a person): ``start_time`` and ``end_time``
+  (seconds) are its span, the box that of its best frame; both are NULL for a photo's face.
+- ``face_crops``: a video face's best aligned crop (``face_id``, ``jpeg`` bytes: BLOB in
+  SQLite, BYTEA in PostgreSQL), so that its picture needs no decoding of the video.
 
 Queries do not scan the table: they run on a column store of the probabilities, one
 contiguous float64 array per attribute, memory-mapped from ``<db>-columns/`` beside the
@@ -40,11 +43,20 @@ import numpy as np
 from faceattr.errors import FaceAttrError, UsageError, command
 from faceattr.redaction import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS_SUFFIX = "-columns"  # the column store's folder, beside the database file
 _COLUMN_FILE = re.compile(r"(ids|probs)--?[0-9]+\.npy")
-# version -> the statements that upgrade version - 1 to it (none yet beyond the first).
-MIGRATIONS: dict[int, list[str]] = {}
+_CROPS = ("CREATE TABLE IF NOT EXISTS face_crops (face_id BIGINT PRIMARY KEY REFERENCES faces(id) "
+          "ON DELETE CASCADE, jpeg {blob} NOT NULL)")  # fmt: skip
+# version -> the statements (in a dialect) that upgrade version - 1 to it, in place: new
+# nullable columns and new tables only, so every face of the older index is kept.
+MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
+    2: lambda dialect: [  # videos: a track's time span, its best crop
+        "ALTER TABLE faces ADD COLUMN start_time DOUBLE PRECISION",
+        "ALTER TABLE faces ADD COLUMN end_time DOUBLE PRECISION",
+        _CROPS.format(blob=dialect.blob),
+    ],
+}
 
 
 class CollectionError(FaceAttrError):
@@ -71,6 +83,7 @@ class Dialect:
     serial: str  # an id column that never reuses a value
     tables: str  # the names of the database's tables and views
     columns: str  # the column names of the table ``?``
+    blob: str = "BLOB"  # bytes (a video face's crop)
 
 
 SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "BEGIN", "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -82,7 +95,7 @@ POSTGRES = Dialect("postgresql", "BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ
                    "SELECT table_name FROM information_schema.tables "
                    "WHERE table_schema = current_schema()",
                    "SELECT column_name FROM information_schema.columns "
-                   "WHERE table_schema = current_schema() AND table_name = ?")  # fmt: skip
+                   "WHERE table_schema = current_schema() AND table_name = ?", "BYTEA")  # fmt: skip
 
 
 def _schema(n_attributes: int, dialect: Dialect) -> list[str]:
@@ -99,8 +112,9 @@ def _schema(n_attributes: int, dialect: Dialect) -> list[str]:
             image_id BIGINT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
             face INTEGER NOT NULL, x DOUBLE PRECISION, y DOUBLE PRECISION,
             w DOUBLE PRECISION, h DOUBLE PRECISION, score DOUBLE PRECISION, landmarks TEXT,
-            {columns})""",
+            {columns}, start_time DOUBLE PRECISION, end_time DOUBLE PRECISION)""",
         "CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id)",
+        _CROPS.format(blob=dialect.blob),
     ]
     return statements
 
@@ -172,7 +186,7 @@ class Store:
     def clear(self, model: dict[str, Any]) -> None:
         """Drop everything (``--reindex`` with another model) and start again for ``model``."""
         with self.transaction():
-            for table in ("faces", "images", "meta"):
+            for table in ("face_crops", "faces", "images", "meta"):
                 self.conn.execute(f"DROP TABLE IF EXISTS {table}")
         self.initialise(model)
 
@@ -249,15 +263,17 @@ class Store:
         if row is None:
             return None
         n = self.n_attributes
-        cols = ", ".join(f"a{i}" for i in range(n))
+        cols = ", ".join(f"f.a{i}" for i in range(n))
         faces = []
         for f in self.conn.execute(
-            f"SELECT x, y, w, h, score, landmarks, {cols} FROM faces WHERE image_id = ? "
-            "ORDER BY face",
+            f"SELECT f.x, f.y, f.w, f.h, f.score, f.landmarks, f.start_time, f.end_time, c.jpeg, "
+            f"{cols} FROM faces f LEFT JOIN face_crops c ON c.face_id = f.id "
+            "WHERE f.image_id = ? ORDER BY f.face",
             (row[0],),
         ):
             faces.append({"box": list(f[:4]), "score": f[4], "landmarks": _landmarks(f[5]),
-                          "probabilities": list(f[6:])})  # fmt: skip
+                          "start": _seconds(f[6]), "end": _seconds(f[7]), "crop": _blob(f[8]),
+                          "probabilities": list(f[9:])})  # fmt: skip
         return {"status": row[1], "error": row[2], "width": row[3], "height": row[4]}, faces
 
     @property
@@ -290,7 +306,9 @@ class Store:
         height: int | None,
         faces: Iterable[dict[str, Any]],
     ) -> int:
-        """Insert or replace one image and its faces (inside the caller's transaction)."""
+        """Insert or replace one image and its faces (inside the caller's transaction). A
+        video's face (a track) also has ``start``, ``end`` (seconds) and ``crop`` (JPEG
+        bytes)."""
         # First: every writer takes the generation's row lock before any image row, so two
         # indexers of one PostgreSQL database queue up instead of deadlocking.
         self.changed()
@@ -306,18 +324,24 @@ class Store:
         self.conn.execute("DELETE FROM faces WHERE image_id = ?", (image_id,))
         n = self.n_attributes
         cols = ", ".join(f"a{i}" for i in range(n))
-        marks = ", ".join("?" * (n + 8))
+        marks = ", ".join("?" * (n + 10))
         sql = (
-            f"INSERT INTO faces(image_id, face, x, y, w, h, score, landmarks, {cols}) "
-            f"VALUES ({marks})"
+            f"INSERT INTO faces(image_id, face, x, y, w, h, score, landmarks, start_time, "
+            f"end_time, {cols}) VALUES ({marks}) RETURNING id"
         )
         for k, face in enumerate(faces):
             probs = [float(p) for p in face["probabilities"]]
             if len(probs) != n:
                 raise CollectionError(f"A face of {path} has {len(probs)} probabilities, not {n}.")
             landmarks = json.dumps(face["landmarks"]) if face.get("landmarks") else None
-            self.conn.execute(sql, (image_id, k, *map(float, face["box"]),
-                                    float(face["score"]), landmarks, *probs))  # fmt: skip
+            score, span = face.get("score"), (face.get("start"), face.get("end"))
+            face_id = self.conn.execute(sql, (
+                image_id, k, *map(float, face["box"]), None if score is None else float(score),
+                landmarks, *(None if t is None else float(t) for t in span), *probs,
+            )).fetchone()[0]  # fmt: skip
+            if face.get("crop") is not None:
+                self.conn.execute("INSERT INTO face_crops(face_id, jpeg) VALUES (?, ?)",
+                                  (face_id, bytes(face["crop"])))  # fmt: skip
         return image_id
 
     def delete(self, paths: Iterable[str]) -> int:
@@ -426,21 +450,23 @@ class Store:
         return [int(r[0]) for r in rows]
 
     def faces_by_id(self, ids: Sequence[int], columns: Sequence[int]) -> dict[int, dict]:
-        """The faces ``ids``: image path, face number, box, detector score and the
-        probabilities of ``columns``."""
+        """The faces ``ids``: image path, face number, box, detector score, time span (a
+        video's; None for a photo's) and the probabilities of ``columns``."""
         cols = "".join(f", f.a{i}" for i in columns)
         out: dict[int, dict] = {}
         for start in range(0, len(ids), 500):
             part = [int(i) for i in ids[start : start + 500]]
             marks = ", ".join("?" * len(part))
             for r in self.conn.execute(
-                f"SELECT f.id, i.id, i.path, f.face, f.x, f.y, f.w, f.h, f.score{cols} "
-                f"FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
+                f"SELECT f.id, i.id, i.path, f.face, f.x, f.y, f.w, f.h, f.score, f.start_time, "
+                f"f.end_time{cols} FROM faces f JOIN images i ON i.id = f.image_id "
+                f"WHERE f.id IN ({marks})",
                 part,
             ):
                 out[int(r[0])] = {"image_id": int(r[1]), "image": r[2], "face": r[3],
                                   "box": list(r[4:8]), "detector_score": r[8],
-                                  "values": list(r[9:])}  # fmt: skip
+                                  "start": _seconds(r[9]), "end": _seconds(r[10]),
+                                  "values": list(r[11:])}  # fmt: skip
         return out
 
     def face_probabilities(self, face_id: int) -> list[float] | None:
@@ -464,6 +490,13 @@ class Store:
         box = [float(v) if isinstance(v, (int, float)) else math.nan for v in row[1:5]]
         return str(row[0]), box
 
+    def face_crop(self, face_id: int) -> bytes | None:
+        """The stored crop (JPEG bytes) of a video's face ``face_id``; None for a photo's face
+        or no face."""
+        row = self.conn.execute("SELECT jpeg FROM face_crops WHERE face_id = ?",
+                                (face_id,)).fetchone()  # fmt: skip
+        return None if row is None else _blob(row[0])
+
     def image_path(self, image_id: int) -> str | None:
         """The path of the indexed image ``image_id``, None when there is none."""
         row = self.conn.execute("SELECT path FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -471,6 +504,18 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _seconds(raw: Any) -> float | None:
+    """A stored time (a video face's start or end): None for a photo's face, or anything
+    that is not a finite number (a damaged row)."""
+    ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw)
+    return float(raw) if ok else None
+
+
+def _blob(raw: Any) -> bytes | None:
+    """Stored bytes (a crop); None when the column holds none, or something else."""
+    return bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else None
 
 
 def _landmarks(raw: Any) -> Any:
@@ -481,57 +526,6 @@ def _landmarks(raw: Any) -> Any:
         return None
 
 
-class _Placeholders:
-    """A psycopg connection whose ``execute`` takes SQLite's ``?`` placeholders."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql.replace("?", "%s"), params or None)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def _open_postgres(url: str, create: bool) -> Store:
-    import hashlib
-    import os
-
-    from faceattr.extras import require
-
-    require("psycopg", what='An index in PostgreSQL (`db="postgresql://..."`)')
-    import psycopg
-
-    from faceattr.collection.schema import check_index
-
-    shown = redact(url)
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-    except (psycopg.Error, ValueError) as e:
-        reason = (redact(e, url).strip().splitlines() or ["(no reason given)"])[0][:300]
-        raise CollectionError(
-            f"Cannot connect to {shown}: {reason}",
-            "Check the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) and that the server "
-            "is running and reachable.",
-        ) from None  # the library's error quotes the URL, password included
-    cache = Path(os.environ.get("FACEATTR_CACHE_DIR") or Path.home() / ".cache" / "faceattr")
-    key = hashlib.sha256(shown.encode()).hexdigest()[:16]
-    store = Store(_Placeholders(conn), shown, ready=False, dialect=POSTGRES,
-                  columns_dir=cache / "index-columns" / key)  # fmt: skip
-    try:
-        store.ready = check_index(store, create=create)
-        if not store.ready and not create:
-            make = command("`faceattr index PHOTOS --db {db}`", db=shown)
-            raise CollectionError(f"No index in {shown}.", f"Make one with {make}.")
-    except BaseException as e:
-        conn.close()
-        if not isinstance(e, psycopg.Error):
-            raise
-        raise CollectionError(f"Cannot read {shown}: {redact(e, url)}") from None
-    return store
-
-
 def open_store(db: str | Path, *, create: bool) -> Store:
     """Open the index ``db``: an SQLite file path, or a ``postgresql://`` URL (with the
     psycopg package); ``create`` makes a new one when it is missing."""
@@ -539,7 +533,9 @@ def open_store(db: str | Path, *, create: bool) -> Store:
 
     text = str(db)
     if text.startswith(("postgresql://", "postgres://")):
-        return _open_postgres(text, create)
+        from faceattr.collection.postgres import open_postgres
+
+        return open_postgres(text, create)
     if "://" in text or "\0" in text:
         raise UsageError(
             f'`db="{redact(text)}"`: not an SQLite file or a postgresql:// URL.',

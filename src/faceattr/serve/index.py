@@ -1,5 +1,5 @@
-"""The routes of ``faceattr serve --db``: search an index, faces like a face, and the
-pictures of its faces and images, by id (never by a path from the request).
+"""The routes of ``faceattr serve --db``: search an index, faces like a face, the pictures
+of its faces and images, and its videos, by id (never by a path from the request).
 
 The index is opened per request (a connection of its own, in a worker thread), so several
 servers can share one PostgreSQL index, and an index updated by ``faceattr index`` while the
@@ -10,16 +10,24 @@ like-this-photo search predicts the photo, and its probabilities must be compara
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from faceattr.collection.pictures import THUMBNAIL_PIXELS, face_thumbnail, image_jpeg
+from faceattr.collection.pictures import (
+    THUMBNAIL_PIXELS,
+    crop_thumbnail,
+    face_thumbnail,
+    image_jpeg,
+    indexed_video,
+)
 from faceattr.collection.query import QueryError
 from faceattr.collection.search import (
     DEFAULT_LIMIT,
@@ -111,6 +119,26 @@ def _id(request: Request, what: str) -> int:
     return int(raw)
 
 
+class CheckedFile(FileResponse):
+    """A video file checked by :func:`~faceattr.collection.pictures.indexed_video` (``st``:
+    its stat then), streamed with Range support, and only while the file opened to send it is
+    still that file (its device and inode): a file put in its place after the check is never
+    sent (the answer stops before its first byte)."""
+
+    def __init__(self, path: str, st: os.stat_result, media_type: str) -> None:
+        super().__init__(path, media_type=media_type, stat_result=st,
+                         headers={"Cache-Control": "private, max-age=300"})  # fmt: skip
+        self.identity = (st.st_dev, st.st_ino, st.st_size)
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[Any]:
+        async with super()._open_file() as file:
+            st = os.fstat(file.wrapped.fileno())
+            if (st.st_dev, st.st_ino, st.st_size) != self.identity:
+                raise OSError(f"{self.path} changed after it was checked; not sent")
+            yield file
+
+
 def index_routes(service: Service, endpoint: Callable[..., Any]) -> list[Route]:
     """The routes above for ``service`` (whose ``db`` is set), each wrapped by ``endpoint``
     (token, admission, metrics, errors)."""
@@ -191,13 +219,18 @@ def index_routes(service: Service, endpoint: Callable[..., Any]) -> list[Route]:
         query = _query(request, ("size",))
         size = _int_in("size", query["size"], *THUMBNAIL_SIZES) if "size" in query \
             else THUMBNAIL_PIXELS  # fmt: skip
-        found = await in_pool(read_store, lambda store: store.face_picture(face_id))
+        found, crop = await in_pool(
+            read_store, lambda store: (store.face_picture(face_id), store.face_crop(face_id))
+        )
         if found is None:
             raise HTTPError(404, f"The index holds no face {face_id}.",
                             "Take face ids from search results (`id`).")  # fmt: skip
         path, box = found
-        data = await in_pool(lambda: face_thumbnail(path, box, size,
-                                                    max_pixels=service.max_pixels))  # fmt: skip
+        if crop is not None:  # a video's face: its stored best crop
+            data = await in_pool(lambda: crop_thumbnail(crop, size))
+        else:
+            data = await in_pool(lambda: face_thumbnail(path, box, size,
+                                                        max_pixels=service.max_pixels))  # fmt: skip
         return picture_response(data, f"face {face_id}")
 
     async def image(request: Request) -> Response:
@@ -210,11 +243,30 @@ def index_routes(service: Service, endpoint: Callable[..., Any]) -> list[Route]:
         data = await in_pool(lambda: image_jpeg(path, max_pixels=service.max_pixels))
         return picture_response(data, f"image {image_id}")
 
+    async def video(request: Request) -> Response:
+        video_id = _id(request, "video")
+        _query(request, ())
+        path = await in_pool(read_store, lambda store: store.image_path(video_id))
+        if path is None:
+            raise HTTPError(404, f"The index holds no video {video_id}.",
+                            "Take video ids from search results (`image_id` of a result "
+                            "with `video`).")  # fmt: skip
+        found = await in_pool(lambda: indexed_video(path))
+        if found is None:
+            raise HTTPError(
+                404, f"Entry {video_id} of the index is not a video that can be sent: its file "
+                "is gone, unreadable, not a regular file or not a video.",
+                "Index the folder again: `faceattr index FOLDER --db DB --prune`.",
+            )  # fmt: skip
+        st, media_type = found
+        return CheckedFile(path, st, media_type)
+
     handlers = (
         ("/v1/search", search, "GET"),
         ("/v1/search/like", like, "POST"),
         ("/v1/faces/{id}/thumbnail", thumbnail, "GET"),
         ("/v1/images/{id}", image, "GET"),
+        ("/v1/videos/{id}", video, "GET"),
     )
     return [Route(path, endpoint(path, handler, admit=True), methods=[method])
             for path, handler, method in handlers]  # fmt: skip

@@ -118,6 +118,27 @@ def _index_paths(ok_json: dict[str, Any]) -> dict[str, Any]:
                 "responses": {"200": jpeg, "401": _ERROR, "404": _ERROR},
             }
         },
+        "/v1/videos/{id}": {
+            "get": {
+                "summary": "An indexed video file (`image_id` of a video's search result), "
+                "streamed; a Range header gets that part (206)",
+                "parameters": [by_id("video")],
+                "responses": {
+                    "200": {
+                        "description": "The video file",
+                        "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "206": {"description": "The part of the file the Range header asked for"},
+                    "401": _ERROR,
+                    "404": {
+                        **_ERROR,
+                        "description": "No such entry, or its file is gone or "
+                        "not a video (never sent)",
+                    },
+                    "416": {"description": "The range is outside the file"},
+                },
+            }
+        },
     }
 
 

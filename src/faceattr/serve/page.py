@@ -1,7 +1,8 @@
 """The web page of ``faceattr serve`` (``GET /``): one self-contained file, ``page.html``
 (inline CSS and JavaScript, no external resource), sent with a Content-Security-Policy that
 lets it load nothing but itself: its inline script and style carry a fresh nonce per answer,
-pictures come from ``blob:`` URLs (fetched with the token), requests go to the same origin.
+pictures and videos come from ``blob:`` URLs (fetched with the token), requests go to the
+same origin.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def content_security_policy(nonce: str) -> str:
         f"script-src 'nonce-{nonce}'",
         f"style-src 'nonce-{nonce}'",
         "img-src 'self' blob: data:",
+        "media-src blob:",  # a video of the index, fetched with the token
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",
