@@ -195,6 +195,16 @@ def test_moving_faces_make_one_track_each_with_the_right_span(clips, predictor, 
     json.dumps(js, allow_nan=False)
 
 
+@pytest.mark.parametrize("fps", [2.0, 5.0])
+def test_sparse_sampling_keeps_one_track_per_person(clips, predictor, detector, fps):
+    r = predict(clips["moving"], predictor, detector, fps=fps, frames=True)
+    owner: dict[int, set[str | None]] = {}
+    for fr in r.frame_results:
+        for f in fr.faces:
+            owner.setdefault(f.track, set()).add(true_face(f.box, fr.frame))
+    assert sorted(map(tuple, owner.values())) == [("astronaut",), ("right",)]
+
+
 def test_aggregation_is_the_weighted_mean_logit_and_agreement_counts_frames():
     from faceattr.video.results import TrackFaces, logit
 
@@ -273,13 +283,32 @@ def test_tracker_motion_model_and_two_stage_matching():
     # tracker without motion; the velocity learnt from the first steps bridges it.
     tracker = Tracker(gap=1.0, high=0.7, low=0.3)
     assert run(tracker, [10, 30, 50, 70, 115, 160, 205]) == [[0]] * 7
-    assert run(Tracker(gap=1.0), [70, 115]) == [[0], [1]]  # the same jump from a standstill
+    # The same jump from a standstill, with the nearness stage off: two tracks.
+    assert run(Tracker(gap=1.0, reach=0.0), [70, 115]) == [[0], [1]]
     # A weak detection keeps the track (second stage) but does not start one.
     box = tracker.live[0].box_at(0.7)
     ids, _ = tracker.update(0.7, np.array([box + 3, [10, 150, 50, 50]]), [0.4, 0.4])
     assert ids == [0, None]
     _, ended = tracker.update(2.0, np.zeros((0, 4)), [])
     assert [t.id for t in ended] == [0] and tracker.live == []
+
+
+def test_tracker_follows_faces_sampled_sparsely_without_swapping():
+    """Frames far apart (fps=2): two faces of 50 px move 30-45 px between frames, so their
+    boxes barely overlap from one frame to the next; nearness keeps each its track, and a
+    face that appears far away starts its own."""
+    from faceattr.video.tracker import Tracker
+
+    tracker = Tracker(gap=1.0)
+    got = []
+    for i in range(6):
+        a = [20 + 45 * i, 40, 50, 50]  # left to right
+        b = [300 - 30 * i, 200, 52, 52]  # right to left, lower down
+        ids, _ = tracker.update(0.5 * i, np.array([a, b], float), [0.9, 0.9])
+        got.append(ids)
+    assert got == [[0, 1]] * 6
+    ids, _ = tracker.update(3.0, np.array([[600, 400, 50, 50]], float), [0.9])
+    assert ids == [2]  # too far from both: a new person
 
 
 def test_video_recognised_by_content(tmp_path, clips):

@@ -5,11 +5,14 @@ Each frame with detections: every live track's box is moved to the frame's time 
 velocity; the confident faces (score >= ``high``) are matched to the tracks first (IoU >=
 ``match_iou``), then the weak ones (``low`` <= score < ``high``: a face turning away, blurred,
 half hidden) to the tracks still unmatched (IoU >= ``low_iou``), which keeps a track alive
-through a bad frame without letting a weak detection start one. A confident face left over
-starts a track; a track unseen for more than ``gap`` seconds ends. Assignments maximise the
-total IoU (``lap.lapjv``, a linear assignment solver). Velocities are in pixels per second, so
-frames sampled irregularly (``fps=``, ``every=``, a stream that drops frames) move boxes by
-the time that passed.
+through a bad frame without letting a weak detection start one. A confident face still
+unmatched then goes to a track still unmatched whose expected centre is within ``reach``
+face sizes (and whose size is within a factor of 2): sampled sparsely (``fps=2``), or before
+a track has a velocity, a face moves further between frames than its boxes overlap. A
+confident face left over starts a track; a track unseen for more than ``gap`` seconds ends.
+Assignments maximise the total IoU, or closeness (``lap.lapjv``, a linear assignment
+solver). Velocities are in pixels per second, so frames sampled irregularly (``fps=``,
+``every=``, a stream that drops frames) move boxes by the time that passed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ def assign(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
 
     _, rows, _ = lap.lapjv(1.0 - iou, extend_cost=True, cost_limit=1.0 - min_iou + 1e-9)
     return [(r, int(c)) for r, c in enumerate(rows) if c >= 0 and iou[r, c] >= min_iou]
+
+
+def closeness_matrix(a: np.ndarray, b: np.ndarray, reach: float) -> np.ndarray:
+    """1 - (centre distance / (``reach`` x the larger side of ``a``'s box)) of each box of
+    ``a`` [N, 4] with each of ``b`` [M, 4] (x, y, w, h), 0 beyond that or when the sizes
+    differ by more than a factor of 2."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ca = a[:, None, :2] + a[:, None, 2:] / 2
+    cb = b[None, :, :2] + b[None, :, 2:] / 2
+    dist = np.linalg.norm(ca - cb, axis=2)
+    size_a = np.maximum(a[:, None, 2], a[:, None, 3])
+    size_b = np.maximum(b[None, :, 2], b[None, :, 3])
+    ratio = size_b / np.maximum(size_a, 1e-9)
+    close = 1.0 - dist / np.maximum(reach * size_a, 1e-9)
+    return np.where((ratio >= 0.5) & (ratio <= 2.0), np.clip(close, 0.0, None), 0.0)
 
 
 def _state(box: np.ndarray) -> np.ndarray:
@@ -96,9 +115,10 @@ class Tracker:
         low: float = 0.3,
         match_iou: float = 0.3,
         low_iou: float = 0.5,
+        reach: float = 1.5,
     ) -> None:
         self.gap, self.high, self.low = gap, high, low
-        self.match_iou, self.low_iou = match_iou, low_iou
+        self.match_iou, self.low_iou, self.reach = match_iou, low_iou, reach
         self.live: list[Track] = []
         self.next_id = 0
 
@@ -120,18 +140,22 @@ class Tracker:
         ids: list[int | None] = [None] * len(boxes)
         predicted = np.array([t.box_at(time) for t in self.live]).reshape(-1, 4)
         free_tracks = list(range(len(self.live)))
-        for stage, min_iou in (("high", self.match_iou), ("low", self.low_iou)):
+        stages = (("high", self.match_iou), ("low", self.low_iou), ("near", 1e-6))
+        for stage, min_similarity in stages:
             dets = [
                 i
                 for i, s in enumerate(scores)
                 if ids[i] is None
-                and ((s >= self.high) if stage == "high" else (self.low <= s < self.high))
+                and ((self.low <= s < self.high) if stage == "low" else (s >= self.high))
             ]
             if not dets or not free_tracks:
                 continue
-            iou = iou_matrix(predicted[free_tracks], boxes[dets])
+            if stage == "near":
+                similarity = closeness_matrix(predicted[free_tracks], boxes[dets], self.reach)
+            else:
+                similarity = iou_matrix(predicted[free_tracks], boxes[dets])
             matched = set()
-            for r, c in assign(iou, min_iou):
+            for r, c in assign(similarity, min_similarity):
                 track = self.live[free_tracks[r]]
                 track.see(boxes[dets[c]], time)
                 ids[dets[c]] = track.id
