@@ -50,7 +50,8 @@ def test_to_json_writes_nan_as_null():
     assert strict(text) == {"a": None, "b": [None, 3], "c": "x"}
 
 
-def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path):
+def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))  # distill's teacher cache
     runner = CliRunner()
     runs = {
         "predict": ["predict", EXAMPLES / "astronaut.jpg", "--json"],
@@ -60,6 +61,9 @@ def test_every_json_output_parses_strictly(synthetic_root, trained_run, tmp_path
                   "--out", tmp_path / "run", "--json"],
         "finetune": ["finetune", tmp_path / "run", "--epochs", "1", "--workers", "0",
                      "--out", tmp_path / "ft", "--json"],
+        "distill": ["distill", trained_run, "--root", synthetic_root, "--arch", "celebnet",
+                    "--img-size", "32", "--epochs", "1", "--sample", "64", "--workers", "0",
+                    "--out", tmp_path / "student", "--json"],
         "export": ["export", tmp_path / "run", "--out", tmp_path / "m.onnx", "--json"],
         "ensemble": ["ensemble", trained_run, tmp_path / "run", "--out", tmp_path / "e.safetensors",
                      "--root", synthetic_root, "--workers", "0", "--json"],

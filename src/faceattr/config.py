@@ -198,11 +198,26 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """`faceattr distill`: a teacher's logits as soft targets (docs/distill.md)."""
+
+    teacher: str | None = None  # model file, run directory or ensemble; None = no teacher
+    # Recorded when the run starts (resume refuses a teacher whose weights changed).
+    teacher_digest: str | None = None
+    # loss = alpha * label loss + (1 - alpha) * T^2 * binary KL(teacher_T || student_T)
+    alpha: float = 0.5
+    temperature: float = 2.0
+    unlabeled: tuple[str, ...] = ()  # folders of face images without labels
+    unlabeled_aligned: bool = False  # they are aligned crops already (no detection)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS[DEFAULT_AUGMENT])
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 10
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -296,6 +311,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "augment": AugmentConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -351,6 +367,8 @@ LIMITS: dict[str, Limit] = {
     "augment.rotation": Limit(0, 180),
     "augment.brightness": Limit(0, 1),
     "augment.erasing": Limit(0, 1),
+    "distill.alpha": Limit(0, 1),
+    "distill.temperature": Limit(0, 100, low_open=True),
     "epochs": Limit(1),
     "batch_size": Limit(1),
     "patience": Limit(1),

@@ -443,3 +443,61 @@ def make_loss(
             )
         return WeightedBCELoss(pos_weight, groups)
     return FocalLoss(gamma=gamma, alpha=alpha, pos_weight=pos_weight, groups=groups)
+
+
+class DistillLoss(nn.Module):
+    """Knowledge distillation for independent binary attributes (``faceattr distill``).
+
+    ``alpha * label_loss(logits, target, mask) + (1 - alpha) * T^2 * KL``, where KL is the
+    binary Kullback-Leibler divergence from the teacher's tempered probability
+    ``sigmoid(teacher / T)`` to the student's ``sigmoid(logits / T)``, averaged over the
+    entries whose teacher logit is known (finite). KL is the binary cross-entropy with the
+    teacher's probability as the target minus that target's entropy: the same gradient as
+    BCE, but 0 when the student matches the teacher, so the logged loss says how far it is.
+    ``T^2`` keeps the soft term's gradient about the same size for any temperature (Hinton
+    et al., 2015). Rows without labels (``--unlabeled``) have an all-NaN target: the label
+    loss skips them and only the teacher teaches them.
+    """
+
+    def __init__(self, label_loss: nn.Module, *, alpha: float, temperature: float) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.label_loss = label_loss
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+
+    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """``T^2`` times the mean binary KL(teacher_T || student_T) over finite teacher
+        logits (0.0, attached, when there is none)."""
+        t = self.temperature
+        known = torch.isfinite(teacher)
+        p = torch.sigmoid(torch.where(known, teacher.float(), 0.0) / t)
+        z = logits.float() / t
+        bce = F.binary_cross_entropy_with_logits(z, p, reduction="none")
+        entropy = F.binary_cross_entropy(p, p, reduction="none")  # the minimum of bce
+        kl = (bce - entropy) * known
+        return (t * t) * kl.sum() / known.sum().clamp(min=1)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("DistillLoss needs the teacher's logits of the batch")
+        if teacher.shape != logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher.shape)} do not match {tuple(logits.shape)}"
+            )
+        soft = self.soft_loss(logits, teacher)
+        if self.alpha == 0.0:
+            return soft
+        return self.alpha * self.label_loss(logits, target, mask) + (1 - self.alpha) * soft
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, temperature={self.temperature}"

@@ -11,6 +11,7 @@ from faceattr.cli import helpfmt as help_layout
 from faceattr.cli.collection import index_command, search_command
 from faceattr.cli.common import Command, Group
 from faceattr.cli.data import data_app
+from faceattr.cli.distill import distill_command
 from faceattr.cli.ensemble import ensemble_command
 from faceattr.cli.evaluate import eval_command
 from faceattr.cli.export import export_command
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("train", cls=Command)(train_command)
 app.command("finetune", cls=Command)(finetune_command)
+app.command("distill", cls=Command)(distill_command)
 app.command("eval", cls=Command)(eval_command)
 app.command("predict", cls=Command)(predict_command)
 app.command("report", cls=Command)(report_command)

@@ -324,6 +324,7 @@ def train_epoch(training: Training, epoch: int, progress: Progress, *, first: bo
         channels_last=training.channels_last,
         ema=training.ema,
         on_batch=on_batch,
+        soft_targets=training.teacher,  # distillation: the teacher's logits of each batch
     )
     progress.finish()
     said = estimate.finish(stats.images, stats.seconds) if estimate is not None else None

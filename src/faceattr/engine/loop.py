@@ -68,7 +68,7 @@ def train_one_epoch(
     model: torch.nn.Module,
     batches: Iterable[Batch],
     *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],  # (logits, targets, mask[, teacher logits])
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
@@ -80,8 +80,12 @@ def train_one_epoch(
     channels_last: bool = False,
     ema: ModelEma | None = None,
     on_batch: Callable[[int, EpochStats], None] | None = None,
+    soft_targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochStats:
     """Train for one pass over ``batches``; the scheduler (and ``ema``) step once per batch.
+
+    ``soft_targets`` (distillation): the teacher's logits ``[B, A]`` of a batch's table rows
+    (``Batch.index``), passed to ``loss_fn`` as its fourth argument.
 
     ``preprocessing`` (the model's, :meth:`Preprocessing.from_info`) normalises the
     augmented batches.
@@ -106,7 +110,11 @@ def train_one_epoch(
         mask = ~torch.isnan(targets)
         with autocast_context(device, amp_dtype):
             logits = model(x)
-        loss = loss_fn(logits.float(), targets, mask)
+        if soft_targets is None:
+            loss = loss_fn(logits.float(), targets, mask)
+        else:
+            teacher = soft_targets(batch.index).to(device, non_blocking=True)
+            loss = loss_fn(logits.float(), targets, mask, teacher)
         optimizer.zero_grad(set_to_none=True)
         lrs.append(float(optimizer.param_groups[0]["lr"]))
         if scaler is not None:

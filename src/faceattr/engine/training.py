@@ -59,6 +59,7 @@ class Training:
     channels_last: bool = False  # cfg.channels_last resolved for the device
     dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job
     valid_rows: np.ndarray | None = None  # distributed: this rank's rows of the valid split
+    teacher: Any = None  # distillation: engine.distill.Teacher (its logits per training row)
 
     @property
     def eval_model(self) -> AttributeModel:
@@ -118,6 +119,9 @@ def setup(
     notes = list(dict.fromkeys(train_table.notes + valid_table.notes))
     for note in notes:
         progress.log(note)
+    teacher = None
+    if cfg.distill.teacher:  # `faceattr distill`: unlabeled rows added, the teacher's logits
+        train_table, teacher = _teacher(cfg, train_table, valid_table, progress, ctx)
     attributes = train_table.attributes
     train_rates = train_table.positive_rates()
     groups = group_balance(cfg, train_table, progress)  # before the model: a bad spec fails fast
@@ -160,6 +164,9 @@ def setup(
         data=cfg.data,  # a matching `data prepare` cache is used when there is one
         progress=progress,
     )
+    label_loss = make_loss(
+        cfg.optim.loss, pos_weight=pos_weight, gamma=cfg.optim.focal_gamma, groups=groups
+    )
     return Training(
         cfg=cfg,
         run=RunDir(cfg.out),
@@ -171,9 +178,7 @@ def setup(
         model=model,
         train_model=train_model,
         ema=ema,
-        loss_fn=make_loss(
-            cfg.optim.loss, pos_weight=pos_weight, gamma=cfg.optim.focal_gamma, groups=groups
-        ),
+        loss_fn=_loss(cfg, label_loss, teacher),
         optimizer=optimizer,
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
         amp_dtype=amp_dtype,
@@ -185,7 +190,44 @@ def setup(
         dist=ctx,
         valid_rows=valid_rows,
         channels_last=channels_last,
+        teacher=teacher,
     )
+
+
+def _teacher(
+    cfg: TrainConfig,
+    train_table: AttributeTable,
+    valid_table: AttributeTable,
+    progress: Progress,
+    ctx: Dist,
+) -> tuple[AttributeTable, Any]:
+    """Distillation: rank 0 runs the teacher (filling its cache) and writes its validation
+    metrics beside the run's (``metrics-valid-teacher.json``); the other ranks then read the
+    cache."""
+    from faceattr.engine.distill import prepare_teacher
+
+    run = RunDir(cfg.out)
+
+    def write(metrics: dict[str, Any]) -> None:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_metrics("valid", metrics, tag="-teacher")
+
+    out = None
+    if ctx.is_main:
+        out = prepare_teacher(cfg, train_table, valid_table, progress, write_metrics=write)
+    distributed.barrier(ctx)
+    if out is None:
+        out = prepare_teacher(cfg, train_table, valid_table, progress)
+    return out
+
+
+def _loss(cfg: TrainConfig, label_loss: torch.nn.Module, teacher: Any) -> torch.nn.Module:
+    """The run's loss: the label loss, mixed with the teacher's by distillation."""
+    if teacher is None:
+        return label_loss
+    from faceattr.losses import DistillLoss
+
+    return DistillLoss(label_loss, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
 
 
 def checkpoint_bytes(t: Training) -> int:

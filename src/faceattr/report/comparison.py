@@ -63,6 +63,10 @@ def describe_config(cfg: dict[str, Any]) -> dict[str, str]:
     else:
         init = "from scratch"
     out["initialisation"] = init
+    distill = cfg.get("distill")
+    if isinstance(distill, dict) and distill.get("teacher"):
+        out["teacher"] = (f"{distill['teacher']} (alpha {_fmt_num(distill.get('alpha'))}, "
+                          f"temperature {_fmt_num(distill.get('temperature'))})")  # fmt: skip
     if cfg.get("unfreeze") is not None:
         out["backbone"] = f"fine-tuned (unfrozen: {cfg['unfreeze']})"
     elif model.get("freeze_backbone"):

@@ -175,6 +175,42 @@ def _overview(a: RunAnalysis, anchor: str) -> Section:
     return sec
 
 
+def teacher_section(a: RunAnalysis, anchor: str) -> Section | None:
+    """A distilled run: the teacher beside the student on the run's validation split
+    (``metrics-valid-teacher.json``, written when the run started)."""
+    from faceattr.errors import DataError
+    from faceattr.runs import RunDir
+
+    run = a.run
+    distill = run.config.get("distill")
+    if not isinstance(distill, dict) or not distill.get("teacher"):
+        return None
+    rd = RunDir(run.path)
+    if not rd.metrics_file(run.split, "-teacher").is_file():
+        return None
+    try:
+        teacher = rd.read_metrics(f"{run.split}-teacher")
+    except (DataError, OSError):  # a damaged file: said below
+        teacher = None
+    sec = Section(f"{anchor}teacher", "Teacher and student",
+                  lead=f"Distilled from `{literal(distill['teacher'])}` (alpha "
+                  f"{literal(str(distill.get('alpha')))}, temperature "
+                  f"{literal(str(distill.get('temperature')))}), "
+                  f"both on the {literal(run.split)} split.")  # fmt: skip
+    if teacher is None:
+        sec.add(Note("metrics-valid-teacher.json could not be read.", "warn"))
+        return sec
+    rows = []
+    for name, m in (("teacher", teacher), ("student", run.metrics)):
+        half = an.summary_at_half(m) or m
+        rows.append([Cell(name), pcell(half.get("mean_accuracy")),
+                     pcell(m.get("mean_balanced_accuracy")),
+                     pcell(half.get("strict_accuracy"))])  # fmt: skip
+    sec.add(Table(["model", "mean accuracy at 0.5", "balanced accuracy (its thresholds)",
+                   "strict accuracy at 0.5"], rows, sortable=False))  # fmt: skip
+    return sec
+
+
 def _history_table(run: RunData) -> Table:
     cols = ["epoch", "lr", "train loss", "val loss", "val mean acc", "val strict acc", "img/s",
             "seconds"]  # fmt: skip
@@ -373,6 +409,7 @@ def run_sections(
     progress = progress or NullProgress()
     builders = [
         lambda: _overview(a, anchor),
+        lambda: teacher_section(a, anchor),
         lambda: training_section([a.run], anchor),
         lambda: _attributes_section(a, anchor),
         lambda: _subgroup_section(a, anchor),
