@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import child_env, pick_root, warm_files  # benchmarks/common.py
+from common import child_env, cpu_model, faceattr_cmd, pick_root, warm_files  # benchmarks/common.py
 
 from faceattr.config import DataConfig
 from faceattr.data import read_dataset
@@ -124,10 +124,6 @@ def median_seconds(cmd: list[str], repeat: int, env: dict[str, str] | None = Non
     return statistics.median(run_timed(cmd, env) for _ in range(repeat))
 
 
-def faceattr_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "faceattr", *args]
-
-
 def start_export(out: Path, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     cmd = faceattr_cmd("export", "default", "--out", str(out), *extra, "--json")
     return subprocess.Popen(
@@ -144,16 +140,6 @@ def finish_export(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
         raise SystemExit(f"Export failed (exit {proc.returncode}): {cmd}\n{tail}")
     summary: dict[str, Any] = json.loads(stdout)
     return summary
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def versions() -> str:

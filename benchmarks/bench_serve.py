@@ -53,7 +53,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import child_env, warm_files  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    child_env,
+    cpu_model,
+    faceattr_cmd,
+    run_process,
+    warm_files,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -83,19 +89,7 @@ def cpu_line() -> str:
                 name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    if not name:
-        try:
-            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def faceattr_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "faceattr", *args]
+    return f"{name or cpu_model()}, {os.cpu_count()} cores"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -168,17 +162,6 @@ def pick_crops(tmp: Path, n: int) -> tuple[list[Path], str]:
 
 
 # --- faceattr predict ---------------------------------------------------------------------
-
-
-def run_process(cmd: list[str]) -> tuple[float, str]:
-    """(wall seconds, stdout) of one whole process; SystemExit when it fails."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, env=child_env(), cwd=REPO)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-2000:]
-        raise SystemExit(f"Failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return seconds, proc.stdout.decode()
 
 
 def measure_predict(folder: Path, n: int, detect: bool, repeat: int) -> dict[str, Any]:

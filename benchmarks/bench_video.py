@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import child_env, warm_files  # benchmarks/common.py
+from common import cpu_model, faceattr_cmd, run_process, warm_files  # benchmarks/common.py
 from PIL import Image, ImageDraw, ImageFilter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,16 +54,6 @@ FACES = (
     ("two-portraits.jpg", 622, 88, 141, 177),
 )
 TARGET = 0.9  # the video path's rate per processed frame against the photo pipeline's
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def load_text() -> str:
@@ -148,19 +137,10 @@ def write_jpegs(clip: Path, folder: Path) -> int:
     return n
 
 
-def faceattr_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "faceattr", *args]
-
-
 def run_json(cmd: list[str]) -> tuple[float, Any]:
     """Wall seconds of one whole process and its parsed --json; SystemExit when it fails."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, env=child_env(), cwd=REPO)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-2000:]
-        raise SystemExit(f"Failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return seconds, json.loads(proc.stdout)
+    seconds, out = run_process(cmd)
+    return seconds, json.loads(out)
 
 
 def rates(
