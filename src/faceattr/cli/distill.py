@@ -15,7 +15,7 @@ import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
 from faceattr.cli.options import config_changes, setting, setting_argument
-from faceattr.cli.train import _default_run_dir, _launch_torchrun, _report, train_command
+from faceattr.cli.train import _launch_torchrun, _report, config_with_run_dir, train_command
 
 DISTILL_HELP = "Distillation"
 
@@ -98,7 +98,6 @@ def distill_command(
     from faceattr.extras import require
 
     require("torch", what="faceattr distill")
-    from faceattr.config import build_config
     from faceattr.engine import distributed
     from faceattr.engine.distill import distill, resume_distill
 
@@ -131,13 +130,7 @@ def distill_command(
         changes["distill.unlabeled"] = tuple(str(p) for p in changes["distill.unlabeled"])
         if not changes["distill.unlabeled"]:
             del changes["distill.unlabeled"]
-    cfg = build_config(changes)
-    if not cfg.out:
-        from dataclasses import replace
-
-        ctx = distributed.init(cfg.device) if distributed.launched() else distributed.Dist()
-        default_dir = str(_default_run_dir(cfg.data.dataset, cfg.model.arch))
-        cfg = replace(cfg, out=str(distributed.broadcast(ctx, default_dir)))
+    cfg = config_with_run_dir(changes)
     if print_config:
         print_json(cfg.to_dict())
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -61,6 +61,7 @@ from faceattr.data.registry import dataset_names
 from faceattr.runs import RunDir
 
 if TYPE_CHECKING:
+    from faceattr.config import TrainConfig
     from faceattr.engine.fit import FitResult
 
 # Options of train and finetune that set no config field.
@@ -283,7 +284,6 @@ def train_command(
     from faceattr.extras import require
 
     require("torch", what="faceattr train")
-    from faceattr.config import build_config
     from faceattr.engine import distributed
     from faceattr.engine.fit import fit
     from faceattr.engine.fit import resume as resume_run
@@ -310,14 +310,7 @@ def train_command(
             "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
             "fetch synthetic --root data/synthetic` for a small demo set).",
         )
-    cfg = build_config(config_changes(cli))
-    if not cfg.out:
-        from dataclasses import replace
-
-        # Distributed, every rank must use rank 0's folder (the name has a time stamp).
-        ctx = distributed.init(cfg.device) if distributed.launched() else distributed.Dist()
-        default_dir = str(_default_run_dir(cfg.data.dataset, cfg.model.arch))
-        cfg = replace(cfg, out=str(distributed.broadcast(ctx, default_dir)))
+    cfg = config_with_run_dir(config_changes(cli))
     if print_config:
         print_json(cfg.to_dict())
         return
@@ -353,6 +346,22 @@ def _launch_torchrun(nproc: int) -> None:
                   "is above.", highlight=False)  # fmt: skip
         raise typer.Exit(1)
     raise typer.Exit(0)
+
+
+def config_with_run_dir(changes: dict[str, Any]) -> TrainConfig:
+    """The run's config from the command line's ``changes``; without ``--out``, a new folder
+    under runs/ (distributed, every rank takes rank 0's: the name has a time stamp)."""
+    from faceattr.config import build_config
+    from faceattr.engine import distributed
+
+    cfg = build_config(changes)
+    if not cfg.out:
+        from dataclasses import replace
+
+        ctx = distributed.init(cfg.device) if distributed.launched() else distributed.Dist()
+        default_dir = str(_default_run_dir(cfg.data.dataset, cfg.model.arch))
+        cfg = replace(cfg, out=str(distributed.broadcast(ctx, default_dir)))
+    return cfg
 
 
 def _default_run_dir(dataset: str, arch: str) -> Path:
