@@ -543,3 +543,31 @@ def test_start_jumps_to_a_key_frame_and_keeps_frame_numbers(tmp_path, predictor,
     green = (pictures[0][..., 1] > 180) & (pictures[0][..., 0] < 120)
     columns = np.nonzero(green[y : y + 90].any(axis=0))[0]
     assert columns.size and x <= columns.min() and columns.max() < x + 90
+
+
+def test_a_camera_through_a_virtual_device(monkeypatch):
+    """The camera path end to end, on FFmpeg's lavfi virtual input device standing in for
+    /dev/video0 (no camera here): an example photo shown at 10 frames a second. The source is
+    opened as a camera (`--source 0`), tracked live, and each track comes out as it ends."""
+    import faceattr.video.reader as reader
+
+    photo = EXAMPLES / "astronaut.jpg"
+    device = f"movie={photo},loop=loop=-1:size=1,setpts=N/10/TB,format=yuv420p"
+    opened = []
+
+    def virtual_camera(source: str) -> tuple[str, str]:
+        opened.append(source)
+        return device, "lavfi"
+
+    monkeypatch.setattr(reader, "camera_input", virtual_camera)
+    res = invoke("predict", "--source", "0", "--max-frames", "12", "--json")
+    assert res.exit_code == 0, res.output
+    assert opened == ["0"]
+    *ended, summary = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    # One JSON line for the track as it ended, then the summary holding the same track.
+    assert [(t["video"], t["id"], t["frames"]) for t in ended] == [("0", 0, 12)]
+    assert summary["video"] == "0" and summary["error"] is None
+    assert summary["frames"] == 12 and summary["duration"] is None  # live: no length
+    [track] = summary["tracks"]
+    assert track["frames"] == 12 and track["attributes"] == ended[0]["attributes"]
+    assert "Smiling" in track["attributes"]  # the astronaut smiles, as predict says of her
