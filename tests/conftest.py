@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -95,6 +96,30 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("runs") / "celebnet"
     fit(small_train_config(synthetic_root, out))
     return out
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium (or Chrome), None when there is none."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def missing_tool(what: str) -> NoReturn:
+    """Skip the test for want of ``what``; fail it when CI is set (CI installs its tools)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {what}")
+    pytest.skip(what)
+
+
+def chromium_or_skip() -> str:
+    """The system's Chromium; the test is skipped without one (failed under CI)."""
+    found = find_chromium()
+    if found is None:
+        missing_tool("no chromium binary is installed (apt-get install chromium)")
+    return found
 
 
 def _pg_bin() -> Path | None:

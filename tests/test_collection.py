@@ -18,7 +18,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from typer.testing import CliRunner
 
 import faceattr
-from conftest import new_database
+from conftest import chromium_or_skip, new_database
 from faceattr.cli.app import app
 from faceattr.collection.query import And, Attr, Not, Or, QueryError, evaluate, parse
 
@@ -304,13 +304,6 @@ def test_cli_errors(library, tmp_path):
     assert "Traceback" not in r.output
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def test_html_contact_sheet(library, tmp_path):
     page = tmp_path / "sheet.html"
     csv_file = tmp_path / "r.csv"
@@ -319,11 +312,7 @@ def test_html_contact_sheet(library, tmp_path):
     text = page.read_text()
     assert text.count('src="data:image/jpeg;base64,') >= 9 and "http" not in text
     assert csv_file.read_text().splitlines()[0] == "image,face,x,y,w,h,match,Smiling"
-    browser = _browser()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no Chromium is installed (apt-get install chromium)")
-        pytest.skip("no chromium binary")
+    browser = chromium_or_skip()
     png = tmp_path / "sheet.png"
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",

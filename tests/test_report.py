@@ -8,7 +8,6 @@ formats as ``fit``/``eval``) cover edge cases with known answers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import perturb_head
+from conftest import chromium_or_skip, perturb_head
 from faceattr.cli.app import app
 from faceattr.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from faceattr.errors import DataError, UsageError
@@ -203,20 +202,8 @@ def test_comparison_report_reads_as_a_comparison(compare_html: Path):
     assert_self_contained(page)
 
 
-def _find_browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def test_report_renders_in_headless_chromium(compare_html: Path, tmp_path: Path):
-    browser = _find_browser()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no Chromium is installed (apt-get install chromium)")
-        pytest.skip("no chromium binary (apt-get install chromium)")
+    browser = chromium_or_skip()
     png = tmp_path / "page.png"
     cmd = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

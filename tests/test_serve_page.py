@@ -10,9 +10,7 @@ never a sleep; screenshots go to tmp_path."""
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
 import faceattr  # noqa: E402
+from conftest import chromium_or_skip, missing_tool  # noqa: E402
 from test_serve import DEADLINE_S, Server  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -108,27 +107,13 @@ def test_the_page_ships_in_the_package() -> None:
 # ----------------------------------------------------------------------------- Chromium
 
 
-def _find_browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    binary = _find_browser()
+    binary = chromium_or_skip()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        sync_playwright = None
-    if binary is None or sync_playwright is None:
-        missing = ("no chromium binary (apt-get install chromium)" if binary is None
-                   else "playwright is not installed (pip install playwright)")  # fmt: skip
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {missing}")
-        pytest.skip(missing)
+        missing_tool("playwright is not installed (pip install playwright)")
     with sync_playwright() as p:
         # the system's Chromium, never a downloaded one (`playwright install` is not needed)
         chromium = p.chromium.launch(executable_path=binary, args=["--no-sandbox"])

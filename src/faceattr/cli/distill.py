@@ -15,7 +15,7 @@ import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
 from faceattr.cli.options import config_changes, setting, setting_argument
-from faceattr.cli.train import _launch_torchrun, _report, config_with_run_dir, train_command
+from faceattr.cli.train import _report, config_with_run_dir, handled_before_run, train_command
 
 DISTILL_HELP = "Distillation"
 
@@ -104,13 +104,7 @@ def distill_command(
     nproc, resume = options.get("nproc"), options.get("resume")
     list_archs, print_config = options.get("list_archs"), options.get("print_config")
     json_out = bool(options.get("json_out"))
-    if nproc and nproc > 1 and not (distributed.launched() or print_config or list_archs):
-        _launch_torchrun(nproc)  # runs this same command in N processes, then exits
-    if list_archs:
-        from faceattr.models import list_archs as _list
-
-        for name in _list():
-            out.print(literal(name), highlight=False)
+    if handled_before_run(nproc, print_config=bool(print_config), list_archs=bool(list_archs)):
         return
     if resume is not None:
         result = resume_distill(resume, progress=RichProgress())

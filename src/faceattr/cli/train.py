@@ -288,14 +288,7 @@ def train_command(
     from faceattr.engine.fit import fit
     from faceattr.engine.fit import resume as resume_run
 
-    if nproc and nproc > 1 and not (distributed.launched() or print_config or list_archs):
-        _launch_torchrun(nproc)  # runs this same command in N processes, then exits
-
-    if list_archs:
-        from faceattr.models import list_archs as _list
-
-        for name in _list():
-            out.print(literal(name), highlight=False)
+    if handled_before_run(nproc, print_config=print_config, list_archs=list_archs):
         return
     if resume is not None:
         result = resume_run(resume, progress=RichProgress())
@@ -346,6 +339,22 @@ def _launch_torchrun(nproc: int) -> None:
                   "is above.", highlight=False)  # fmt: skip
         raise typer.Exit(1)
     raise typer.Exit(0)
+
+
+def handled_before_run(nproc: int | None, *, print_config: bool, list_archs: bool) -> bool:
+    """What train and distill do before a run: with ``--nproc N``, run this same command in
+    N processes (torchrun; does not return); ``--list-archs``: print them. True when the
+    command is done."""
+    from faceattr.engine import distributed
+
+    if nproc and nproc > 1 and not (distributed.launched() or print_config or list_archs):
+        _launch_torchrun(nproc)  # runs this same command in N processes, then exits
+    if list_archs:
+        from faceattr.models import list_archs as _list
+
+        for name in _list():
+            out.print(literal(name), highlight=False)
+    return bool(list_archs)
 
 
 def config_with_run_dir(changes: dict[str, Any]) -> TrainConfig:
