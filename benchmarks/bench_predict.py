@@ -21,9 +21,10 @@ The dataset is ``--root`` (CelebA layout), else ``$FACEATTR_REAL_DATA/celeba-sam
 set, else a synthetic CelebA-format set generated in a temporary folder. The chosen crops
 (a fixed random subset, seed 0) are symlinked into a temporary folder, read once first so
 every row starts from the page cache; nothing is written into the dataset or the repository.
-``--candidate FILE.onnx`` (repeatable) adds rows to table 1, with the file's own TTA and (if
-that is flip) with ``--tta none``: the speed side of choosing a new default model (the weights
-do not matter for speed, so an untrained export of an architecture measures it).
+``--candidate FILE.onnx`` (repeatable) adds rows to tables 1 and 2, with the file's own TTA
+and (table 1, if that is flip) with ``--tta none``: the speed side of choosing a new default
+model (the weights do not matter for speed, so an untrained export of an architecture
+measures it).
 ``--repeat`` runs each measurement K times and keeps the median (default: once for table 1,
 5 times for table 2, 2 with ``--quick``).
 """
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="FILE.onnx",
-        help="another model to time in table 1 (its own TTA and --tta none); repeatable",
+        help="another model to time in tables 1 and 2 (its own TTA and --tta none); repeatable",
     )
     args = p.parse_args(argv)
     candidates = [Path(c).resolve() for c in args.candidate]
@@ -381,6 +382,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{ratio(torch_s / default_s)} |"
         )
         print(f"| `--backend torch` | {torch_s:.2f} | 1.00 | 1.00x |")
+        for c in candidates:
+            run_timed([*photo, "--model", str(c)])  # warm-up: disk cache
+            cand_s = median_seconds([*photo, "--model", str(c)], repeat_photo)
+            print(
+                f"| candidate `{c.name}` | {cand_s:.2f} | {cand_s / torch_s:.2f} | "
+                f"{ratio(torch_s / cand_s)} |"
+            )
         print(
             f"\nMedian of {repeat_photo} run(s) after one warm-up run; text output, face "
             "detection and alignment included."

@@ -234,15 +234,19 @@ def test_cli_bad_inputs_have_clear_messages(synthetic_root, trained_run, tmp_pat
     assert r.exit_code == 2 and "Missing --root" in r.output, r.output
 
 
-def test_cli_distills_and_reports_the_teacher(synthetic_root, trained_run, tmp_path):
+def test_cli_distills_with_qat_and_reports_the_teacher(synthetic_root, trained_run, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["distill", str(trained_run), "--root", str(synthetic_root),
                             "--arch", "celebnet", "--img-size", "32", "--epochs", "1",
                             "--sample", "64", "--workers", "0", "--out", str(tmp_path / "s"),
-                            "--json"])  # fmt: skip
+                            "--qat", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["teacher"]["name"] == str(trained_run.resolve()) and data["epochs_done"] == 1
+    # --qat: the student trained with int8 rounding in its graph (tests/test_qat.py)
+    from faceattr.models import read_model_info
+
+    assert read_model_info(tmp_path / "s").extra["qat"]
     # The report puts the teacher beside the student, on the run's validation split.
     page = tmp_path / "report.md"
     r = runner.invoke(app, ["report", str(tmp_path / "s"), "--format", "md", "--out", str(page),

@@ -25,7 +25,7 @@ NOT_SETTINGS = {
                 "fail_under", "metric", "subgroups", "json_out"},
     ("data", "prepare"): {"force", "json_out"},
     ("tune",): {"param", "trials", "study_dir", "storage", "sampler", "pruner", "metric",
-                "summary", "json_out"},
+                "teacher", "summary", "json_out"},
 }  # fmt: skip
 # What `tune --param NAME=...` accepts: every train setting but where the data and runs are.
 TUNABLE = {
@@ -34,7 +34,7 @@ TUNABLE = {
     "valid_fraction", "crop", "pretrained", "weights_by_order", "freeze_backbone",
     "num_features", "dropout", "augment", "hflip", "random_crop", "shift", "rotation",
     "color_jitter", "erasing", "tune_thresholds", "threshold_metric", "threshold_accuracy_drop",
-    "amp", "channels_last", "compile", "sync_bn", "seed", "balance_max_weight",
+    "amp", "channels_last", "compile", "sync_bn", "seed", "balance_max_weight", "qat",
 }  # fmt: skip
 
 
@@ -74,10 +74,14 @@ def test_every_option_sets_a_declared_field_or_is_listed_as_not_a_setting():
 def test_tune_params_are_the_train_settings():
     from faceattr.cli.tune import _kinds, _train_command
 
-    kinds = _kinds(_train_command())
+    kinds = _kinds(_train_command(distill=False))
     assert set(kinds) == TUNABLE
     assert kinds["lr"] is float and kinds["epochs"] is int and kinds["hflip"] is bool
     assert kinds["arch"] is str
+    # a distillation study (--teacher) may vary the distillation settings too
+    kinds = _kinds(_train_command(distill=True))
+    assert set(kinds) == TUNABLE | {"alpha", "temperature", "unlabeled_aligned"}
+    assert kinds["alpha"] is float and kinds["temperature"] is float
 
 
 def test_help_shows_the_config_default():

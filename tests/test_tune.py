@@ -254,3 +254,26 @@ def test_workers_opening_a_new_postgres_study_at_once_all_succeed(postgres_serve
             if proc.returncode:
                 failed.append(err[-300:])
     assert not failed, failed
+
+
+def test_a_distillation_study_varies_alpha_and_temperature(synthetic_root, trained_run, tmp_path,
+                                                           monkeypatch):  # fmt: skip
+    monkeypatch.setenv("FACEATTR_CACHE_DIR", str(tmp_path / "cache"))  # not in the shared set
+    study = tmp_path / "kd"
+    args = ["tune", "--teacher", trained_run, *base(synthetic_root), "--sample", "64",
+            "--epochs", "1", "--param", "alpha=0,1", "--param", "temperature=1,4",
+            "--sampler", "grid", "--study-dir", study, "--json"]  # fmt: skip
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert len(summary["trials"]) == 4
+    for t in summary["trials"]:
+        config = json.loads((Path(t["run_dir"]) / "config.json").read_text())["distill"]
+        assert config["teacher"] == str(trained_run.resolve()) and config["teacher_digest"]
+        assert (config["alpha"], config["temperature"]) == (t["params"]["alpha"],
+                                                            t["params"]["temperature"])  # fmt: skip
+        assert (Path(t["run_dir"]) / "metrics-valid-teacher.json").is_file()
+    assert summary["best"]["command"].startswith(f"faceattr distill {trained_run} --root")
+    # the same study with another teacher (or none) is refused, naming the stored one
+    other = invoke(*[a if a != trained_run else "default" for a in args])
+    assert other.exit_code != 0 and "other settings (teacher" in said(other)

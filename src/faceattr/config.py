@@ -236,6 +236,7 @@ class TrainConfig:
     # when on, validation, the best-epoch choice and the saved model files use the EMA weights.
     ema: float = 0.0
     tta: str = "none"  # test-time augmentation recorded in the model (TTA_MODES)
+    qat: bool = False  # fake int8 quantization in the graph (models.qat; export --int8)
     # Tune a threshold per attribute on the validation split; one ships only where it beats
     # 0.5 under cross-validation (metrics.choose_thresholds), the others stay at 0.5.
     tune_thresholds: bool = True

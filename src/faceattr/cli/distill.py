@@ -119,12 +119,7 @@ def distill_command(
             "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
             "fetch synthetic --root data/synthetic` for a small demo set).",
         )
-    changes = config_changes(cli)
-    if "distill.unlabeled" in changes:
-        changes["distill.unlabeled"] = tuple(str(p) for p in changes["distill.unlabeled"])
-        if not changes["distill.unlabeled"]:
-            del changes["distill.unlabeled"]
-    cfg = config_with_run_dir(changes)
+    cfg = config_with_run_dir(distill_changes(cli))
     if print_config:
         print_json(cfg.to_dict())
         return
@@ -135,6 +130,17 @@ def distill_command(
     result = distill(cfg, progress=RichProgress())
     if ctx.is_main:
         _report_distill(result, json_out)
+
+
+def distill_changes(cli: Any, **values: Any) -> dict[str, Any]:
+    """The settings a distill command line gives (``values`` replace options, as
+    :func:`~faceattr.cli.options.config_changes` takes them), ``--unlabeled`` as a tuple."""
+    changes = config_changes(cli, **values)
+    if "distill.unlabeled" in changes:
+        changes["distill.unlabeled"] = tuple(str(p) for p in changes["distill.unlabeled"])
+        if not changes["distill.unlabeled"]:
+            del changes["distill.unlabeled"]
+    return changes
 
 
 def _report_distill(result: Any, json_out: bool) -> None:

@@ -195,6 +195,14 @@ TtaOpt = Annotated[
             help="Test-time augmentation stored in the model: flip averages each face with its "
             "mirror image (2x inference cost) (train default: {default})."),
 ]  # fmt: skip
+Qat = Annotated[
+    bool | None,
+    setting("qat", "--qat/--no-qat", panel=TRAIN_HELP,
+            help="Quantization-aware training: train with int8 rounding simulated in the "
+            "graph, so that `faceattr export --int8` of the run keeps its accuracy and the "
+            "scales it learned; best as a short `finetune --qat` of a trained run "
+            "(docs/distill.md) ({default} by default)."),
+]  # fmt: skip
 TuneThresholds = Annotated[
     bool | None,
     setting("tune_thresholds", "--tune-thresholds/--no-tune-thresholds", panel=TRAIN_HELP,

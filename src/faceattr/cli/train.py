@@ -42,6 +42,7 @@ from faceattr.cli.settings import (
     Lr,
     Opt,
     Patience,
+    Qat,
     RandomCrop,
     Rotation,
     Sample,
@@ -127,6 +128,7 @@ def train_command(
     patience: Patience = None,
     ema: Ema = None,
     tta: TtaOpt = None,
+    qat: Qat = None,
     img_size: Annotated[
         int | None,
         setting(
@@ -451,6 +453,7 @@ def finetune_command(
     patience: Patience = None,
     ema: Ema = None,
     tta: TtaOpt = None,
+    qat: Qat = None,
     augment: Augment = None,
     hflip: Hflip = None,
     random_crop: RandomCrop = None,

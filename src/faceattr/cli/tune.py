@@ -19,19 +19,21 @@ if TYPE_CHECKING:
 # balance_groups: its specs hold the commas that --param splits choices at; pass it as a train
 # option for every trial).
 _NOT_PARAMS = {"root", "labels", "dataset", "out_dir", "weights", "device", "workers", "cache",
-               "balance_groups"}  # fmt: skip
+               "balance_groups", "teacher", "unlabeled"}  # fmt: skip
 
 
-def _train_command() -> Any:
-    """`faceattr train` as a click command, to parse the train options tune is given."""
+def _train_command(distill: bool) -> Any:
+    """`faceattr train` (or `distill`) as a click command, to parse the options tune is given."""
     import typer.main
 
     from faceattr.cli.common import Command
+    from faceattr.cli.distill import distill_command
     from faceattr.cli.train import train_command
 
-    train = typer.Typer()
-    train.command("train", cls=Command)(train_command)
-    return typer.main.get_command(train)  # one command: that command itself
+    app = typer.Typer()
+    name = "distill" if distill else "train"
+    app.command(name, cls=Command)(distill_command if distill else train_command)
+    return typer.main.get_command(app)  # one command: that command itself
 
 
 def _kinds(train: Any) -> dict[str, type]:
@@ -94,6 +96,14 @@ def tune_command(
         Path | None,
         typer.Option("--summary", help="Print the summary of the study in this folder and exit."),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher",
+            help="Tune a distillation: every trial is `faceattr distill TEACHER` with the "
+            "options given, and --param may also vary alpha and temperature (docs/distill.md).",
+        ),
+    ] = None,  # fmt: skip
     json_out: JsonOption = False,
 ) -> None:
     """Search hyperparameters with Optuna: each trial is a training run.
@@ -111,6 +121,8 @@ def tune_command(
           --param lr=1e-4:1e-2:log --param dropout=0.3,0.5 --trials 8 --study-dir studies/lr
       faceattr tune --root data/celeba --param lr=0.01,0.001 --param dropout=0.3,0.5 \\
           --sampler grid --study-dir studies/grid
+      faceattr tune --teacher default --root data/celeba --arch efficientnet_lite0 \\
+          --param alpha=0.2,0.5,0.8 --param temperature=1,2,4 --study-dir studies/kd
       faceattr tune --summary studies/lr
     """
     from faceattr.extras import require
@@ -135,9 +147,10 @@ def tune_command(
     if not param:
         raise UsageError("Nothing to tune: pass --param NAME=SPEC at least once.",
                          "e.g. --param lr=1e-4:1e-2:log --param dropout=0.3,0.5")  # fmt: skip
-    train = _train_command()
+    train = _train_command(distill=teacher is not None)
     base_args = list(ctx.args)
-    tctx = train.make_context("train", [*base_args, "--print-config"])
+    head = [] if teacher is None else [teacher]
+    tctx = train.make_context("tune", [*head, *base_args, "--print-config"])
     config_changes(tctx)  # the base options' numbers checked before any trial
     if tctx.params.get("root") is None:
         raise UsageError("Missing --root: the dataset folder every trial trains on.")
@@ -160,12 +173,17 @@ def tune_command(
         sampler=sampler,
         pruner=pruner,
         trials=trials,
+        teacher=teacher,
     )
 
     def make_config(values: dict[str, Any], run_dir: Path) -> Any:
+        from faceattr.cli.distill import distill_changes
         from faceattr.config import build_config
+        from faceattr.engine.distill import resolve_teacher
 
-        return build_config(config_changes(tctx, **values, out_dir=run_dir))
+        if teacher is None:
+            return build_config(config_changes(tctx, **values, out_dir=run_dir))
+        return resolve_teacher(build_config(distill_changes(tctx, **values, out_dir=run_dir)))
 
     result = run_study(study_dir, settings, make_config, storage=storage,
                        progress=RichProgress())  # fmt: skip

@@ -101,6 +101,9 @@ class ExportResult:
     check: ExportCheck
     # int8 only: the comparison, None when no held-out split was given (not measured).
     int8_vs_fp32: Int8Comparison | None = None
+    # int8 of a quantization-aware trained model: tensors quantized with the scales it
+    # learned (the others calibrated); None: not such a model.
+    learned_scales: int | None = None
     nbytes: int = 0  # the file's size ("bytes")
     seconds: float = 0.0
 
@@ -117,6 +120,7 @@ class ExportResult:
         }
         if self.precision == "int8":
             out["int8_vs_fp32"] = self.comparison_json()
+            out["learned_scales"] = self.learned_scales
         out["bytes"], out["seconds"] = self.nbytes, self.seconds
         return out
 
@@ -212,14 +216,18 @@ class _Calibration:
         return None if batch is None else {"pixels": batch}
 
 
-def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> None:
-    """Static int8 quantization (QDQ, per-channel weights) calibrated on ``pixels``."""
+def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> int:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on ``pixels``; the
+    inputs of a quantization-aware trained model's layers keep the scales it learned
+    (:mod:`faceattr.models.qat`). Returns how many tensors kept learned scales."""
     import logging
 
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from faceattr.data.transforms import Preprocessing
+    from faceattr.models.qat import QAT_KEY, input_overrides
 
     prep = Preprocessing.from_info(info)
     if info.tta == "flip":  # calibrate on what the model will see: both orientations
@@ -237,6 +245,8 @@ def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> No
             # ORT's symbolic shape inference cannot follow every graph (an ensemble's resized
             # member inputs); ONNX's own shape inference is enough for the quantizer.
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        learned = info.extra.get(QAT_KEY) or []
+        overrides = input_overrides(onnx.load(str(pre)).graph, learned) if learned else {}
         quantize_static(
             str(pre),
             str(dest),
@@ -246,10 +256,12 @@ def _quantize(fp32: Path, dest: Path, pixels: np.ndarray, info: ModelInfo) -> No
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"TensorQuantOverrides": overrides},
         )
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
+    return len(overrides)
 
 
 def _sample_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -416,6 +428,7 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
             started: float) -> ExportResult:  # fmt: skip
     from faceattr.engine.evaluate import split_table
     from faceattr.inference.predictor import Predictor
+    from faceattr.models.qat import QAT_KEY
 
     fp32_tmp, int8_tmp = tmp
     base_info = source.info
@@ -452,10 +465,13 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
     stub = {METADATA_KEY: info.to_json(), "faceattr_format": str(FORMAT_VERSION)}
     _set_metadata(fp32_tmp, stub)
     written = fp32_tmp
+    learned = None
     if int8:
         assert calib is not None
         progress.log(f"Quantizing to int8, calibrated on {len(calib)} real faces...")
-        _quantize(fp32_tmp, int8_tmp, calib, info)
+        learned = _quantize(fp32_tmp, int8_tmp, calib, info)
+        if not info.extra.get(QAT_KEY):
+            learned = None
         _set_metadata(int8_tmp, stub)
         written = int8_tmp
 
@@ -472,6 +488,7 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
         tta=info.tta,
         weights_stored_as_fp16=stored_fp16,
         check=self_check(ref_probs, out_probs, reference.thresholds, check_source),
+        learned_scales=learned,
     )
     if int8 and check_targets is not None:  # else (int8) not measured: no held-out split
         fp32 = Predictor(ModelFile(fp32_tmp), backend="onnx", device="cpu")
@@ -499,6 +516,7 @@ def _export(source: ModelFile, out_path: Path, tmp: list[Path], *, int8: bool,
         "calibration": calib_note,
         "check": result.check.to_json(),
         "int8_vs_fp32": result.comparison_json(),
+        "learned_scales": learned,
     }
     run = source.run
     if run is not None:
@@ -527,6 +545,13 @@ def iter_summary_lines(result: ExportResult) -> Iterator[str]:
         f"change {c.max_abs_probability_diff:.2e}; {c.decisions_differ} of "
         f"{c.decisions} decisions differ at the model's thresholds."
     )
+    if result.learned_scales is not None:
+        yield (
+            f"Quantization-aware trained: {result.learned_scales} layer inputs keep the scales "
+            "the run learned"
+            + ("." if result.learned_scales else
+               " in none: its layers did not line up with the graph's, so all were calibrated.")
+        )  # fmt: skip
     cmp = result.int8_vs_fp32
     if result.precision == "int8" and cmp is None:
         yield (

@@ -37,6 +37,7 @@ from faceattr.errors import Interrupted, ModelError, UsageError
 from faceattr.fileio import check_free_space
 from faceattr.malloc import tune_allocator
 from faceattr.metrics import SavedMetrics, compute_metrics, metrics_report
+from faceattr.models.qat import qat_extra
 from faceattr.progress import EpochEnd, NullProgress, Progress
 from faceattr.runs import RunDir, structure_problem
 from faceattr.thresholds import choose_thresholds, untuned_policy
@@ -468,7 +469,7 @@ def finish(
     cfg, run = training.cfg, training.run
     if state.best_epoch == 0:
         raise ModelError("Training produced no model (no epoch finished).")
-    best_model, _ = load_model_file(run.best_file, device=str(training.device))
+    best_model, best_info = load_model_file(run.best_file, device=str(training.device))
     if best is None:  # the best epoch ran before a resume
         best = validate(training, best_model, NullProgress())
     probs, targets, rows = best
@@ -488,7 +489,7 @@ def finish(
     info = replace(
         training.info,
         thresholds=None if thresholds is None else [float(x) for x in thresholds],
-        extra={"epoch": state.best_epoch, "threshold_policy": policy},
+        extra={"epoch": state.best_epoch, "threshold_policy": policy, **qat_extra(best_info)},
     )
     report = metrics_report(probs, targets, attributes, thresholds, train_rates)
     metrics: SavedMetrics = {**report, "split": "valid", "model": str(run.best_file)}

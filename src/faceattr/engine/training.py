@@ -130,6 +130,12 @@ def setup(
     model.tta = check_tta(cfg.tta)
     if init_from is not None:
         progress.log(start_from_parent(model, init_from, attributes))
+    if cfg.qat:  # before the device, the EMA copy and DDP: they all see the fake quantizers
+        from faceattr.models.qat import prepare_qat
+
+        done, other = prepare_qat(model)
+        rest = f"; {other} of other classes stay fp32" if other else ""
+        progress.log(f"Quantization-aware training: {done} layers round to int8{rest}.")
     info = model_info_for(cfg, attributes, train_rates)
     if cfg.sync_bn:
         if not (ctx.enabled and device.type == "cuda"):

@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,13 +156,27 @@ class StudySettings:
     sampler: str
     pruner: str
     trials: int | None
+    teacher: str | None = None  # a distillation study: each trial distils from this teacher
 
     def key(self) -> dict[str, Any]:
         import json
 
         d = json.loads(json.dumps(asdict(self)))  # as stored: tuples are lists
         d.pop("trials")  # asking for more trials later is fine
+        if d["teacher"] is None:
+            del d["teacher"]  # as studies made before distillation could be tuned stored it
         return d
+
+    def command(self, params: dict[str, Any]) -> str:
+        """The command line of one trial: `faceattr train` (or `distill TEACHER`) with the
+        base options and ``params``."""
+        import shlex
+
+        head = ["train"] if self.teacher is None else ["distill", self.teacher]
+        args = ["faceattr", *head, *self.base_args]
+        for name, value in params.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        return " ".join(shlex.quote(a) for a in args)
 
 
 def _here() -> dict[str, Any]:
@@ -316,7 +330,8 @@ def open_study(study_dir: Path, settings: StudySettings, storage: str | None) ->
         previous = StudySettings(**saved)
         if previous.key() != settings.key():
             raise UsageError(
-                f"{study_dir} holds a study with other settings (train options "
+                f"{study_dir} holds a study with other settings (teacher "
+                f"{previous.teacher or 'none'}; train options "
                 f"{redact(' '.join(previous.base_args))}; parameters "
                 f"{', '.join(ParamSpec(**p).describe() for p in previous.params)}; metric "
                 f"{previous.metric}, sampler {previous.sampler}, pruner {previous.pruner}).",
@@ -420,15 +435,6 @@ def run_study(
     return summary
 
 
-def _command(base_args: Sequence[str], params: dict[str, Any]) -> str:
-    import shlex
-
-    args = ["faceattr", "train", *base_args]
-    for name, value in params.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
-    return " ".join(shlex.quote(a) for a in args)
-
-
 def summarize(
     study_dir: str | Path, storage: str | None = None, *, study: Any = None
 ) -> StudySummary:
@@ -479,7 +485,7 @@ def summarize(
         params=settings.params,
         trials=trials,
         best=best,
-        command=None if best is None else redact(_command(settings.base_args, best.params)),
+        command=None if best is None else redact(settings.command(best.params)),
         importances=importances,
         counts={s: sum(t.state == s for t in trials)
                 for s in ("complete", "pruned", "fail", "running", "waiting")},

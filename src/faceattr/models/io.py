@@ -8,6 +8,7 @@ normalisation) and decision thresholds. Loading never unpickles anything.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from faceattr.models.ensemble import EnsembleModel
 from faceattr.models.file import ModelFile, ModelRef
 from faceattr.models.head import AttributeModel
 from faceattr.models.info import FORMAT_VERSION, METADATA_KEY, ModelInfo
+from faceattr.models.qat import QAT_KEY, is_qat, learned_scales, plain_state
 
 __all__ = ["load_model_file", "save_model_file"]
 
@@ -26,7 +28,7 @@ __all__ = ["load_model_file", "save_model_file"]
 def _state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
-    for name, t in model.state_dict().items():
+    for name, t in plain_state(model.state_dict()).items():  # no fake quantizers (--qat)
         t = t.detach().to("cpu")
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
@@ -65,6 +67,8 @@ def save_model_file(
             f"Model has {model.num_attributes} outputs but info names "
             f"{info.num_attributes} attributes."
         )
+    if is_qat(model):  # quantization-aware training: the scales its int8 export will keep
+        info = replace(info, extra={**info.extra, QAT_KEY: learned_scales(model, info.img_size)})
     info.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
