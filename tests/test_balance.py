@@ -119,6 +119,29 @@ def test_the_loss_is_the_weighted_mean_over_known_entries():
     assert focal.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_distillation_weighs_the_teachers_term_by_the_same_groups():
+    from faceattr.losses import DistillLoss
+
+    groups = GroupBalance.from_labels(LABELS, ATTRS, [spec("T|B")], max_weight=10)
+    target = torch.tensor(LABELS)
+    gen = torch.Generator().manual_seed(2)
+    logits, teacher = (
+        torch.randn(target.shape, generator=gen),
+        torch.randn(target.shape, generator=gen),
+    )
+    plain = DistillLoss(make_loss("bce"), alpha=0.0, temperature=2.0)
+    balanced = DistillLoss(make_loss("bce", groups=groups), alpha=0.0, temperature=2.0)
+    p, q = torch.sigmoid(teacher / 2), torch.sigmoid(logits / 2)
+    kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))  # per entry
+    weight = torch.where(torch.isnan(target), 1.0, groups(target))  # unknown label: 1
+    assert weight[8, 0] == 1.0 and weight[4, 0] == 1.5
+    expected = 4 * (kl * weight).sum() / kl.numel()
+    got = balanced(logits, target, ~torch.isnan(target), teacher)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert plain(logits, target, None, teacher).item() == pytest.approx(4 * kl.mean().item(),
+                                                                         rel=1e-5)  # fmt: skip
+
+
 def test_positive_weights_and_group_weights_multiply():
     groups = GroupBalance.from_labels(LABELS, ATTRS, [spec("T|B")], max_weight=10)
     target = torch.tensor(LABELS)

@@ -97,9 +97,9 @@ def test_int8_export_of_a_qat_run_keeps_its_scales_within_budget(qat_run, synthe
     from faceattr.models import read_model_info
 
     out = tmp_path / "int8.onnx"
-    # the export's own budget (0.1 points at 0.5 and at the tuned thresholds) applies
+    # the export's own check, held to 0.1 points at 0.5 and at the tuned thresholds
     r = invoke("export", qat_run, "--int8", "--out", out, "--calibration-root", synthetic_root,
-               "--eval-split", "valid", "--json")  # fmt: skip
+               "--eval-split", "valid", "--max-accuracy-drop", 0.1, "--json")  # fmt: skip
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     scales = read_model_info(qat_run / "model.safetensors").extra["qat"]

@@ -455,8 +455,9 @@ class DistillLoss(nn.Module):
     teacher's probability as the target minus that target's entropy: the same gradient as
     BCE, but 0 when the student matches the teacher, so the logged loss says how far it is.
     ``T^2`` keeps the soft term's gradient about the same size for any temperature (Hinton
-    et al., 2015). Rows without labels (``--unlabeled``) have an all-NaN target: the label
-    loss skips them and only the teacher teaches them.
+    et al., 2015). The label loss's group weights (``--balance-groups``) weigh both terms.
+    Rows without labels (``--unlabeled``) have an all-NaN target: the label loss skips them
+    and only the teacher teaches them.
     """
 
     def __init__(self, label_loss: nn.Module, *, alpha: float, temperature: float) -> None:
@@ -469,9 +470,12 @@ class DistillLoss(nn.Module):
         self.alpha = float(alpha)
         self.temperature = float(temperature)
 
-    def soft_loss(self, logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def soft_loss(
+        self, logits: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``T^2`` times the mean binary KL(teacher_T || student_T) over finite teacher
-        logits (0.0, attached, when there is none)."""
+        logits (0.0, attached, when there is none); ``weight`` ``[B, A]`` multiplies each
+        entry's KL (the mean still divides by the number of entries)."""
         t = self.temperature
         known = torch.isfinite(teacher)
         p = torch.sigmoid(torch.where(known, teacher.float(), 0.0) / t)
@@ -479,6 +483,8 @@ class DistillLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(z, p, reduction="none")
         entropy = F.binary_cross_entropy(p, p, reduction="none")  # the minimum of bce
         kl = (bce - entropy) * known
+        if weight is not None:
+            kl = kl * weight
         return (t * t) * kl.sum() / known.sum().clamp(min=1)
 
     def forward(
@@ -494,7 +500,13 @@ class DistillLoss(nn.Module):
             raise ValueError(
                 f"teacher logits {tuple(teacher.shape)} do not match {tuple(logits.shape)}"
             )
-        soft = self.soft_loss(logits, teacher)
+        # --balance-groups weighs the teacher's term as it weighs the labels' (an entry whose
+        # labels are unknown weighs 1), so the teacher's own bias on a group is not taught
+        # at full weight while the labels are balanced.
+        weight = _entry_weight(getattr(self.label_loss, "groups", None), target)
+        if weight is not None:
+            weight = torch.where(torch.isnan(target), 1.0, weight)
+        soft = self.soft_loss(logits, teacher, weight)
         if self.alpha == 0.0:
             return soft
         return self.alpha * self.label_loss(logits, target, mask) + (1 - self.alpha) * soft
