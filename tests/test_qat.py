@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -140,3 +141,26 @@ def test_an_interrupted_qat_run_resumes_to_the_same_weights_and_scales(qat_run, 
     assert any("input_fq" in k for k in a) and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_learned_scales_that_do_not_fit_the_graph_are_not_used():
+    """Model files are untrusted: recorded scales that do not match the graph, or are not
+    what faceattr writes, leave every tensor to calibration."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from faceattr.models.qat import input_overrides
+
+    w = numpy_helper.from_array(np.zeros((4, 3, 3, 3), dtype=np.float32), "w")
+    node = helper.make_node("Conv", ["pixels", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "pixels", TensorProto.FLOAT, [1, 3, 8, 8])], [], initializer=[w])  # fmt: skip
+    good = {"layer": "c", "kind": "conv", "weight_shape": [4, 3, 3, 3], "scale": 0.02,
+            "zero_point": 128}  # fmt: skip
+    kept = input_overrides(graph, [good])
+    assert list(kept) == ["pixels"] and float(kept["pixels"][0]["scale"]) == pytest.approx(0.02)
+    bad = [{**good, "weight_shape": [8, 3, 3, 3]}, {**good, "kind": "linear"},
+           {**good, "scale": -1.0}, {**good, "scale": float("nan")}, {**good, "zero_point": 300},
+           {**good, "scale": "0.1"}, "conv"]  # fmt: skip
+    for layer in bad:
+        assert input_overrides(graph, [layer]) == {}, layer
+    assert input_overrides(graph, [good, good]) == {} and input_overrides(graph, {"a": 1}) == {}

@@ -550,7 +550,8 @@ def iter_summary_lines(result: ExportResult) -> Iterator[str]:
             f"Quantization-aware trained: {result.learned_scales} layer inputs keep the scales "
             "the run learned"
             + ("." if result.learned_scales else
-               " in none: its layers did not line up with the graph's, so all were calibrated.")
+               " in none: what the model file records does not match its graph, so all were "
+               "calibrated.")
         )  # fmt: skip
     cmp = result.int8_vs_fp32
     if result.precision == "int8" and cmp is None:

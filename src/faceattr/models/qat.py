@@ -145,16 +145,35 @@ def learned_scales(model: nn.Module, img_size: int) -> list[dict[str, Any]]:
     return list(order.values())
 
 
-def input_overrides(graph: Any, scales: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _well_formed(layer: Any) -> bool:
+    """One entry of ``extra["qat"]`` as :func:`learned_scales` writes it (model files are
+    untrusted: anything else is not used)."""
+    import math
+
+    if not isinstance(layer, dict) or layer.get("kind") not in ("conv", "linear"):
+        return False
+    shape, scale, zero = layer.get("weight_shape"), layer.get("scale"), layer.get("zero_point")
+    if not (isinstance(shape, list) and all(type(d) is int for d in shape)):
+        return False
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        return False
+    if not (math.isfinite(scale) and scale > 0):
+        return False
+    return type(zero) is int and 0 <= zero <= 255
+
+
+def input_overrides(graph: Any, scales: Any) -> dict[str, list[dict[str, Any]]]:
     """ONNX Runtime's ``TensorQuantOverrides`` for the inputs of the Conv and Gemm nodes of the
     ONNX ``graph``, matched in order with the layers of :func:`learned_scales`. Empty when the
-    two do not line up (as many nodes as layers, each of the same kind and weight shape): the
-    export then calibrates every tensor itself."""
+    two do not line up (as many nodes as layers, each of the same kind and weight shape) or
+    an entry is malformed: the export then calibrates every tensor itself."""
     import numpy as np
 
     weights = {init.name: tuple(init.dims) for init in graph.initializer}
     nodes = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    if len(nodes) != len(scales):
+    if not isinstance(scales, list) or len(nodes) != len(scales):
+        return {}
+    if not all(_well_formed(layer) for layer in scales):
         return {}
     out: dict[str, list[dict[str, Any]]] = {}
     for node, layer in zip(nodes, scales, strict=True):
