@@ -277,3 +277,8 @@ def test_a_distillation_study_varies_alpha_and_temperature(synthetic_root, train
     # the same study with another teacher (or none) is refused, naming the stored one
     other = invoke(*[a if a != trained_run else "default" for a in args])
     assert other.exit_code != 0 and "other settings (teacher" in said(other)
+    # a teacher that is not there: said before any study is made
+    missing = invoke("tune", "--teacher", tmp_path / "nope", *base(synthetic_root), "--param",
+                     "alpha=0,1", "--study-dir", tmp_path / "none")  # fmt: skip
+    assert missing.exit_code == 1 and "Model file not found" in said(missing)
+    assert not (tmp_path / "none").exists()

@@ -147,6 +147,10 @@ def tune_command(
     if not param:
         raise UsageError("Nothing to tune: pass --param NAME=SPEC at least once.",
                          "e.g. --param lr=1e-4:1e-2:log --param dropout=0.3,0.5")  # fmt: skip
+    if teacher is not None:  # a missing or unreadable teacher: said before the study exists
+        from faceattr.models.file import ModelFile
+
+        _ = ModelFile.resolve(teacher).info  # reads and checks its metadata
     train = _train_command(distill=teacher is not None)
     base_args = list(ctx.args)
     head = [] if teacher is None else [teacher]
