@@ -15,7 +15,13 @@ import typer
 
 from faceattr.cli.common import RichProgress, err, handle_errors, literal, out, pct, print_json
 from faceattr.cli.options import config_changes, setting, setting_argument
-from faceattr.cli.train import _report, config_with_run_dir, handled_before_run, train_command
+from faceattr.cli.train import (
+    _report,
+    config_with_run_dir,
+    handled_before_run,
+    missing_root,
+    train_command,
+)
 
 DISTILL_HELP = "Distillation"
 
@@ -112,13 +118,7 @@ def distill_command(
             _report_distill(result, json_out)
         return
     if options.get("root") is None:
-        from faceattr.errors import UsageError
-
-        raise UsageError(
-            "Missing --root: the dataset folder the student learns on.",
-            "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
-            "fetch synthetic --root data/synthetic` for a small demo set).",
-        )
+        raise missing_root("the dataset folder the student learns on")
     cfg = config_with_run_dir(distill_changes(cli))
     if print_config:
         print_json(cfg.to_dict())

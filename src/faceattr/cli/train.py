@@ -298,13 +298,7 @@ def train_command(
             _report(result, json_out)
         return
     if root is None:
-        from faceattr.errors import UsageError
-
-        raise UsageError(
-            "Missing --root: the dataset folder.",
-            "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
-            "fetch synthetic --root data/synthetic` for a small demo set).",
-        )
+        raise missing_root("the dataset folder")
     cfg = config_with_run_dir(config_changes(cli))
     if print_config:
         print_json(cfg.to_dict())
@@ -341,6 +335,17 @@ def _launch_torchrun(nproc: int) -> None:
                   "is above.", highlight=False)  # fmt: skip
         raise typer.Exit(1)
     raise typer.Exit(0)
+
+
+def missing_root(what: str) -> Exception:
+    """The error of a train-like command run without --root (``what``: the folder's role)."""
+    from faceattr.errors import UsageError
+
+    return UsageError(
+        f"Missing --root: {what}.",
+        "Fetch one with `faceattr data fetch celeba --root data/celeba` (or `faceattr data "
+        "fetch synthetic --root data/synthetic` for a small demo set).",
+    )
 
 
 def handled_before_run(nproc: int | None, *, print_config: bool, list_archs: bool) -> bool:
